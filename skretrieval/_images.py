@@ -1,0 +1,758 @@
+"""Image input: loading, validation, cropping and cache keys.
+
+Every estimator of :mod:`skretrieval` that consumes images accepts a list
+whose items may be freely mixed and of different sizes:
+
+* a file path (``str`` or :class:`os.PathLike`, e.g. :class:`pathlib.Path`);
+* a :class:`PIL.Image.Image`;
+* a :class:`numpy.ndarray` (``H x W``, ``H x W x 1``, ``H x W x 2``,
+  ``H x W x 3`` or ``H x W x 4``);
+* a :class:`Crop`, i.e. one of the above plus a bounding box (query crops
+  of the Oxford / Paris / revisitop benchmarks).
+
+:func:`load_image` turns any of them into an ``H x W x 3`` ``uint8`` RGB array
+following explicit, documented rules, and raises :class:`ImageLoadError` (a
+:class:`ValueError`) naming the offending item when it cannot.
+:func:`check_images` runs the same loader over a whole collection and reports
+the problems instead of raising, so that a large folder can be cleaned up
+before fitting; :func:`list_images` lists the image files of a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import os
+import stat
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "Crop",
+    "ImageLoadError",
+    "check_images",
+    "describe",
+    "image_key",
+    "list_images",
+    "load_image",
+]
+
+_DEFAULT_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
+
+_EXIF_ORIENTATION = 0x0112
+_MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# Float arrays may exceed [0, 1] by this much (rounding noise) and are clipped.
+_FLOAT_TOLERANCE = 1e-6
+
+
+class ImageLoadError(ValueError):
+    """An input item could not be read or converted to an RGB image.
+
+    The message always names the item (its index in the input list when
+    known, and the path for files) followed by the reason, e.g.
+    ``"image 3 ('/data/x.jpg'): truncated file (...)"``.
+
+    Parameters
+    ----------
+    message : str
+        Full error message.
+    index : int or None, default=None
+        Position of the item in the input list, when known.
+    reason : str or None, default=None
+        The reason alone, without the item description.
+
+    Attributes
+    ----------
+    index : int or None
+        Position of the item in the input list, when known.
+    reason : str or None
+        The reason alone, without the item description.
+    """
+
+    def __init__(self, message, index=None, reason=None):
+        super().__init__(message)
+        self.index = index
+        self.reason = reason
+
+
+def _is_path(item):
+    return isinstance(item, (str, os.PathLike))
+
+
+def _is_image_like(item):
+    return _is_path(item) or isinstance(item, (Image.Image, np.ndarray))
+
+
+def _type_error(item, index):
+    where = "image" if index is None else f"image {index}"
+    return TypeError(
+        f"{where}: unsupported input of type {type(item).__name__!s}; expected a "
+        "file path (str or pathlib.Path), a PIL.Image.Image, a numpy.ndarray "
+        "or a skretrieval.Crop"
+    )
+
+
+def _fail(item, index, reason):
+    return ImageLoadError(f"{describe(item, index)}: {reason}", index=index, reason=reason)
+
+
+# --------------------------------------------------------------------------
+# Crop
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Crop:
+    """An image restricted to a bounding box (e.g. an Oxford / Paris query).
+
+    Parameters
+    ----------
+    image : str, os.PathLike, PIL.Image.Image or numpy.ndarray
+        Any image accepted by :func:`load_image` (but not another ``Crop``).
+    box : sequence of 4 real numbers
+        ``(x1, y1, x2, y2)`` in pixels of the *original, full-resolution*
+        image, with ``x`` to the right and ``y`` downwards, ``x2`` and ``y2``
+        exclusive (the Oxford / revisitop convention). Float coordinates are
+        rounded outwards: ``x1, y1`` are floored and ``x2, y2`` ceiled, so the
+        crop covers the whole box.
+
+    Notes
+    -----
+    * The crop is applied at full resolution, *before* any resizing done by
+      a feature extractor: only the cropped region is the query (the
+      revisitop protocol).
+    * For files (and PIL images) carrying an EXIF orientation, the box refers
+      to the image *after* EXIF transposition, i.e. as it is displayed and
+      as :func:`load_image` returns it. (The Oxford and Paris images carry no
+      orientation tag, so for them displayed and stored pixels coincide.)
+    * The box is clipped to the image bounds when the crop is applied; a box
+      that lies entirely outside the image raises :class:`ImageLoadError`
+      (a :class:`ValueError`) naming the image.
+    * The length, finiteness and ordering (``x2 > x1`` and ``y2 > y1``) of
+      the box are validated at construction.
+    * Equality and hashing are by identity (``eq=False``), since the image may
+      be a numpy array; use :func:`image_key` to compare contents.
+    """
+
+    image: object
+    box: tuple
+
+    def __post_init__(self):
+        if isinstance(self.image, Crop):
+            raise TypeError(
+                "Crop(image=...) cannot be another Crop; combine the boxes "
+                "into one box in the coordinates of the original image"
+            )
+        if not _is_image_like(self.image):
+            raise TypeError(
+                f"Crop(image=...) must be a file path, a PIL.Image.Image or a "
+                f"numpy.ndarray, got {type(self.image).__name__}"
+            )
+        try:
+            box = self.box.tolist() if isinstance(self.box, np.ndarray) else self.box
+            values = tuple(box)
+        except TypeError:
+            raise TypeError(
+                f"Crop box must be a sequence (x1, y1, x2, y2), got "
+                f"{type(self.box).__name__}"
+            ) from None
+        if len(values) != 4:
+            raise ValueError(
+                f"Crop box must have 4 values (x1, y1, x2, y2), got {len(values)}: "
+                f"{values!r}"
+            )
+        box = []
+        for v in values:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+                raise TypeError(f"Crop box values must be real numbers, got {values!r}")
+            if isinstance(v, numbers.Integral):
+                box.append(int(v))
+            else:
+                v = float(v)
+                if not math.isfinite(v):
+                    raise ValueError(f"Crop box values must be finite, got {values!r}")
+                box.append(v)
+        x1, y1, x2, y2 = box
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(
+                f"empty crop box {tuple(box)!r} for {describe(self.image)}: "
+                "need x2 > x1 and y2 > y1 (box is (x1, y1, x2, y2))"
+            )
+        object.__setattr__(self, "box", tuple(box))
+
+    def __repr__(self):
+        return f"Crop({_short_description(self.image)}, box={self.box!r})"
+
+
+def _apply_crop(arr, crop, index):
+    h, w = arr.shape[:2]
+    x1, y1, x2, y2 = crop.box
+    x1 = max(0, math.floor(x1))
+    y1 = max(0, math.floor(y1))
+    x2 = min(w, math.ceil(x2))
+    y2 = min(h, math.ceil(y2))
+    if x2 <= x1 or y2 <= y1:
+        raise _fail(
+            crop,
+            index,
+            f"crop box {crop.box!r} lies entirely outside the image "
+            f"(width {w}, height {h})",
+        )
+    return arr[y1:y2, x1:x2].copy(order="C")
+
+
+# --------------------------------------------------------------------------
+# Descriptions
+# --------------------------------------------------------------------------
+
+
+def _short_description(item):
+    if _is_path(item):
+        return repr(os.fsdecode(os.fspath(item)))
+    if isinstance(item, np.ndarray):
+        shape = "x".join(str(s) for s in item.shape) if item.ndim else "scalar"
+        return f"array {shape} {item.dtype}"
+    if isinstance(item, Image.Image):
+        desc = f"PIL {item.mode} {item.size[0]}x{item.size[1]}"
+        filename = getattr(item, "filename", None)
+        if filename:
+            desc += f" from {os.fsdecode(filename)!r}"
+        return desc
+    if isinstance(item, Crop):
+        return f"crop {item.box!r} of {_short_description(item.image)}"
+    return f"object of type {type(item).__name__}"
+
+
+def describe(item, index=None):
+    """Return a short human description of an input item, for messages.
+
+    Parameters
+    ----------
+    item : object
+        Any item (accepted or not).
+    index : int or None, default=None
+        Position of the item in its list, included when given.
+
+    Returns
+    -------
+    description : str
+        For example ``"image 12 ('/data/a.jpg')"``,
+        ``"image 3 (array 480x640x3 uint8)"``, ``"image 0 (PIL RGB 640x480)"``
+        (PIL sizes are width x height) or
+        ``"image 5 (crop (10, 20, 110, 220) of '/data/q.jpg')"``.
+    """
+    where = "image" if index is None else f"image {index}"
+    return f"{where} ({_short_description(item)})"
+
+
+# --------------------------------------------------------------------------
+# Conversion to H x W x 3 uint8
+# --------------------------------------------------------------------------
+
+
+def _grey_to_rgb(grey):
+    return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+
+def _composite_over_white(rgb, alpha):
+    """Composite uint8 ``rgb`` (H x W x 3) with uint8 ``alpha`` over white."""
+    a = alpha.astype(np.uint32)[:, :, None]
+    out = (rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
+    return np.ascontiguousarray(out.astype(np.uint8))
+
+
+def _uint16_to_uint8(values):
+    # 0 -> 0, 65535 -> 255, rounded (65535 / 257 == 255).
+    return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
+
+
+def _exif_transpose(im, item, index):
+    """Apply the EXIF orientation of ``im`` (returns ``im`` if there is none)."""
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception as exc:  # malformed EXIF block: keep stored orientation
+        warnings.warn(
+            f"{describe(item, index)}: could not read EXIF data ({exc}); "
+            "using the stored pixel orientation",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return im
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(im)
+    return im
+
+
+def _pil_to_rgb(im, item, index):
+    """Convert a (loaded, already transposed) PIL image to H x W x 3 uint8."""
+    mode = im.mode
+    if mode in _MODES_16BIT:
+        return _grey_to_rgb(_uint16_to_uint8(np.array(im)))
+    if mode == "I":
+        values = np.clip(np.array(im, dtype=np.int64), 0, 65535)
+        return _grey_to_rgb(_uint16_to_uint8(values))
+    if mode == "F":
+        values = np.array(im, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise _fail(item, index, "float ('F' mode) image contains NaN or infinite values")
+        if values.size and values.max() <= 1.0:
+            values = np.clip(values, 0.0, 1.0) * 255.0
+        else:
+            values = np.clip(values, 0.0, 255.0)
+        return _grey_to_rgb(np.rint(values).astype(np.uint8))
+    if mode == "La":  # premultiplied; Pillow converts it to "LA" only
+        im = im.convert("LA")
+    if im.has_transparency_data:
+        rgba = np.array(im.convert("RGBA"), dtype=np.uint8)
+        return _composite_over_white(rgba[:, :, :3], rgba[:, :, 3])
+    if mode == "RGB":
+        return np.ascontiguousarray(np.array(im, dtype=np.uint8))
+    if mode in ("L", "1"):
+        return _grey_to_rgb(np.array(im.convert("L"), dtype=np.uint8))
+    try:
+        converted = im.convert("RGB")
+    except Exception as exc:
+        raise _fail(item, index, f"unsupported PIL image mode {mode!r} ({exc})") from exc
+    return np.ascontiguousarray(np.array(converted, dtype=np.uint8))
+
+
+def _array_to_uint8(a, item, index):
+    """Convert the values of a numeric array to uint8 (shape unchanged)."""
+    dtype = a.dtype
+    if dtype == np.uint8:
+        return a
+    if dtype == np.bool_:
+        return a.astype(np.uint8) * np.uint8(255)
+    if dtype == np.uint16:
+        return _uint16_to_uint8(a)
+    if np.issubdtype(dtype, np.integer):
+        lo, hi = a.min(), a.max()
+        if lo < 0 or hi > 255:
+            raise _fail(
+                item,
+                index,
+                f"{dtype} array values must lie in 0..255 (found {lo}..{hi}); "
+                "convert to uint8 (8-bit) or uint16 (16-bit) explicitly",
+            )
+        return a.astype(np.uint8)
+    if np.issubdtype(dtype, np.floating):
+        if np.isnan(a).any():
+            raise _fail(item, index, f"{dtype} array contains NaN values")
+        if np.isinf(a).any():
+            raise _fail(item, index, f"{dtype} array contains infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < -_FLOAT_TOLERANCE or hi > 1.0 + _FLOAT_TOLERANCE:
+            raise _fail(
+                item,
+                index,
+                f"float arrays must have values in [0, 1] (found "
+                f"{lo:.6g}..{hi:.6g}); for 0..255 data use "
+                "array.astype(np.uint8), or divide by 255",
+            )
+        return np.rint(np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise _fail(
+        item,
+        index,
+        f"unsupported array dtype {dtype}; expected uint8, uint16, bool, "
+        "float in [0, 1] or integers in 0..255",
+    )
+
+
+def _array_to_rgb(a, item, index):
+    if a.size == 0:
+        raise _fail(item, index, f"empty array (shape {a.shape})")
+    shape_ok = a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 2, 3, 4))
+    if not shape_ok:
+        reason = (
+            f"unsupported array shape {a.shape}; expected (H, W), (H, W, 1), "
+            "(H, W, 2), (H, W, 3) or (H, W, 4)"
+        )
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4):
+            reason += "; channel-first arrays must be moved with np.moveaxis(a, 0, -1)"
+        elif a.ndim == 4:
+            reason += "; pass a batch as a list of images"
+        raise _fail(item, index, reason)
+    a = _array_to_uint8(np.asarray(a), item, index)
+    if a.ndim == 2:
+        return _grey_to_rgb(a)
+    channels = a.shape[2]
+    if channels == 1:
+        return _grey_to_rgb(a[:, :, 0])
+    if channels == 2:
+        return _composite_over_white(_grey_to_rgb(a[:, :, 0]), a[:, :, 1])
+    if channels == 4:
+        return _composite_over_white(a[:, :, :3], a[:, :, 3])
+    return np.ascontiguousarray(a)
+
+
+def _load_path(path, index):
+    p = os.fsdecode(os.fspath(path))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise _fail(path, index, "file not found") from None
+    except PermissionError:
+        raise _fail(path, index, "permission denied") from None
+    except OSError as exc:
+        raise _fail(path, index, f"cannot access file ({exc})") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise _fail(path, index, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(path, index, "not a regular file")
+    if st.st_size == 0:
+        raise _fail(path, index, "zero-byte (empty) file")
+    try:
+        with Image.open(p) as im:
+            im.load()  # full decode now, so that truncated files fail here
+            im = _exif_transpose(im, path, index)
+            return _pil_to_rgb(im, path, index)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise _fail(
+            path, index, "not an image file, or a format Pillow cannot identify"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise _fail(path, index, f"image too large ({exc})") from exc
+    except PermissionError:
+        raise _fail(path, index, "permission denied") from None
+    except Exception as exc:
+        msg = str(exc)
+        if "truncated" in msg.lower() or isinstance(exc, EOFError):
+            reason = f"truncated file ({type(exc).__name__}: {msg})"
+        else:
+            reason = f"corrupt or unreadable image data ({type(exc).__name__}: {msg})"
+        raise _fail(path, index, reason) from exc
+
+
+def _load_pil(im, index):
+    try:
+        im.load()
+        transposed = _exif_transpose(im, im, index)
+        return _pil_to_rgb(transposed, im, index)
+    except ImageLoadError:
+        raise
+    except Exception as exc:
+        msg = str(exc)
+        kind = "truncated image" if "truncated" in msg.lower() else "unreadable PIL image"
+        raise _fail(im, index, f"{kind} ({type(exc).__name__}: {msg})") from exc
+
+
+def load_image(item, *, index=None):
+    """Load one input item as an ``H x W x 3`` ``uint8`` RGB array.
+
+    Parameters
+    ----------
+    item : str, os.PathLike, PIL.Image.Image, numpy.ndarray or Crop
+        The image. See Notes for the conversion rules.
+    index : int or None, default=None
+        Position of the item in its list; only used in error messages.
+
+    Returns
+    -------
+    image : ndarray of shape (H, W, 3), dtype uint8
+        A new C-contiguous RGB array (never a view of the input).
+
+    Raises
+    ------
+    ImageLoadError
+        If the item cannot be read or converted: missing, zero-byte or
+        non-regular file, not an image / corrupt data, truncated file,
+        unsupported array shape or dtype, out-of-range values, empty array,
+        crop box outside the image. The message names the item (index, path).
+    TypeError
+        If the item is of an unsupported type (``None``, a number, a list...).
+
+    Notes
+    -----
+    **Files** are opened with Pillow and fully decoded immediately (so
+    truncated files fail here; the global
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is respected). The EXIF
+    orientation is honoured (:func:`PIL.ImageOps.exif_transpose`).
+    Multi-frame files (GIF, TIFF) contribute their first frame.
+    **PIL images** are treated exactly like files, including their EXIF
+    orientation when they carry one (an image already passed through
+    ``exif_transpose`` has no orientation tag left and is not rotated again).
+
+    Conversion by PIL mode:
+
+    * ``"RGB"``: as is.
+    * ``"L"``, ``"1"``: replicated to three channels (``"1"`` gives 0/255).
+    * Images with transparency (``"RGBA"``, ``"LA"``, ``"PA"``, ``"RGBa"``,
+      ``"La"``, palette images with a transparent index or an RGBA palette,
+      ``"L"``/``"RGB"`` with a PNG ``tRNS`` colour key): composited over a
+      **white** background, ``out = round(c * a / 255 + 255 * (1 - a / 255))``.
+    * ``"P"`` without transparency, ``"CMYK"``, ``"YCbCr"``, ``"LAB"``,
+      ``"HSV"``, ``"RGBX"`` and any other mode Pillow can convert: converted
+      to RGB by Pillow.
+    * 16-bit greyscale (``"I;16"``, ``"I;16L"``, ``"I;16B"``, ``"I;16N"``,
+      e.g. 16-bit PNG): ``round(value / 257)``, so 0..65535 maps to 0..255.
+    * ``"I"`` (32-bit integer): clipped to 0..65535, then ``round(value / 257)``.
+    * ``"F"`` (32-bit float): if the maximum is <= 1 the values are taken as
+      intensities in [0, 1] (negatives clipped to 0) and scaled by 255;
+      otherwise they are clipped to 0..255. Rounded. NaN or infinite values
+      raise :class:`ImageLoadError`.
+    * 16-bit-per-channel colour PNGs: Pillow (>= 10, including 13) opens them
+      directly as 8-bit ``"RGB"`` / ``"RGBA"``, keeping the high byte
+      (``value >> 8``); they are then handled as above.
+    * Transparency of the ``"I"``, ``"I;16"`` and ``"F"`` modes is ignored.
+
+    **Arrays** may be ``(H, W)`` (grey), ``(H, W, 1)`` (grey),
+    ``(H, W, 2)`` (grey + alpha), ``(H, W, 3)`` (RGB) or ``(H, W, 4)``
+    (RGBA); alpha is composited over white as above. Values by dtype:
+
+    * ``uint8``: as is;
+    * ``uint16``: ``round(value / 257)`` (assumed to span 0..65535);
+    * ``bool``: False -> 0, True -> 255;
+    * floating: must lie in [0, 1] (NaN, infinities or values outside raise
+      :class:`ImageLoadError`), then ``round(value * 255)``;
+    * other integers: accepted only if all values lie in 0..255.
+
+    **Crop**: its image is loaded as above (at full resolution, after EXIF
+    transposition), then the box, clipped to the image, is cut out.
+    """
+    if isinstance(item, Crop):
+        return _apply_crop(load_image(item.image, index=index), item, index)
+    if _is_path(item):
+        return _load_path(item, index)
+    if isinstance(item, Image.Image):
+        return _load_pil(item, index)
+    if isinstance(item, np.ndarray):
+        out = _array_to_rgb(item, item, index)
+        if np.shares_memory(out, item):
+            out = out.copy()
+        return out
+    raise _type_error(item, index)
+
+
+# --------------------------------------------------------------------------
+# Cache keys
+# --------------------------------------------------------------------------
+
+
+def _hasher():
+    return hashlib.blake2b(digest_size=16)
+
+
+def image_key(item, *, index=None):
+    """Return a stable identity / content key of an input item.
+
+    Feature caches use this key to recognise an image they have already
+    processed, so it changes whenever the pixels :func:`load_image` would
+    return may change.
+
+    Parameters
+    ----------
+    item : str, os.PathLike, PIL.Image.Image, numpy.ndarray or Crop
+        The image.
+    index : int or None, default=None
+        Position of the item in its list; only used in error messages.
+
+    Returns
+    -------
+    key : str
+        * path: ``"path:<absolute path>:<size in bytes>:<mtime in ns>"``
+          (cheap: the file is not read; rewriting the file changes its size
+          or modification time and hence the key);
+        * array: ``"array:"`` + BLAKE2b hash of dtype, shape and bytes;
+        * PIL image: ``"pil:"`` + BLAKE2b hash of mode, size, pixel bytes,
+          palette, transparency and EXIF orientation;
+        * Crop: ``"crop:<key of its image>:<box>"``.
+
+    Raises
+    ------
+    ImageLoadError
+        If a path cannot be stat'ed (e.g. missing file) or an array has
+        dtype ``object``.
+    TypeError
+        If the item is of an unsupported type.
+    """
+    if isinstance(item, Crop):
+        return f"crop:{image_key(item.image, index=index)}:{item.box!r}"
+    if _is_path(item):
+        p = os.path.abspath(os.fsdecode(os.fspath(item)))
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            reason = "file not found" if isinstance(exc, FileNotFoundError) else str(exc)
+            raise _fail(item, index, reason) from None
+        return f"path:{p}:{st.st_size}:{st.st_mtime_ns}"
+    if isinstance(item, np.ndarray):
+        if item.dtype.hasobject:
+            raise _fail(item, index, f"unsupported array dtype {item.dtype}")
+        h = _hasher()
+        h.update(f"{item.dtype.str}|{item.shape}|".encode())
+        h.update(np.ascontiguousarray(item).tobytes() if item.size else b"")
+        return "array:" + h.hexdigest()
+    if isinstance(item, Image.Image):
+        h = _hasher()
+        h.update(f"{item.mode}|{item.size}|".encode())
+        h.update(item.tobytes())
+        if item.mode in ("P", "PA"):
+            palette = item.palette
+            if palette is not None:
+                h.update(f"|{palette.mode}|".encode())
+                h.update(bytes(palette.tobytes()))
+        h.update(repr(item.info.get("transparency")).encode())
+        try:
+            orientation = item.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:
+            orientation = 1
+        h.update(f"|orientation={orientation}".encode())
+        return "pil:" + h.hexdigest()
+    raise _type_error(item, index)
+
+
+# --------------------------------------------------------------------------
+# Collections and folders
+# --------------------------------------------------------------------------
+
+
+def _resolve_n_jobs(n_jobs):
+    if n_jobs is None:
+        return 1
+    if isinstance(n_jobs, (bool, np.bool_)) or not isinstance(n_jobs, numbers.Integral):
+        raise TypeError(f"n_jobs must be an int or None, got {n_jobs!r}")
+    n_jobs = int(n_jobs)
+    if n_jobs == 0:
+        raise ValueError("n_jobs == 0 has no meaning; use 1, -1 or another int")
+    if n_jobs < 0:
+        n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return n_jobs
+
+
+def _check_one(args):
+    index, item = args
+    try:
+        load_image(item, index=index)
+    except Exception as exc:  # noqa: BLE001 - report every problem
+        return (index, item, str(exc))
+    return None
+
+
+def check_images(items, *, n_jobs=1):
+    """Try to load every item and report those that fail.
+
+    Use it to filter a large collection before fitting::
+
+        problems = check_images(paths, n_jobs=8)
+        bad = {i for i, _, _ in problems}
+        paths = [p for i, p in enumerate(paths) if i not in bad]
+
+    Parameters
+    ----------
+    items : iterable
+        Images as accepted by :func:`load_image` (paths, PIL images, arrays,
+        :class:`Crop`).
+    n_jobs : int or None, default=1
+        Number of threads (:class:`concurrent.futures.ThreadPoolExecutor`;
+        Pillow decodes without holding the GIL). ``None`` means 1, ``-1``
+        all CPUs, ``-2`` all but one, etc.
+
+    Returns
+    -------
+    problems : list of tuple (index, item, message)
+        One entry per item that failed, in input order; ``message`` is the
+        error message (it names the item and the reason). Empty if every item
+        loads. Unsupported types (e.g. ``None``) are reported too.
+    """
+    if isinstance(items, (str, os.PathLike, Image.Image)):
+        raise TypeError(
+            "check_images expects a list of images, got a single "
+            f"{type(items).__name__}; use list_images(folder) to list a folder"
+        )
+    items = list(items)
+    n_jobs = min(_resolve_n_jobs(n_jobs), max(1, len(items)))
+    if n_jobs == 1:
+        results = map(_check_one, enumerate(items))
+        return [r for r in results if r is not None]
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        results = list(pool.map(_check_one, enumerate(items)))
+    return [r for r in results if r is not None]
+
+
+def list_images(folder, *, recursive=True, extensions=_DEFAULT_EXTENSIONS):
+    """List the image files under a folder.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Folder to scan.
+    recursive : bool, default=True
+        Whether to descend into sub-folders (symbolic links to folders are
+        not followed).
+    extensions : str or sequence of str, default=(".jpg", ".jpeg", ".png", \
+".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+        File extensions to keep, compared case-insensitively (``".JPG"``
+        matches ``".jpg"``); the leading dot is optional.
+
+    Returns
+    -------
+    paths : list of str
+        Sorted paths (``os.path.join(folder, ...)``, so relative when
+        ``folder`` is relative). Hidden files and folders (name starting with
+        ``"."``, e.g. macOS ``._x.jpg`` resource forks) are skipped. The files
+        are not opened: use :func:`check_images` to validate them.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` does not exist.
+    NotADirectoryError
+        If ``folder`` is not a directory.
+    ValueError
+        If no image file is found, or ``extensions`` is empty.
+    """
+    root = os.fsdecode(os.fspath(folder))
+    if isinstance(extensions, (str, bytes)):
+        extensions = (extensions,)
+    exts = tuple(
+        (e if e.startswith(".") else "." + e).lower() for e in (os.fsdecode(x) for x in extensions)
+    )
+    if not exts:
+        raise ValueError("extensions must not be empty")
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"image folder not found: {root!r}")
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"not a folder: {root!r}")
+
+    paths = []
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            paths.extend(
+                os.path.join(dirpath, f)
+                for f in filenames
+                if not f.startswith(".") and f.lower().endswith(exts)
+            )
+    else:
+        with os.scandir(root) as entries:
+            paths.extend(
+                os.path.join(root, e.name)
+                for e in entries
+                if not e.name.startswith(".")
+                and e.name.lower().endswith(exts)
+                and e.is_file()
+            )
+    if recursive:
+        paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:
+        where = "under" if recursive else "in"
+        raise ValueError(f"no image files {where} {root!r} (extensions {', '.join(exts)})")
+    return sorted(paths)
