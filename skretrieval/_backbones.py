@@ -89,11 +89,23 @@ def _weights_enum(backbone, name):
         ) from None
 
 
+def _is_weights_path(weights):
+    """Whether ``weights`` names a file rather than a torchvision weights name."""
+    if isinstance(weights, os.PathLike):
+        return True
+    return isinstance(weights, str) and (
+        os.path.sep in weights or os.path.exists(weights)
+        or weights.endswith((".pth", ".pt", ".bin", ".ckpt"))
+    )
+
+
 def describe_weights(backbone, weights):
     """A string that identifies the weights (for cache keys and messages)."""
     if weights is None:
         return "random"
-    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+    if _is_weights_path(weights):
+        if not os.path.isfile(weights):
+            raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
         st = os.stat(weights)
         return f"file:{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}"
     enum = _weights_enum(backbone, weights)
@@ -139,7 +151,7 @@ def _load_file_state_dict(path):
 def build_model(backbone, weights=None, *, progress=False):
     """Return ``(model, mean, std)``: a torchvision classifier in eval mode.
 
-    ``weights`` is None (random initialisation), a torchvision weights name
+    ``weights`` is None (random initialisation from seed 0), a torchvision weights name
     ("IMAGENET1K_V1", "DEFAULT", ...), a ``WeightsEnum`` member, or a path to a
     state-dict file (its normalisation is taken to be ImageNet's).
     """
@@ -153,16 +165,17 @@ def build_model(backbone, weights=None, *, progress=False):
             f"model: {known}"
         )
     kwargs = _model_builder_kwargs(backbone)
-    with warnings.catch_warnings():
+    # Random weights are drawn from a fixed seed: the same backbone gives the
+    # same network in every process, so features (and feature caches) of
+    # randomly initialised models are reproducible.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        torch.manual_seed(0)
         model = get_model(backbone, weights=None, **kwargs)
     mean, std = _IMAGENET_MEAN, _IMAGENET_STD
     if weights is not None:
-        if isinstance(weights, (str, os.PathLike)) and (
-            os.path.sep in str(weights) or os.path.exists(weights)
-            or str(weights).endswith((".pth", ".pt", ".bin", ".ckpt"))
-        ):
+        if _is_weights_path(weights):
             if not os.path.isfile(weights):
                 raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
             state = _load_file_state_dict(weights)

@@ -1,0 +1,502 @@
+"""ConvFeatureExtractor: images -> convolutional feature maps of a torchvision CNN."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._backbones import describe_weights, load_backbone, resolve_layer
+from ._cache import FORWARD_PASSES, get_cache, make_key
+from ._images import describe, image_key, load_image
+from ._maps import FeatureMaps
+
+__all__ = ["ConvFeatureExtractor"]
+
+# Images decoded ahead of the network, per chunk: bounds the RAM held by
+# decoded pixels and by not-yet-stored maps.
+_CHUNK = 64
+_TRUNKS: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
+# NHWC tensors let oneDNN pick its fast convolution kernels on CPU (about
+# 1.5x for MobileNetV2 here, see benchmarks/bench_extraction.py).
+CHANNELS_LAST = True
+
+
+def _resolve_device(device):
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return str(dev)
+
+
+def _as_image_list(X):
+    """Validate the collection ``X`` and return it as a list of images."""
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise TypeError(
+            "X must be a collection of images (a list of paths, PIL images or "
+            f"arrays), got a single {type(X).__name__}; wrap it in a list"
+        )
+    if isinstance(X, np.ndarray):
+        if X.dtype != object and X.ndim != 4:
+            raise ValueError(
+                "an array X must hold a batch of images, shape (n, H, W, 3); got "
+                f"shape {X.shape}. Pass a list of images instead"
+            )
+        items = list(X)
+    elif isinstance(X, FeatureMaps):
+        raise TypeError("X is already FeatureMaps: it goes to a pooler, not to the extractor")
+    else:
+        try:
+            items = list(X)
+        except TypeError:
+            raise TypeError(
+                f"X must be a list of images (paths, PIL images or arrays), got "
+                f"{type(X).__name__}"
+            ) from None
+    if not items:
+        raise ValueError("X is empty: no image to extract features from")
+    return items
+
+
+def _resized_shape(h, w, longest):
+    s = longest / max(h, w)
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def _resize(arr, shape):
+    if arr.shape[:2] == shape:
+        return arr
+    img = Image.fromarray(arr).resize((shape[1], shape[0]), Image.BILINEAR)
+    return np.asarray(img)
+
+
+class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
+    """Convolutional feature maps of a torchvision backbone.
+
+    Every image is resized so that its longest side is ``max_size * scale``
+    for each scale (aspect ratio kept, no crop), normalised as the weights
+    expect, and fed to the backbone truncated at ``layer``.  The output keeps
+    the spatial layout: one ``C x H x W`` map per image and scale, in a
+    :class:`~skretrieval.FeatureMaps` (a ragged, list-like container that
+    pipelines and grid searches slice like an array).  Pool it into a vector
+    with a pooler (:class:`GeMPooler`, :class:`SPoCPooler`, ...).
+
+    Parameters
+    ----------
+    backbone : str, default="mobilenet_v2"
+        Any torchvision classification model name ("vgg16", "resnet50",
+        "googlenet", "mobilenet_v2", "efficientnet_b0", ...).
+    weights : str, path or None, default="IMAGENET1K_V1"
+        A torchvision weights name of that model ("IMAGENET1K_V1",
+        "DEFAULT", ...), a path to a state-dict file, or None for random
+        initialisation.  Official files are looked up in torch's hub cache,
+        in ``$SKRETRIEVAL_WEIGHTS_DIR`` and in packages that ship them before
+        any download (see :func:`skretrieval.weights_search_dirs`).
+    layer : str, int or None, default=None
+        Where to cut the network: a friendly name (vgg ``"conv5_3"``,
+        ``"pool5"``; resnet ``"layer3"``; googlenet ``"inception4e"``;
+        mobilenet block index ``14`` or ``"block14"``), a torchvision graph
+        node or module name (``"features.14"``), or None for the last
+        convolutional layer.  VGG ``convB_I`` names are the ReLU outputs.
+    max_size : int, default=1024
+        Longest image side in pixels at scale 1 (images are up- or
+        down-sampled to it with bilinear interpolation).
+    scales : tuple of float, default=(1.0,)
+        Multipliers of ``max_size``; one map per scale (e.g. ``(1, 2)`` as in
+        Ng et al., ``(1, 2**-0.5, 0.5)`` as in Radenović et al.).
+    device : str, default="auto"
+        Torch device; "auto" picks CUDA, then MPS, then CPU.
+    batch_size : int, default=8
+        Images of identical resized shape are fed to the network together, up
+        to this many at once.
+    dtype : {"float32", "float16"}, default="float32"
+        Storage precision of the output maps (float16 halves their memory;
+        the network always computes in float32).
+    store : {"memory", "disk"} or path, default="memory"
+        Where the output maps live: in RAM, or in a file read back through
+        memory maps (a temporary directory for "disk", removed with the
+        output; or the given directory).  Use "disk" for large collections:
+        peak memory then stays that of one chunk of images.
+    cache : None, "memory" or path, default=None
+        Feature cache keyed by image content, backbone, weights, layer and
+        input size: "memory" (per process, LRU, bounded by
+        ``$SKRETRIEVAL_CACHE_BYTES``, default 2 GiB) or a directory shared by
+        processes.  With a cache, grid-search candidates that differ only in
+        downstream steps run the network once per image and scale.
+    n_jobs : int or None, default=None
+        Threads that decode and resize images while the network runs
+        (None: up to 4).
+    verbose : int, default=0
+        Print progress (images done, rate, time left) to stderr when > 0.
+
+    Attributes
+    ----------
+    trunk_ : torch.nn.Module
+        The backbone truncated at the layer (rebuilt lazily after unpickling).
+    layer_node_ : str
+        The torchvision graph node the maps are taken from.
+    layer_name_ : str
+        The layer as requested (friendly name) or the resolved node.
+    n_channels_ : int
+        Number of channels ``C`` of the maps.
+    stride_ : float
+        Input pixels per output cell along each side.
+    min_input_size_ : int
+        Smallest image side (after resizing) the truncated network accepts.
+    mean_, std_ : tuple of float
+        Normalisation applied to RGB values in [0, 1].
+    device_ : str
+        Device the network runs on.
+
+    See Also
+    --------
+    FeatureMaps : The output container.
+    GeMPooler, SPoCPooler, MACPooler, RMACPooler, CroWPooler : Poolers.
+
+    Notes
+    -----
+    Images may be paths, PIL images or ``H x W x 3`` uint8 arrays (see
+    :func:`skretrieval.load_image` for the conversions); wrap a query in
+    :class:`skretrieval.Crop` to extract features from a box only (cropped at
+    full resolution before resizing, as the revisitop protocol requires).
+    An unreadable image aborts the transform with an
+    :class:`~skretrieval.ImageLoadError` naming it; screen a large folder
+    first with :func:`skretrieval.check_images`.
+
+    Pickling stores the truncated network's ``state_dict`` as numpy arrays,
+    not the torch module; loading rebuilds the module on first use, on CPU
+    when the fitted device is absent.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval import ConvFeatureExtractor
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
+    >>> ext = ConvFeatureExtractor("resnet18", weights=None, max_size=64).fit(images)
+    >>> maps = ext.transform(images)
+    >>> maps[0][0].shape
+    (512, 2, 2)
+    """
+
+    _parameter_constraints = {
+        "backbone": [str],
+        "weights": "no_validation",
+        "layer": [str, Integral, None],
+        "max_size": [Interval(Integral, 1, None, closed="left")],
+        "scales": ["array-like", Interval(Real, 0, None, closed="neither")],
+        "device": [str],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "dtype": [StrOptions({"float32", "float16"})],
+        "store": [StrOptions({"memory", "disk"}), str, os.PathLike],
+        "cache": [None, str, os.PathLike],
+        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="mobilenet_v2",
+        *,
+        weights="IMAGENET1K_V1",
+        layer=None,
+        max_size=1024,
+        scales=(1.0,),
+        device="auto",
+        batch_size=8,
+        dtype="float32",
+        store="memory",
+        cache=None,
+        n_jobs=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.max_size = max_size
+        self.scales = scales
+        self.device = device
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.store = store
+        self.cache = cache
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------
+    def _scales(self):
+        scales = np.atleast_1d(np.asarray(self.scales, dtype=float))
+        if scales.ndim != 1 or scales.size == 0 or not np.all(scales > 0):
+            raise ValueError(f"scales must be positive numbers, got {self.scales!r}")
+        return tuple(float(s) for s in scales)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X=None, y=None):
+        """Load the backbone, cut it at the layer and probe its geometry.
+
+        Parameters
+        ----------
+        X : list of images, optional
+            Not used to fit anything (the network is pretrained); checked
+            for emptiness when given.
+        y : ignored
+
+        Returns
+        -------
+        self : ConvFeatureExtractor
+        """
+        if X is not None:
+            _as_image_list(X)
+        self._scales()
+        self.device_ = _resolve_device(self.device)
+        wid = describe_weights(self.backbone, self.weights)
+        model, mean, std = load_backbone(self.backbone, self.weights)
+        node, name = resolve_layer(self.backbone, model, self.layer)
+        self.layer_node_, self.layer_name_ = node, name
+        self.mean_, self.std_ = tuple(mean), tuple(std)
+        self._weights_id = wid
+        key = (self.backbone, wid, node, self.device_, CHANNELS_LAST)
+        trunk = _TRUNKS.get(key)
+        if trunk is None:
+            trunk = self._build_trunk(model, node).to(self.device_)
+            if CHANNELS_LAST:
+                trunk = trunk.to(memory_format=torch.channels_last)
+            _TRUNKS[key] = trunk
+            while len(_TRUNKS) > 4:
+                _TRUNKS.popitem(last=False)
+        self.trunk_ = trunk
+        self._probe()
+        return self
+
+    @staticmethod
+    def _build_trunk(model, node):
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            trunk = create_feature_extractor(model, return_nodes={node: "out"})
+        trunk.eval()
+        return trunk
+
+    def _forward(self, batch):
+        out = self.trunk_(batch)["out"]
+        if out.ndim != 4:
+            raise ValueError(
+                f"layer {self.layer_name_!r} of {self.backbone} outputs a tensor of "
+                f"shape {tuple(out.shape)}, not a C x H x W map; choose a "
+                "convolutional layer"
+            )
+        return out
+
+    def _probe(self):
+        """Find the channel count, stride and smallest accepted input."""
+        with torch.inference_mode():
+            x = torch.zeros(1, 3, 224, 224, device=self.device_)
+            out = self._forward(x)
+            self.n_channels_ = int(out.shape[1])
+            self.stride_ = 224 / out.shape[-1]
+            size = 1
+            while size < 224:
+                try:
+                    self._forward(torch.zeros(1, 3, size, size, device=self.device_))
+                    break
+                except RuntimeError:
+                    size *= 2
+            lo = size // 2 + 1 if size > 1 else 1
+            for s in range(lo, size):  # refine between the last failure and success
+                try:
+                    self._forward(torch.zeros(1, 3, s, s, device=self.device_))
+                    size = s
+                    break
+                except RuntimeError:
+                    continue
+            self.min_input_size_ = size
+
+    def _ensure_trunk(self):
+        """Rebuild the network after unpickling (from the stored state dict)."""
+        if self.trunk_ is not None:
+            return
+        from torchvision.models import get_model
+
+        from ._backbones import _model_builder_kwargs
+
+        device = self.device_
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(
+                f"this extractor was fitted on {device!r}, which is not available "
+                "here; running on CPU",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            device = self.device_ = "cpu"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_model(self.backbone, weights=None,
+                              **_model_builder_kwargs(self.backbone))
+        model.eval()
+        trunk = self._build_trunk(model, self.layer_node_)
+        state = {k: torch.from_numpy(np.array(v)) for k, v in self._trunk_state.items()}
+        trunk.load_state_dict(state)
+        for p in trunk.parameters():
+            p.requires_grad_(False)
+        if CHANNELS_LAST:
+            trunk = trunk.to(memory_format=torch.channels_last)
+        self.trunk_ = trunk.to(device)
+        del self._trunk_state
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        trunk = state.get("trunk_")
+        if trunk is not None:
+            state["trunk_"] = None
+            state["_trunk_state"] = {
+                k: v.detach().cpu().numpy() for k, v in trunk.state_dict().items()
+            }
+        return state
+
+    # ------------------------------------------------------------------
+    def _prepare(self, index, item, scales):
+        """Load one image and resize it for every scale (runs in a thread)."""
+        arr = load_image(item, index=index)
+        h, w = arr.shape[:2]
+        out = []
+        for s in scales:
+            shape = _resized_shape(h, w, self.max_size * s)
+            if min(shape) < self.min_input_size_:
+                raise ValueError(
+                    f"{describe(item, index)} is {h}x{w} px, {shape[0]}x{shape[1]} "
+                    f"after resizing to max_size={self.max_size} x scale {s}; layer "
+                    f"{self.layer_name_!r} of {self.backbone} needs at least "
+                    f"{self.min_input_size_} px on each side. Raise max_size or "
+                    "drop this image"
+                )
+            out.append(_resize(arr, shape))
+        return out
+
+    def _keys(self, items, start, scales):
+        if self.cache is None:
+            return None
+        base = (self.backbone, self._weights_id, self.layer_node_, self.dtype)
+        keys = []
+        for i, item in enumerate(items):
+            ik = image_key(item)
+            keys.append([make_key(base, ik, self.max_size, s) for s in scales])
+        return keys
+
+    def transform(self, X):
+        """Extract feature maps.
+
+        Parameters
+        ----------
+        X : list of images
+            Paths, PIL images, ``H x W x 3`` arrays or :class:`Crop` items.
+
+        Returns
+        -------
+        maps : FeatureMaps
+            ``maps[i]`` is a tuple of one ``(C, H, W)`` float32 array per scale.
+        """
+        check_is_fitted(self, "trunk_")
+        items = _as_image_list(X)
+        self._ensure_trunk()
+        scales = self._scales()
+        cache = get_cache(self.cache)
+        out = FeatureMaps(scales=scales, layer=self.layer_name_, store=self.store,
+                          dtype=self.dtype)
+        n_threads = self.n_jobs or min(4, os.cpu_count() or 1)
+        mean = torch.tensor(self.mean_, device=self.device_).view(1, 3, 1, 1)
+        std = torch.tensor(self.std_, device=self.device_).view(1, 3, 1, 1)
+        t0, last_report = time.perf_counter(), 0.0
+        chunks = [range(a, min(a + _CHUNK, len(items))) for a in range(0, len(items), _CHUNK)]
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+
+            def submit(chunk):
+                keys = self._keys([items[i] for i in chunk], chunk.start, scales)
+                futures = []
+                for j, i in enumerate(chunk):
+                    if keys is not None:
+                        hits = [cache.get(k) for k in keys[j]]
+                        if all(h is not None for h in hits):
+                            futures.append((None, hits, keys[j]))
+                            continue
+                    futures.append((pool.submit(self._prepare, i, items[i], scales), None,
+                                    None if keys is None else keys[j]))
+                return futures
+
+            pending = submit(chunks[0]) if chunks else []
+            for c, chunk in enumerate(chunks):
+                current = pending
+                if c + 1 < len(chunks):  # decode the next chunk while this one runs
+                    pending = submit(chunks[c + 1])
+                results = {}
+                groups = defaultdict(list)
+                for j, (fut, hits, keys) in enumerate(current):
+                    if fut is None:
+                        results.update({(j, s): hits[s] for s in range(len(scales))})
+                        continue
+                    for s, arr in enumerate(fut.result()):
+                        groups[arr.shape].append((j, s, arr, None if keys is None else keys[s]))
+                with torch.inference_mode():
+                    for shape in sorted(groups):
+                        members = groups[shape]
+                        for b in range(0, len(members), self.batch_size):
+                            batch = members[b:b + self.batch_size]
+                            maps = self._run_batch([m[2] for m in batch], mean, std,
+                                                   [chunk[m[0]] for m in batch], items)
+                            for (j, s, _, key), fmap in zip(batch, maps):
+                                results[(j, s)] = fmap
+                                if cache is not None:
+                                    cache.put(key, fmap)
+                for j in range(len(chunk)):
+                    out.append(tuple(results.pop((j, s)) for s in range(len(scales))))
+                if self.verbose:
+                    now = time.perf_counter() - t0
+                    done = chunk.stop
+                    if now - last_report > 5 or done == len(items):
+                        last_report = now
+                        rate = done / max(now, 1e-9)
+                        eta = (len(items) - done) / max(rate, 1e-9)
+                        print(f"[ConvFeatureExtractor] {done}/{len(items)} images, "
+                              f"{rate:.1f} img/s, {eta:.0f} s left", file=sys.stderr,
+                              flush=True)
+        return out
+
+    def _run_batch(self, arrays, mean, std, indices, items):
+        x = torch.from_numpy(np.stack(arrays)).to(self.device_)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+        if CHANNELS_LAST:
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            y = self._forward(x)
+        except RuntimeError as exc:
+            names = ", ".join(describe(items[i], i) for i in indices[:3])
+            raise RuntimeError(
+                f"{self.backbone} failed on {names} (input {tuple(x.shape)}): {exc}"
+            ) from exc
+        FORWARD_PASSES.add(len(arrays))
+        y = y.float().cpu().numpy()
+        return [np.ascontiguousarray(m) for m in y]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.non_deterministic = self.device not in ("cpu",)
+        return tags
