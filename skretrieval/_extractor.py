@@ -391,15 +391,15 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             out.append(_resize(arr, shape))
         return out
 
-    def _keys(self, items, start, scales):
+    def _keys(self, items, indices, scales):
+        """Cache keys, one list per image with one key per scale."""
         if self.cache is None:
             return None
         base = (self.backbone, self._weights_id, self.layer_node_, self.dtype)
-        keys = []
-        for i, item in enumerate(items):
-            ik = image_key(item)
-            keys.append([make_key(base, ik, self.max_size, s) for s in scales])
-        return keys
+        return [
+            [make_key(base, image_key(items[i], index=i), self.max_size, s) for s in scales]
+            for i in indices
+        ]
 
     def transform(self, X):
         """Extract feature maps.
@@ -429,7 +429,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
 
             def submit(chunk):
-                keys = self._keys([items[i] for i in chunk], chunk.start, scales)
+                keys = self._keys(items, chunk, scales)
                 futures = []
                 for j, i in enumerate(chunk):
                     if keys is not None:

@@ -65,12 +65,12 @@ class _DiskStore:
 
     def read(self, ref):
         _, offset, shape, dtype = ref
-        if self._mm is None:
-            with self._lock:
-                if self._mm is None:
-                    self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
         count = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return self._mm[offset : offset + count].view(dtype).reshape(shape)
+        mm = self._mm
+        if mm is None or mm.size < offset + count:
+            with self._lock:
+                mm = self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return mm[offset : offset + count].view(dtype).reshape(shape)
 
     @property
     def nbytes(self):
@@ -166,8 +166,14 @@ class FeatureMaps:
                 raise ValueError(
                     f"all maps must have {self.n_channels} channels, got {arr.shape[0]}"
                 )
-            arr = arr.astype(self.dtype, copy=False)
-            refs.append(arr if self._store is None else self._store.append(arr))
+            if self._store is None:
+                # an own, read-only copy: later edits of the caller's array, or
+                # in-place work of a consumer, cannot change the collection
+                arr = np.array(arr, dtype=self.dtype, copy=True)
+                arr.setflags(write=False)
+                refs.append(arr)
+            else:
+                refs.append(self._store.append(arr.astype(self.dtype, copy=False)))
         self._refs.append(tuple(refs))
 
     # -- sequence protocol --------------------------------------------------
@@ -206,6 +212,8 @@ class FeatureMaps:
         if isinstance(key, slice):
             return self._view(self, self._refs[key])
         key = np.asarray(key)
+        if key.size == 0:
+            return self._view(self, [])
         if key.dtype == bool:
             if key.shape != (len(self),):
                 raise IndexError(

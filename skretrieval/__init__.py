@@ -1,0 +1,44 @@
+"""skretrieval: scikit-learn estimators for instance image retrieval with CNN features.
+
+Build a retrieval system as a Pipeline::
+
+    ConvFeatureExtractor -> a pooler -> PCAWhitener -> NearestNeighborRetriever
+
+and score it with :class:`RetrievalMAP` in ``GridSearchCV``.
+"""
+
+__version__ = "0.1.0"
+
+from ._images import Crop, ImageLoadError, check_images, list_images, load_image
+from ._maps import FeatureMaps
+from ._backbones import WeightsNotFoundError, layer_names, weights_search_dirs
+from ._cache import clear_memory_cache, forward_pass_count
+from ._extractor import ConvFeatureExtractor
+from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, region_grid
+from ._whitening import PCAWhitener
+from ._retriever import NearestNeighborRetriever
+from .metrics import RetrievalMAP
+
+__all__ = [
+    "ConvFeatureExtractor",
+    "Crop",
+    "CroWPooler",
+    "FeatureMaps",
+    "GeMPooler",
+    "ImageLoadError",
+    "MACPooler",
+    "NearestNeighborRetriever",
+    "PCAWhitener",
+    "RMACPooler",
+    "RetrievalMAP",
+    "SPoCPooler",
+    "WeightsNotFoundError",
+    "check_images",
+    "clear_memory_cache",
+    "forward_pass_count",
+    "layer_names",
+    "list_images",
+    "load_image",
+    "region_grid",
+    "weights_search_dirs",
+]

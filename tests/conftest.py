@@ -1,0 +1,47 @@
+"""Shared fixtures: the data beside the project and the real MobileNetV2 weights."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from skretrieval import weights_search_dirs
+
+SHARED_DATA = Path(os.environ.get(
+    "SKRETRIEVAL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def have_mobilenet_weights():
+    return any(os.path.isfile(os.path.join(d, "mobilenet_v2-b0353104.pth"))
+               for d in weights_search_dirs())
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """``../shared/data`` (skips the test when it is absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights():
+    if not have_mobilenet_weights():
+        pytest.skip("mobilenet_v2-b0353104.pth (ImageNet weights) not installed")
+    return "IMAGENET1K_V1"
+
+
+@pytest.fixture(scope="session")
+def coil100_subset(shared_data):
+    """Paths and labels of 8 views of each of 12 COIL-100 objects."""
+    root = shared_data / "coil100"
+    if not root.is_dir():
+        pytest.skip("COIL-100 not in shared data")
+    paths, labels = [], []
+    for obj in range(2, 14):  # obj1 is stored at 32x32: skip it
+        for deg in range(0, 360, 45):
+            p = root / f"obj{obj}__{deg}.png"
+            if p.exists():
+                paths.append(str(p))
+                labels.append(obj)
+    return paths, labels

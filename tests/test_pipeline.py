@@ -1,0 +1,134 @@
+"""End to end: Pipeline, GridSearchCV, persistence, on random and real networks."""
+
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+
+from skretrieval import (
+    ConvFeatureExtractor,
+    GeMPooler,
+    NearestNeighborRetriever,
+    PCAWhitener,
+    RetrievalMAP,
+    SPoCPooler,
+    clear_memory_cache,
+    forward_pass_count,
+)
+
+
+def _toy_collection(n_objects=4, views=4, seed=0):
+    """Each object is a random texture; its views are shifted, noisy crops."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for obj in range(n_objects):
+        base = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+        for _ in range(views):
+            y, x = rng.integers(0, 12, 2)
+            view = base[y:y + 72, x:x + 100].astype(int) + rng.integers(-10, 10, (72, 100, 3))
+            images.append(np.clip(view, 0, 255).astype(np.uint8))
+            labels.append(obj)
+    return images, np.array(labels)
+
+
+def _pipe(**ext):
+    params = dict(weights=None, max_size=64, device="cpu")
+    params.update(ext)
+    return make_pipeline(ConvFeatureExtractor("resnet18", **params), GeMPooler(p=3),
+                         PCAWhitener(n_components=8), NearestNeighborRetriever(n_neighbors=5))
+
+
+def test_pipeline_fit_score_kneighbors_predict():
+    images, labels = _toy_collection()
+    pipe = _pipe().fit(images, labels)
+    score = pipe.score(images[::4], labels[::4])
+    assert 0 < score <= 1
+    dist, idx = pipe[-1].kneighbors(pipe[:-1].transform(images[:3]))
+    assert idx.shape == (3, 5) and np.all(np.diff(dist, axis=1) >= -1e-6)
+    # each image is its own nearest neighbour among the database
+    np.testing.assert_array_equal(idx[:, 0], [0, 1, 2])
+    predicted = pipe[-1].predict(pipe[:-1].transform(images[:2]))
+    np.testing.assert_array_equal(predicted[:, 0], labels[:2])
+    # a leave-one-out score of the database
+    loo = pipe[-1].score(None, None)
+    assert 0 < loo <= 1
+
+
+def test_grid_search_reuses_features_through_the_cache():
+    clear_memory_cache()
+    images, labels = _toy_collection(n_objects=3, views=4)
+    pipe = _pipe(cache="memory")
+    grid = GridSearchCV(
+        pipe,
+        {"convfeatureextractor__layer": ["layer3", "layer4"],
+         "convfeatureextractor__max_size": [48, 64],
+         "pcawhitener__n_components": [4, 6]},
+        scoring=RetrievalMAP(), cv=StratifiedKFold(2, shuffle=True, random_state=0),
+    )
+    before = forward_pass_count()
+    grid.fit(images, labels)
+    passes = forward_pass_count() - before
+    # 2 layers x 2 sizes: each image goes through the network once per
+    # (layer, size); the n_components axis, the folds and refit cost nothing.
+    assert passes == 4 * len(images)
+    assert set(grid.cv_results_["mean_test_score"]) and 0 < grid.best_score_ <= 1
+    assert grid.best_estimator_.score(images, labels) > 0
+
+
+def test_grid_search_without_cache_recomputes():
+    images, labels = _toy_collection(n_objects=2, views=4)
+    grid = GridSearchCV(_pipe(), {"pcawhitener__n_components": [2, 3]},
+                        scoring=RetrievalMAP(), cv=StratifiedKFold(2))
+    before = forward_pass_count()
+    grid.fit(images, labels)
+    # 2 candidates x 2 folds x (train + test) + refit
+    assert forward_pass_count() - before == 2 * 2 * len(images) + len(images)
+
+
+def test_joblib_round_trip_in_a_fresh_process(tmp_path):
+    images, labels = _toy_collection()
+    pipe = _pipe().fit(images, labels)
+    _, expected = pipe[-1].kneighbors(pipe[:-1].transform(images[:5]), n_neighbors="all")
+    path = tmp_path / "retriever.joblib"
+    joblib.dump(pipe, path)
+    np.save(tmp_path / "queries.npy", np.stack(images[:5]))
+    code = (
+        "import joblib, numpy as np, sys\n"
+        "pipe = joblib.load(sys.argv[1])\n"
+        "q = list(np.load(sys.argv[2]))\n"
+        "_, idx = pipe[-1].kneighbors(pipe[:-1].transform(q), n_neighbors='all')\n"
+        "np.save(sys.argv[3], idx)\n"
+    )
+    out = tmp_path / "idx.npy"
+    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "queries.npy"),
+                    str(out)], check=True)
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_clone_and_params():
+    pipe = _pipe()
+    params = pipe.get_params()
+    assert params["convfeatureextractor__backbone"] == "resnet18"
+    cloned = clone(pipe).set_params(convfeatureextractor__layer="layer3")
+    assert cloned[0].layer == "layer3" and pipe[0].layer is None
+
+
+@pytest.mark.slow
+def test_real_mobilenet_on_coil100(coil100_subset, mobilenet_weights):
+    paths, labels = coil100_subset
+    pipe = make_pipeline(
+        ConvFeatureExtractor("mobilenet_v2", weights=mobilenet_weights, max_size=128,
+                             device="cpu"),
+        SPoCPooler(), NearestNeighborRetriever())
+    pipe.fit(paths, labels)
+    loo = pipe[-1].score(None, None)
+    # 12 objects x 8 views 45 degrees apart: ImageNet features recognise them
+    assert loo > 0.6, loo
+    # and much better than a randomly initialised network
+    rand = clone(pipe).set_params(convfeatureextractor__weights=None).fit(paths, labels)
+    assert loo > rand[-1].score(None, None) + 0.15
