@@ -1,0 +1,448 @@
+"""Command-line interface: ``skretrieval`` / ``python -m skretrieval``.
+
+Subcommands
+-----------
+``index``
+    Extract global descriptors of every image of a folder and save the fitted
+    retrieval pipeline (extractor, pooler, optional PCA whitening and
+    nearest-neighbour retriever) with joblib.
+``search``
+    Load a saved pipeline and print the most similar database images of one
+    or more query images (optionally restricted to a box).
+``demo``
+    Compare the poolers on a small offline collection with the real
+    MobileNetV2 weights and draw a figure of rankings.
+
+Exit status: 0 on success, 2 on usage errors and bad input (missing folder or
+file, unreadable image, missing weights...), with a one-line
+``skretrieval: error: ...`` message on stderr and no traceback (set the
+environment variable ``SKRETRIEVAL_DEBUG=1`` to get the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ["main"]
+
+PROG = "skretrieval"
+
+_POOLERS = {
+    "gem": "GeMPooler",
+    "spoc": "SPoCPooler",
+    "mac": "MACPooler",
+    "rmac": "RMACPooler",
+    "crow": "CroWPooler",
+}
+
+
+class CLIError(Exception):
+    """An expected error: reported on one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------
+# argument parsing
+# ---------------------------------------------------------------------------
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _weights(text):
+    """``none`` (any case) means random weights."""
+    return None if text.lower() in ("none", "random") else text
+
+
+def build_parser():
+    """The argument parser of the ``skretrieval`` command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Content-based instance image retrieval with deep CNN features "
+                    "(scikit-learn compatible).",
+        epilog="Run 'skretrieval COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # -- index -----------------------------------------------------------
+    p = sub.add_parser(
+        "index",
+        help="index the images of a folder into a retrieval pipeline file",
+        description="Extract a global descriptor of every image under FOLDER "
+                    "(recursively) and save the fitted pipeline (extractor, pooler, "
+                    "optional PCA whitening, nearest-neighbour retriever) with joblib. "
+                    "The retriever's labels are the image paths relative to FOLDER.",
+    )
+    p.add_argument("folder", metavar="FOLDER", help="folder of images (searched recursively)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="where to save the fitted pipeline (e.g. retriever.joblib)")
+    p.add_argument("--backbone", default="mobilenet_v2",
+                   help="torchvision model name (default: %(default)s)")
+    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
+                   help="torchvision weights name, path to a state-dict file, or "
+                        "'none' for random weights (default: %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="layer to take the feature maps from (default: the last "
+                        "convolutional layer)")
+    p.add_argument("--max-size", type=_positive_int, default=1024, metavar="PIXELS",
+                   help="longest image side at scale 1 (default: %(default)s)")
+    p.add_argument("--scales", type=_positive_float, nargs="+", default=[1.0],
+                   metavar="S", help="image scales, e.g. '1 0.707' (default: 1)")
+    p.add_argument("--pooler", choices=sorted(_POOLERS), default="gem",
+                   help="pooling of the feature maps (default: %(default)s)")
+    p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
+                   help="PCA-whiten the descriptors to N dimensions, learned on the "
+                        "indexed images (default: no whitening)")
+    p.add_argument("--algorithm", choices=("brute", "nndescent"), default="brute",
+                   help="exact (brute) or approximate (nndescent) search "
+                        "(default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="check every image first and leave out the unreadable ones "
+                        "(with a warning) instead of stopping at the first one")
+    p.set_defaults(func=_cmd_index)
+
+    # -- search ----------------------------------------------------------
+    p = sub.add_parser(
+        "search",
+        help="search an index for the images most similar to queries",
+        description="Rank the images of a saved index for each query image.",
+    )
+    p.add_argument("index", metavar="INDEX", help="pipeline file written by 'skretrieval index'")
+    p.add_argument("queries", metavar="QUERY", nargs="+", help="query image file(s)")
+    p.add_argument("-k", type=_positive_int, default=10,
+                   help="number of results per query (default: %(default)s)")
+    p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
+                   help="search with this region of the (single) query only, in "
+                        "pixels of the full-resolution image")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the progress of the feature extraction")
+    p.set_defaults(func=_cmd_search)
+
+    # -- demo ------------------------------------------------------------
+    p = sub.add_parser(
+        "demo",
+        help="compare the poolers on a small offline collection",
+        description="Run MobileNetV2 (ImageNet weights) on 48 images generated from "
+                    "8 photographs shipped with scikit-learn and scikit-image, print "
+                    "the leave-one-out mAP of every pooler, raw and PCA-whitened, "
+                    "and draw the top results of a few queries.",
+    )
+    p.add_argument("--out", default="skretrieval-demo.png", metavar="PNG",
+                   help="figure file (default: %(default)s)")
+    p.add_argument("--max-size", type=_positive_int, default=256, metavar="PIXELS",
+                   help="longest image side fed to the network (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
+    p.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def _info(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def _warn(message):
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_device(device):
+    import torch
+
+    try:
+        dev = torch.device(device) if device != "auto" else None
+    except (RuntimeError, ValueError):
+        raise CLIError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available here; use cpu or auto")
+    if dev is not None and dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise CLIError(f"--device {device}: MPS is not available here; use cpu or auto")
+
+
+def _format_size(n_bytes):
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+
+
+# ---------------------------------------------------------------------------
+# index
+# ---------------------------------------------------------------------------
+def _cmd_index(args):
+    import joblib
+    import numpy as np
+    from sklearn.pipeline import make_pipeline
+
+    from . import _pooling
+    from ._extractor import ConvFeatureExtractor
+    from ._images import check_images, list_images
+    from ._retriever import NearestNeighborRetriever
+    from ._whitening import PCAWhitener
+
+    t0 = time.perf_counter()
+    folder = args.folder
+    paths = list_images(folder)  # FileNotFoundError / NotADirectoryError / ValueError
+    n_found = len(paths)
+    if args.skip_bad:
+        problems = check_images(paths, n_jobs=min(8, os.cpu_count() or 1))
+        if problems:
+            bad = {i for i, _, _ in problems}
+            lines = "\n".join(f"  {msg}" for _, _, msg in problems)
+            _warn(f"leaving out {len(problems)} unreadable image(s) of {n_found}:\n{lines}")
+            paths = [p for i, p in enumerate(paths) if i not in bad]
+        if not paths:
+            raise CLIError(f"no readable image under {folder!r}")
+    n = len(paths)
+    if args.pca is not None and args.pca >= n:
+        raise CLIError(
+            f"--pca {args.pca} needs more images than components: {n} image(s) "
+            f"give at most {max(n - 1, 0)} principal directions; use --pca "
+            f"{max(n - 1, 1)} or less, or index more images"
+        )
+    if args.algorithm == "nndescent" and n < 3:
+        raise CLIError(f"--algorithm nndescent needs at least 3 images, got {n}")
+    _check_device(args.device)
+
+    extractor = ConvFeatureExtractor(
+        args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
+        scales=tuple(args.scales), device=args.device, batch_size=args.batch_size,
+        verbose=1,
+    )
+    # Load the network first: unknown backbone / layer and missing weights are
+    # reported before any image is read, and the descriptor size is known.
+    extractor.fit()
+    dim = extractor.n_channels_
+    if args.pca is not None and args.pca > dim:
+        raise CLIError(
+            f"--pca {args.pca} is larger than the descriptor dimension {dim} of "
+            f"{args.backbone} at layer {extractor.layer_name_}"
+        )
+    pooler = getattr(_pooling, _POOLERS[args.pooler])()
+    steps = [extractor, pooler]
+    if args.pca is not None:
+        steps.append(PCAWhitener(n_components=args.pca))
+    retriever_kwargs = {"algorithm": args.algorithm}
+    if args.algorithm == "nndescent":
+        retriever_kwargs["random_state"] = 0
+    steps.append(NearestNeighborRetriever(**retriever_kwargs))
+    pipe = make_pipeline(*steps)
+
+    labels = np.asarray([os.path.relpath(p, folder) for p in paths])
+    _info(f"{PROG}: indexing {n} image(s) of {folder!r} with {args.backbone} "
+          f"(layer {extractor.layer_name_}) on {extractor.device_}")
+    pipe.fit(paths, labels)
+    pipe[0].set_params(verbose=0)  # quiet when the saved pipeline is used later
+
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"cannot write {args.output!r}: folder {out_dir!r} does not exist")
+    joblib.dump(pipe, args.output)
+    seconds = time.perf_counter() - t0
+    retriever = pipe[-1]
+    print(f"indexed {retriever.n_samples_fit_} image(s) of {folder}"
+          + (f" ({n_found - n} left out)" if n_found != n else ""))
+    print(f"descriptors: {retriever.n_features_in_} dimensions ({args.backbone} "
+          f"layer {extractor.layer_name_}, {pooler.__class__.__name__}"
+          + (f", PCA-whitened from {dim}" if args.pca is not None else "") + ")")
+    print(f"saved to {args.output} ({_format_size(os.path.getsize(args.output))}) "
+          f"in {seconds:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# search
+# ---------------------------------------------------------------------------
+def _load_pipeline(path):
+    import joblib
+    from sklearn.pipeline import Pipeline
+
+    if not os.path.exists(path):
+        raise CLIError(f"index file not found: {path!r}")
+    if os.path.isdir(path):
+        raise CLIError(f"{path!r} is a folder; expected a file written by 'skretrieval index'")
+    try:
+        pipe = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure
+        raise CLIError(
+            f"cannot load {path!r} ({type(exc).__name__}: {exc}); expected a file "
+            "written by 'skretrieval index'"
+        ) from exc
+    if not (isinstance(pipe, Pipeline) and hasattr(pipe[-1], "kneighbors")
+            and getattr(pipe[-1], "y_", None) is not None and len(pipe) >= 2):
+        raise CLIError(
+            f"{path!r} does not hold a retrieval pipeline with a fitted retriever; "
+            "expected a file written by 'skretrieval index'"
+        )
+    return pipe
+
+
+def _cmd_search(args):
+    from ._extractor import ConvFeatureExtractor
+    from ._images import Crop
+
+    if args.box is not None and len(args.queries) != 1:
+        raise CLIError(f"--box applies to a single query, got {len(args.queries)} queries")
+    pipe = _load_pipeline(args.index)
+    retriever = pipe[-1]
+    for _, step in pipe.steps[:-1]:
+        if isinstance(step, ConvFeatureExtractor):
+            step.set_params(verbose=1 if args.verbose else 0)
+
+    for q in args.queries:  # a clear message before the network is rebuilt
+        if not os.path.exists(q):
+            raise CLIError(f"query image not found: {q!r}")
+    items = list(args.queries)
+    if args.box is not None:
+        x1, y1, x2, y2 = args.box
+        if not (x2 > x1 and y2 > y1):
+            raise CLIError(f"--box {x1:g} {y1:g} {x2:g} {y2:g}: need X2 > X1 and Y2 > Y1")
+        box = tuple(int(v) if float(v).is_integer() else v for v in args.box)
+        items = [Crop(items[0], box=box)]
+
+    n_db = retriever.n_samples_fit_
+    k = min(args.k, n_db)
+    if args.k > n_db:
+        _warn(f"-k {args.k}: the index holds only {n_db} image(s); showing them all")
+    Xq = pipe[:-1].transform(items)
+    dist, ind = retriever.kneighbors(Xq, n_neighbors=k)
+    names = retriever.y_
+
+    metric = getattr(retriever, "metric", "cosine")
+    results = []
+    for qi, query in enumerate(args.queries):
+        hits = []
+        for r in range(k):
+            d = float(dist[qi, r])
+            hit = {"rank": r + 1, "name": str(names[ind[qi, r]]), "index": int(ind[qi, r])}
+            if metric == "cosine":
+                hit["similarity"] = round(1.0 - d, 6)
+            elif metric == "inner_product":
+                hit["similarity"] = round(-d, 6)
+            else:
+                hit["distance"] = round(d, 6)
+            hits.append(hit)
+        results.append({"query": query,
+                        "box": list(args.box) if args.box is not None else None,
+                        "results": hits})
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    column = "distance" if metric == "euclidean" else "similarity"
+    for i, res in enumerate(results):
+        if i:
+            print()
+        box = ""
+        if res["box"] is not None:
+            box = " box (" + ", ".join(f"{v:g}" for v in res["box"]) + ")"
+        print(f"query: {res['query']}{box}")
+        print(f"{'rank':>4}  {column:>10}  image")
+        for hit in res["results"]:
+            print(f"{hit['rank']:>4}  {hit.get(column):>10.4f}  {hit['name']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------
+def _cmd_demo(args):
+    from ._demo import run_demo
+
+    _check_device(args.device)
+    if not args.no_figure:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CLIError(
+                "the demo figure needs matplotlib: pip install skretrieval[demo] "
+                "(or pass --no-figure)"
+            ) from None
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):
+            raise CLIError(f"cannot write {args.out!r}: folder {out_dir!r} does not exist")
+    run_demo(out=args.out, max_size=args.max_size, device=args.device,
+             figure=not args.no_figure)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+def _expected_errors():
+    from ._backbones import WeightsNotFoundError
+    from ._images import ImageLoadError
+
+    # ValueError covers the library's input validation (unknown backbone,
+    # layer or weights name, no image in a folder...); OSError missing files
+    # and folders.
+    return (CLIError, ImageLoadError, WeightsNotFoundError, OSError, ValueError, ImportError)
+
+
+def main(argv=None):
+    """Run the ``skretrieval`` command line; return the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        The arguments (``sys.argv[1:]`` when None).
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on usage errors and bad input, 130 when interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as exc:
+        if os.environ.get("SKRETRIEVAL_DEBUG"):
+            raise
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            message = f"{exc.strerror}: {exc.filename!r}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
