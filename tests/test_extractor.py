@@ -280,7 +280,7 @@ def test_real_mobilenet_weights_classify_a_cat_and_match_features():
     skimage_data = pytest.importorskip("skimage.data")
     cat = skimage_data.chelsea()
     model, mean, std = build_model("mobilenet_v2", "IMAGENET1K_V1")
-    x = torch.from_numpy(np.asarray(Image.fromarray(cat).resize((224, 224)))).permute(2, 0, 1)
+    x = torch.from_numpy(np.array(Image.fromarray(cat).resize((224, 224)))).permute(2, 0, 1)
     x = ((x[None].float() / 255) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
         std).view(1, 3, 1, 1)
     with torch.no_grad():
