@@ -112,13 +112,23 @@ def throughput(args):
         extmod.CHANNELS_LAST = True
         run("  with 1 decoding thread", lambda: extractor(paths, args.max_size, n_jobs=1))
         run("  batch_size=1", lambda: extractor(paths, args.max_size, batch_size=1))
+        coil = sorted((DATA / "coil100").glob("obj*__*.png"))[100:100 + args.n // 2]
+        coil = [str(p) for p in coil]
+        run("plain loop, same-size images (COIL-100)", lambda: plain_loop(coil, args.max_size))
+        run("ConvFeatureExtractor, same-size images, batch_size=8",
+            lambda: extractor(coil, args.max_size))
+        run("ConvFeatureExtractor, same-size images, batch_size=1",
+            lambda: extractor(coil, args.max_size, batch_size=1))
         base = rows[0][1]
         ref = rows[0][2]
         print(f"{'method':52s} {'s':>7s} {'img/s':>7s} {'speed-up':>8s} {'max |diff|':>10s}")
         for name, dt, maps in rows:
-            diff = max(float(np.abs(a - b[0]).max()) for a, b in zip(
-                ref, maps)) if maps is not ref else 0.0
-            print(f"{name:52s} {dt:7.2f} {len(paths) / dt:7.1f} {base / dt:7.2f}x {diff:10.2e}")
+            if "same-size" in name:
+                if name.startswith("plain"):
+                    base, ref = dt, maps
+            diff = 0.0 if maps is ref else max(
+                float(np.abs(a - b[0]).max()) for a, b in zip(ref, maps))
+            print(f"{name:52s} {dt:7.2f} {len(maps) / dt:7.1f} {base / dt:7.2f}x {diff:10.2e}")
 
 
 MEMORY_CHILD = r"""

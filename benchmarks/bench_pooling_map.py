@@ -69,7 +69,8 @@ def loo_map(desc, labels):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-size", type=int, default=256)
+    parser.add_argument("--max-size", type=int, default=128,
+                        help="longest side (COIL images are 128 px: native resolution)")
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/skretrieval-bench"),
                         help="feature cache directory (reruns skip the network)")

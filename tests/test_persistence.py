@@ -1,0 +1,438 @@
+"""Pickle-free persistence: skretrieval.persistence.save_pipeline / load_pipeline."""
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import warnings
+import zipfile
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import Normalizer
+
+from skretrieval import (
+    ConvFeatureExtractor,
+    GeMPooler,
+    NearestNeighborRetriever,
+    PCAWhitener,
+)
+from skretrieval.persistence import (
+    SUPPORTED_CLASSES,
+    ModelFormatError,
+    VersionMismatchWarning,
+    load_pipeline,
+    save_pipeline,
+)
+
+
+def _images(n, seed):
+    rng = np.random.default_rng(seed)
+    shapes = [(48, 64, 3), (64, 48, 3), (40, 40, 3)]
+    return [rng.integers(0, 256, shapes[i % 3], dtype=np.uint8) for i in range(n)]
+
+
+def _extractor():
+    return ConvFeatureExtractor("resnet18", weights=None, max_size=64, device="cpu")
+
+
+def _pipe():
+    return make_pipeline(_extractor(), GeMPooler(), PCAWhitener(n_components=4),
+                         NearestNeighborRetriever(n_neighbors=5))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    images = _images(12, seed=0)
+    labels = np.array(["louvre", "eiffel", "notre-dame", "sacre-coeur"] * 3)
+    queries = _images(3, seed=1)
+    return _pipe().fit(images, labels), images, labels, queries
+
+
+def _rankings(pipe, queries):
+    return pipe[-1].kneighbors(pipe[:-1].transform(queries), n_neighbors=5)
+
+
+def _assert_same_rankings(a, b):
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-6)
+
+
+def _strict_load(path, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return load_pipeline(path, **kwargs)
+
+
+def _manifest(path):
+    return json.loads((pathlib.Path(path) / "manifest.json").read_text())
+
+
+def _write_manifest(path, manifest):
+    (pathlib.Path(path) / "manifest.json").write_text(json.dumps(manifest))
+
+
+# ---------------------------------------------------------------------------
+# round trips
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["model", "model.zip"])
+def test_round_trip_same_rankings(fitted, tmp_path, name):
+    pipe, images, labels, queries = fitted
+    written = save_pipeline(pipe, tmp_path / name)
+    assert written == str(tmp_path / name)
+    assert os.path.isdir(written) == (name == "model")
+    loaded = _strict_load(tmp_path / name)
+
+    assert isinstance(loaded, Pipeline)
+    assert [n for n, _ in loaded.steps] == [n for n, _ in pipe.steps]
+    for (_, a), (_, b) in zip(pipe.steps, loaded.steps):
+        assert type(a) is type(b)
+        assert repr(a.get_params(deep=False)) == repr(b.get_params(deep=False))
+    ext = loaded[0]
+    assert ext.trunk_ is None and ext._weights_id == pipe[0]._weights_id
+    assert ext.mean_ == pipe[0].mean_ and isinstance(ext.mean_, tuple)
+    assert isinstance(loaded[2].pca_, PCA)
+    np.testing.assert_array_equal(loaded[2].scale_, pipe[2].scale_)
+    retriever = loaded[-1]
+    assert retriever.y_.dtype.kind == "U"
+    np.testing.assert_array_equal(retriever.y_, labels)
+    np.testing.assert_array_equal(retriever.X_fit_, pipe[-1].X_fit_)
+
+    _assert_same_rankings(_rankings(pipe, queries), _rankings(loaded, queries))
+    assert isinstance(ext.trunk_, torch.nn.Module)  # rebuilt on first use
+    np.testing.assert_array_equal(loaded.predict(queries), pipe.predict(queries))
+    assert loaded.score(images[:4], labels[:4]) == pipe.score(images[:4], labels[:4])
+    # the nested PCA is a working estimator too
+    X = pipe[:2].transform(queries)
+    np.testing.assert_allclose(loaded[2].pca_.transform(X), pipe[2].pca_.transform(X))
+
+
+_CHILD = textwrap.dedent("""
+    import sys, warnings
+    import numpy as np
+    from skretrieval.persistence import load_pipeline
+    warnings.simplefilter("error")
+    model, queries, out = sys.argv[1:]
+    with np.load(queries, allow_pickle=False) as npz:
+        q = [npz[k] for k in sorted(npz.files)]
+    pipe = load_pipeline(model, device="cpu")
+    dist, ind = pipe[-1].kneighbors(pipe[:-1].transform(q), n_neighbors=5)
+    np.savez(out, dist=dist, ind=ind, pred=pipe.predict(q))
+""")
+
+
+def test_round_trip_in_a_fresh_process(fitted, tmp_path):
+    pipe, _, _, queries = fitted
+    save_pipeline(pipe, tmp_path / "model.zip")
+    np.savez(tmp_path / "queries.npz", **{f"q{i}": q for i, q in enumerate(queries)})
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "model.zip"),
+         str(tmp_path / "queries.npz"), str(tmp_path / "out.npz")],
+        check=True, timeout=300,
+    )
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as out:
+        _assert_same_rankings(_rankings(pipe, queries), (out["dist"], out["ind"]))
+        np.testing.assert_array_equal(out["pred"], pipe.predict(queries))
+
+
+def test_frozen_whitener_round_trip(tmp_path):
+    other = _images(10, seed=2)
+    head = make_pipeline(_extractor(), GeMPooler())
+    whitener = PCAWhitener(n_components=4, whiten_power=0.5).fit(head.fit_transform(other))
+    pipe = make_pipeline(_extractor(), GeMPooler(), FrozenEstimator(whitener),
+                         NearestNeighborRetriever(n_neighbors=5))
+    images, queries = _images(9, seed=3), _images(2, seed=4)
+    pipe.fit(images, np.array(["a", "b", "c"] * 3))
+    save_pipeline(pipe, tmp_path / "frozen")
+    loaded = _strict_load(tmp_path / "frozen")
+
+    frozen = loaded[2]
+    assert type(frozen) is FrozenEstimator
+    assert type(frozen.estimator) is PCAWhitener
+    assert frozen.estimator.whiten_power == 0.5
+    np.testing.assert_array_equal(frozen.components_, whitener.components_)
+    _assert_same_rankings(_rankings(pipe, queries), _rankings(loaded, queries))
+    # refitting the loaded pipeline keeps the frozen whitening
+    loaded.fit(_images(6, seed=5), np.array(["x", "y"] * 3))
+    np.testing.assert_array_equal(loaded[2].mean_, whitener.mean_)
+
+
+def test_single_estimators_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((20, 6))
+    labels = np.array(["a", "b", "c", "d"] * 5, dtype=object)  # e.g. a pandas column
+    retriever = NearestNeighborRetriever(n_neighbors=3, metric="euclidean").fit(X, labels)
+    save_pipeline(retriever, tmp_path / "r.zip")
+    loaded = _strict_load(tmp_path / "r.zip")
+    assert type(loaded) is NearestNeighborRetriever
+    assert loaded.y_.dtype == object and list(loaded.y_) == list(labels)
+    _assert_same_rankings(retriever.kneighbors(X[:4]), loaded.kneighbors(X[:4]))
+    assert loaded.score(None, None) == retriever.score(None, None)
+
+    int_labels = NearestNeighborRetriever().fit(X, np.arange(20) % 3)
+    save_pipeline(int_labels, tmp_path / "ints")
+    np.testing.assert_array_equal(_strict_load(tmp_path / "ints").y_, np.arange(20) % 3)
+
+    no_labels = NearestNeighborRetriever().fit(X)
+    save_pipeline(no_labels, tmp_path / "none")
+    assert _strict_load(tmp_path / "none").y_ is None
+
+    whitener = PCAWhitener(n_components=3, whiten=False).fit(X)
+    save_pipeline(whitener, tmp_path / "w")
+    np.testing.assert_array_equal(_strict_load(tmp_path / "w").transform(X),
+                                  whitener.transform(X))
+
+    # stateless steps need no fit; GeM's p may be infinite (not JSON)
+    pipe = make_pipeline(GeMPooler(p=np.inf), Normalizer())
+    save_pipeline(pipe, tmp_path / "stateless")
+    loaded = _strict_load(tmp_path / "stateless")
+    assert loaded[0].p == np.inf and type(loaded[1]) is Normalizer
+
+
+def test_loaded_model_can_be_saved_again_before_first_use(fitted, tmp_path):
+    pipe, _, _, queries = fitted
+    save_pipeline(pipe, tmp_path / "a")
+    loaded = load_pipeline(tmp_path / "a")
+    assert loaded[0].trunk_ is None  # the network is not rebuilt yet
+    save_pipeline(loaded, tmp_path / "b.zip")
+    _assert_same_rankings(_rankings(pipe, queries),
+                          _rankings(load_pipeline(tmp_path / "b.zip"), queries))
+
+
+def test_device_override(fitted, tmp_path):
+    pipe, _, _, queries = fitted
+    save_pipeline(pipe, tmp_path / "m")
+    manifest = _manifest(tmp_path / "m")
+    ext = manifest["estimator"]["steps"][0]["estimator"]
+    ext["params"]["device"] = "auto"
+    ext["attributes"]["device_"] = "cuda:0"  # as if fitted on a GPU
+    _write_manifest(tmp_path / "m", manifest)
+    loaded = load_pipeline(tmp_path / "m", device="cpu")
+    assert loaded[0].device == "cpu" and loaded[0].device_ == "cpu"
+    _assert_same_rankings(_rankings(pipe, queries), _rankings(loaded, queries))
+    if not torch.cuda.is_available():
+        kept = load_pipeline(tmp_path / "m")
+        assert kept[0].device_ == "cuda:0"
+        with pytest.warns(RuntimeWarning, match="not available"):
+            _assert_same_rankings(_rankings(pipe, queries), _rankings(kept, queries))
+
+
+# ---------------------------------------------------------------------------
+# no pickle anywhere
+# ---------------------------------------------------------------------------
+def _check_no_pickle(name, data):
+    assert not data.startswith(b"\x80"), f"{name} starts with a pickle opcode"
+    if name.endswith(".npz"):
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            assert npz.files
+            for key in npz.files:
+                assert not npz[key].dtype.hasobject
+    elif name.endswith(".json"):
+        json.loads(data)
+    else:  # pragma: no cover
+        raise AssertionError(f"unexpected file {name}")
+
+
+def test_saved_files_contain_no_pickle(fitted, tmp_path):
+    pipe = fitted[0]
+    save_pipeline(pipe, tmp_path / "dir")
+    files = sorted(p for p in (tmp_path / "dir").rglob("*") if p.is_file())
+    assert {p.suffix for p in files} == {".json", ".npz"}
+    for path in files:
+        _check_no_pickle(path.name, path.read_bytes())
+        if path.suffix == ".npz":
+            np.load(path, allow_pickle=False).close()
+    # the network's weights are a plain npz of its state dict
+    trunk_file = _manifest(tmp_path / "dir")["estimator"]["steps"][0]["estimator"]["trunk"]
+    with np.load(tmp_path / "dir" / trunk_file, allow_pickle=False) as npz:
+        state = pipe[0].trunk_.state_dict()
+        assert set(npz.files) == set(state)
+        key = "conv1.weight"
+        np.testing.assert_array_equal(npz[key], state[key].numpy())
+
+    save_pipeline(pipe, tmp_path / "one.zip")
+    raw = (tmp_path / "one.zip").read_bytes()
+    assert not raw.startswith(b"\x80")
+    with zipfile.ZipFile(tmp_path / "one.zip") as zf:
+        names = zf.namelist()
+        assert "manifest.json" in names
+        assert sorted(names) == sorted(p.relative_to(tmp_path / "dir").as_posix() for p in files)
+        for name in names:
+            _check_no_pickle(name, zf.read(name))
+
+
+def test_manifest_content(fitted, tmp_path):
+    pipe = fitted[0]
+    save_pipeline(pipe, tmp_path / "m")
+    manifest = _manifest(tmp_path / "m")
+    assert manifest["format"] == "skretrieval-model" and manifest["format_version"] == 1
+    assert set(manifest["versions"]) >= {"skretrieval", "sklearn", "torch", "torchvision"}
+    assert manifest["step_names"] == [n for n, _ in pipe.steps]
+    steps = manifest["estimator"]["steps"]
+    assert [s["estimator"]["class"] for s in steps] == [
+        "skretrieval.ConvFeatureExtractor", "skretrieval.GeMPooler",
+        "skretrieval.PCAWhitener", "skretrieval.NearestNeighborRetriever"]
+    assert steps[2]["estimator"]["params"]["n_components"] == 4
+    assert "_weights_id" in steps[0]["estimator"]["attributes"]
+    assert "_index" not in steps[3]["estimator"]["attributes"]
+    assert all(c.split(".")[0] in ("skretrieval", "sklearn") for c in SUPPORTED_CLASSES)
+
+
+# ---------------------------------------------------------------------------
+# refused models and files
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", ["os.system", "builtins.eval", "posix.system",
+                                 "sklearn.linear_model.LogisticRegression",
+                                 "skretrieval._extractor.ConvFeatureExtractor", None, 42])
+def test_tampered_class_is_refused(fitted, tmp_path, cls):
+    save_pipeline(fitted[0], tmp_path / "m")
+    manifest = _manifest(tmp_path / "m")
+    manifest["estimator"]["steps"][-1]["estimator"]["class"] = cls
+    _write_manifest(tmp_path / "m", manifest)
+    with pytest.raises(ModelFormatError, match="not one that load_pipeline instantiates"):
+        load_pipeline(tmp_path / "m")
+
+
+def test_tampered_nested_class_is_refused(fitted, tmp_path):
+    save_pipeline(fitted[0], tmp_path / "m")
+    manifest = _manifest(tmp_path / "m")
+    attrs = manifest["estimator"]["steps"][2]["estimator"]["attributes"]
+    attrs["pca_"]["__estimator__"]["class"] = "os.system"
+    _write_manifest(tmp_path / "m", manifest)
+    with pytest.raises(ModelFormatError, match="os.system"):
+        load_pipeline(tmp_path / "m")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m.update(format_version=2), "format version 2.*upgrade skretrieval"),
+    (lambda m: m.update(format_version="1"), "format version"),
+    (lambda m: m.update(format="other"), "not a skretrieval model"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"]["params"].update(n_neighbors=-1),
+     "invalid parameters"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"]["params"].update(bogus=1),
+     "invalid parameters"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"]["attributes"].update(
+        __class__="x"), "invalid attribute name"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"]["attributes"].update(
+        transform="x"), "invalid attribute name"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"]["attributes"].update(
+        _parameter_constraints={"__dict__": {}}), "invalid attribute name"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"]["attributes"].update(
+        metric="cosine"), "invalid attribute name"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"]["attributes"].update(
+        y_={"__import__": "os"}), "malformed value"),
+    (lambda m: m["estimator"]["steps"][3]["estimator"].update(
+        arrays="../../etc/passwd.npz"), "invalid file name"),
+])
+def test_tampered_manifest_errors(fitted, tmp_path, edit, match):
+    save_pipeline(fitted[0], tmp_path / "m")
+    manifest = _manifest(tmp_path / "m")
+    edit(manifest)
+    _write_manifest(tmp_path / "m", manifest)
+    with pytest.raises(ModelFormatError, match=match):
+        load_pipeline(tmp_path / "m")
+
+
+def test_version_mismatch_warns(fitted, tmp_path):
+    save_pipeline(fitted[0], tmp_path / "m")
+    manifest = _manifest(tmp_path / "m")
+    manifest["versions"]["sklearn"] = "0.1"
+    _write_manifest(tmp_path / "m", manifest)
+    with pytest.warns(VersionMismatchWarning, match="sklearn 0.1"):
+        load_pipeline(tmp_path / "m")
+
+
+def test_missing_corrupted_and_foreign_files(fitted, tmp_path):
+    pipe = fitted[0]
+    save_pipeline(pipe, tmp_path / "m")
+    arrays = _manifest(tmp_path / "m")["estimator"]["steps"][3]["estimator"]["arrays"]
+    target = tmp_path / "m" / arrays
+    data = target.read_bytes()
+    target.write_bytes(data[:-10] + b"0123456789")
+    with pytest.raises(ModelFormatError, match="checksum"):
+        load_pipeline(tmp_path / "m")
+    target.unlink()
+    with pytest.raises(ModelFormatError, match="missing"):
+        load_pipeline(tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").unlink()
+    with pytest.raises(ModelFormatError, match="no manifest.json"):
+        load_pipeline(tmp_path / "m")
+    with pytest.raises(FileNotFoundError):
+        load_pipeline(tmp_path / "nothing")
+    joblib.dump(pipe[1:], tmp_path / "model.joblib")
+    with pytest.raises(ModelFormatError, match="pickle"):
+        load_pipeline(tmp_path / "model.joblib")
+
+    save_pipeline(pipe, tmp_path / "m.zip")
+    with zipfile.ZipFile(tmp_path / "m.zip") as src, \
+            zipfile.ZipFile(tmp_path / "cut.zip", "w") as dst:
+        for info in src.infolist():
+            if not info.filename.endswith("-trunk.npz"):
+                dst.writestr(info, src.read(info))
+    with pytest.raises(ModelFormatError, match="missing"):
+        load_pipeline(tmp_path / "cut.zip")
+
+
+def test_unfitted_pipeline_is_refused(tmp_path):
+    with pytest.raises(NotFittedError, match="step 'convfeatureextractor'.*not fitted"):
+        save_pipeline(_pipe(), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary leftovers
+    pipe = make_pipeline(GeMPooler(), PCAWhitener(n_components=2))
+    with pytest.raises(NotFittedError, match="step 'pcawhitener'"):
+        save_pipeline(pipe, tmp_path / "m.zip")
+    with pytest.raises(NotFittedError, match="PCAWhitener"):
+        save_pipeline(PCAWhitener(), tmp_path / "w")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_values_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((10, 5))
+    pipe = make_pipeline(PCAWhitener(n_components=2, random_state=np.random.RandomState(0)),
+                         NearestNeighborRetriever()).fit(X)
+    with pytest.raises(TypeError, match="step 'pcawhitener'.*'random_state'.*RandomState"):
+        save_pipeline(pipe, tmp_path / "m")
+
+    retriever = NearestNeighborRetriever().fit(X, np.array(["a", "b"] * 5))
+    retriever.y_ = retriever.y_.astype(object)
+    retriever.y_[0] = 1.5
+    with pytest.raises(ValueError, match="'y_'.*float, str"):
+        save_pipeline(retriever, tmp_path / "m")
+
+    class MyWhitener(PCAWhitener):
+        pass
+
+    with pytest.raises(TypeError, match="not supported"):
+        save_pipeline(make_pipeline(MyWhitener(n_components=2)).fit(X), tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite(fitted, tmp_path):
+    pipe = fitted[0]
+    for name in ("m", "m.zip"):
+        save_pipeline(pipe, tmp_path / name)
+        with pytest.raises(FileExistsError):
+            save_pipeline(pipe, tmp_path / name)
+        save_pipeline(pipe, tmp_path / name, overwrite=True)
+        load_pipeline(tmp_path / name)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a saved model"):
+        save_pipeline(pipe, other, overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_pipeline(pipe, empty)
+    assert (empty / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "m", "m.zip", "other"]
