@@ -57,11 +57,9 @@ def plain_loop(paths, max_size):
     """The baseline: one image at a time through model.features."""
     import torch
     from PIL import Image
-    from torchvision.models import mobilenet_v2
+    from skretrieval._backbones import build_model
 
-    from skretrieval._backbones import load_backbone
-
-    model, mean, std = load_backbone("mobilenet_v2", "IMAGENET1K_V1")
+    model, mean, std = build_model("mobilenet_v2", "IMAGENET1K_V1")
     features = model.features
     mean = torch.tensor(mean).view(1, 3, 1, 1)
     std = torch.tensor(std).view(1, 3, 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -292,7 +293,10 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             trunk = create_feature_extractor(model, return_nodes={node: "out"})
-        trunk.eval()
+        # The graph module shares its submodules with ``model`` (which the
+        # backbone cache hands to other extractors): own copy, so that moving
+        # it to a device or to channels-last leaves the shared model alone.
+        trunk = copy.deepcopy(trunk).eval()
         return trunk
 
     def _forward(self, batch):
