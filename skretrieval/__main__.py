@@ -149,10 +149,11 @@ def build_parser():
     p = sub.add_parser(
         "demo",
         help="compare the poolers on a small offline collection",
-        description="Run MobileNetV2 (ImageNet weights) on 48 images generated from "
-                    "8 photographs shipped with scikit-learn and scikit-image, print "
-                    "the leave-one-out mAP of every pooler, raw and PCA-whitened, "
-                    "and draw the top results of a few queries.",
+        description="Run MobileNetV2 (ImageNet weights) on 128 images generated from "
+                    "photographs shipped with scikit-learn and scikit-image (8 scenes "
+                    "x 8 views, plus 64 distractors), print the mAP of every pooler, "
+                    "raw and PCA-whitened (whitening learned on the other half of the "
+                    "photos), and draw the top results of a few queries.",
     )
     p.add_argument("--out", default="skretrieval-demo.png", metavar="PNG",
                    help="figure file (default: %(default)s)")

@@ -2,17 +2,24 @@
 
 :func:`load_demo_dataset` builds an instance-retrieval toy collection from
 photographs that ship inside installed packages (scikit-learn's sample images
-and scikit-image's data files; nothing is downloaded): every scene gives its
-original photograph plus five generated views of it (two crops, a half-size
-mirrored copy, a rotation and a lighting change), and the label of an image
-is its scene.  :func:`plot_rankings` draws queries and their top results with
-green / red frames for relevant / non-relevant results, in the style of
-Fig. 1 of Babenko et al., "Neural codes for image retrieval" (ECCV 2014).
-:func:`run_demo` is what ``skretrieval demo`` runs.
+and scikit-image's data files; nothing is downloaded).  Eight colour photos
+are the *scenes*: each gives its original and seven hard generated views
+(small off-centre crop, zoomed-out inset in another photo, large rotation,
+perspective warp into another photo, shear, strong relighting with heavy JPEG compression,
+partial occlusion), and the label of an image is its scene.  The other
+photographs of scikit-image are *distractors*: each gives its original and
+three generated views, all labelled ``-1`` (relevant to no query).  The
+collection is split into two disjoint groups of photographs, so that a
+whitening can be learned on one group and evaluated on the other.
+:func:`plot_rankings` draws queries and their top results with green / red
+frames for relevant / non-relevant results, in the style of Fig. 1 of Babenko
+et al., "Neural codes for image retrieval" (ECCV 2014).  :func:`run_demo` is
+what ``skretrieval demo`` runs.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -36,17 +43,46 @@ _SCENES = (
     ("hubble", "skimage", "hubble_deep_field.jpg"),
 )
 
-VIEWS = ("original", "crop1", "crop2", "half-mirrored", "rotated", "relit")
-"""Names of the six views of every scene, in the order of the collection."""
+# (name, file): the distractors, the other images of scikit-image's data
+# folder (grey ones converted to RGB).  Left out: tiny or synthetic files
+# (chessboards, microaneurysms, lfw_subset, GIF / TIFF stacks) and
+# motorcycle_right.png, the other half of the stereo pair of the motorcycle
+# scene (it shows the same scene, so it is not a distractor).  A file missing
+# from the installed scikit-image is skipped.
+_DISTRACTORS = (
+    ("camera", "camera.png"),
+    ("coins", "coins.png"),
+    ("moon", "moon.png"),
+    ("page", "page.png"),
+    ("text", "text.png"),
+    ("brick", "brick.png"),
+    ("grass", "grass.png"),
+    ("gravel", "gravel.png"),
+    ("retina", "retina.jpg"),
+    ("horse", "horse.png"),
+    ("ihc", "ihc.png"),
+    ("cell", "cell.png"),
+    ("clock", "clock_motion.png"),
+    ("color", "color.png"),
+    ("logo", "logo.png"),
+    ("phantom", "phantom.png"),
+)
+
+VIEWS = ("original", "crop", "zoomed-out", "rotated", "perspective", "sheared",
+         "relit-jpeg", "occluded")
+"""Names of the eight images of every scene, in the order of the collection."""
+
+DISTRACTOR_VIEWS = ("crop", "rotated", "perspective", "sheared", "relit-jpeg")
+"""Views drawn (three of them, at random) for every distractor photograph."""
+
+_N_DISTRACTOR_VIEWS = 3
+DISTRACTOR_LABEL = -1
+"""Label of the distractors: relevant to no query."""
 
 _INSTALL_HINT = "pip install skretrieval[demo]"
 
 
-def _load_scene(source, filename):
-    if source == "sklearn":
-        from sklearn.datasets import load_sample_image
-
-        return np.asarray(load_sample_image(filename), dtype=np.uint8)
+def _skimage_path(filename):
     try:
         import skimage.data
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -55,14 +91,39 @@ def _load_scene(source, filename):
             f"which is not installed; install it with `{_INSTALL_HINT}`"
         ) from exc
     # Read the file of the package directly: no fetcher, hence no download.
-    path = os.path.join(os.path.dirname(skimage.data.__file__), filename)
+    return os.path.join(os.path.dirname(skimage.data.__file__), filename)
+
+
+def _read_rgb(path):
+    with Image.open(path) as im:
+        transparent = im.mode in ("RGBA", "LA", "PA") or (
+            im.mode == "P" and "transparency" in im.info)
+        if transparent:
+            # transparent pixels on white, not on the black of the RGB values
+            im = im.convert("RGBA")
+            canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(canvas, im)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _load_scene(source, filename):
+    if source == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        return np.asarray(load_sample_image(filename), dtype=np.uint8)
+    path = _skimage_path(filename)
     if not os.path.isfile(path):  # pragma: no cover - depends on the environment
         raise FileNotFoundError(
             f"scikit-image's data file {filename!r} is missing from {path!r}; "
             "reinstall scikit-image"
         )
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return _read_rgb(path)
+
+
+def _available_distractors():
+    """The (name, file) of the distractors present in the installed scikit-image."""
+    return [(name, filename) for name, filename in _DISTRACTORS
+            if os.path.isfile(_skimage_path(filename))]
 
 
 def _resize_longest(img, longest):
@@ -74,6 +135,10 @@ def _resize_longest(img, longest):
     return np.asarray(Image.fromarray(img).resize(size, Image.LANCZOS))
 
 
+def _resize(img, w, h):
+    return np.asarray(Image.fromarray(img).resize((max(1, w), max(1, h)), Image.LANCZOS))
+
+
 def _crop(img, area, fx, fy):
     """Crop ``area`` of the image, same aspect, at relative position (fx, fy)."""
     h, w = img.shape[:2]
@@ -82,6 +147,12 @@ def _crop(img, area, fx, fy):
     y0 = int(round(fy * (h - ch)))
     x0 = int(round(fx * (w - cw)))
     return np.ascontiguousarray(img[y0:y0 + ch, x0:x0 + cw])
+
+
+def _off_centre(rng):
+    """A relative position near a border: away from the centre on both axes."""
+    return [rng.uniform(0.0, 0.2) if rng.random() < 0.5 else rng.uniform(0.8, 1.0)
+            for _ in range(2)]
 
 
 def _inner_scale(w, h, angle):
@@ -103,72 +174,259 @@ def _rotate(img, degrees):
     return np.asarray(rotated.crop((x0, y0, x0 + rw, y0 + rh)))
 
 
-def _relight(img, gamma, contrast, brightness, tint):
+def _perspective_coeffs(dst, src):
+    """Coefficients of PIL's PERSPECTIVE transform mapping ``dst`` to ``src``.
+
+    PIL maps every output pixel ``(x, y)`` to the input point
+    ``((a x + b y + c) / (g x + h y + 1), (d x + e y + f) / (g x + h y + 1))``.
+    """
+    A, b = [], []
+    for (x, y), (u, v) in zip(dst, src):
+        A.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        A.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        b.extend((u, v))
+    return tuple(np.linalg.solve(np.asarray(A, float), np.asarray(b, float)))
+
+
+def _perspective(img, background, rng):
+    """A print of the image seen at an angle: the whole image warped (PIL's
+    PERSPECTIVE) into a quadrilateral with one side 30-50 % shorter than the
+    opposite one, every corner moved inwards by up to 5 %, covering about
+    45-80 % of a frame of the same size; the rest of the frame is cut from
+    another photograph."""
+    h, w = img.shape[:2]
+    s = rng.uniform(0.75, 0.95)  # the box of the quadrilateral, in the frame
+    bw, bh = s * w, s * h
+    x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+    # corners TL, TR, BR, BL of the quadrilateral
+    quad = np.array([[x0, y0], [x0 + bw, y0], [x0 + bw, y0 + bh], [x0, y0 + bh]])
+    quad += (rng.uniform(0.0, 0.05, size=(4, 2)) * [bw, bh]
+             * [[1, 1], [-1, 1], [-1, -1], [1, -1]])
+    t = rng.uniform(0.3, 0.5) / 2.0
+    side = rng.integers(4)  # 0 left, 1 right, 2 top, 3 bottom
+    if side == 0:
+        quad[0, 1] += t * bh
+        quad[3, 1] -= t * bh
+    elif side == 1:
+        quad[1, 1] += t * bh
+        quad[2, 1] -= t * bh
+    elif side == 2:
+        quad[0, 0] += t * bw
+        quad[1, 0] -= t * bw
+    else:
+        quad[3, 0] += t * bw
+        quad[2, 0] -= t * bw
+    # PIL maps every output pixel to the input: from the quadrilateral to the image
+    coeffs = _perspective_coeffs(quad, [(0, 0), (w, 0), (w, h), (0, h)])
+    warped = Image.fromarray(img).transform((w, h), Image.PERSPECTIVE, coeffs,
+                                            resample=Image.BICUBIC)
+    mask = Image.new("L", (w, h), 255).transform((w, h), Image.PERSPECTIVE, coeffs,
+                                                 resample=Image.BILINEAR, fillcolor=0)
+    out = Image.fromarray(np.ascontiguousarray(_patch(background, w, h, rng)))
+    out.paste(warped, (0, 0), mask)
+    return np.asarray(out)
+
+
+def _shear(img, rng):
+    """A shear of 30-50 % either way, along the longer side of the image: the
+    largest parallelogram of the image, warped onto a rectangle (AFFINE)."""
+    h, w = img.shape[:2]
+    k = rng.uniform(0.3, 0.5)
+    sign = rng.choice([-1.0, 1.0])
+    if w >= h:  # horizontal: x_in = x + offset(y)
+        d = k * h
+        ow, oh = max(1, int(round(w - d))), h
+        if sign > 0:
+            coeffs = (1.0, -d / h, d, 0.0, 1.0, 0.0)
+        else:
+            coeffs = (1.0, d / h, 0.0, 0.0, 1.0, 0.0)
+    else:  # vertical: y_in = y + offset(x)
+        d = k * w
+        ow, oh = w, max(1, int(round(h - d)))
+        if sign > 0:
+            coeffs = (1.0, 0.0, 0.0, -d / w, 1.0, d)
+        else:
+            coeffs = (1.0, 0.0, 0.0, d / w, 1.0, 0.0)
+    return np.asarray(Image.fromarray(img).transform(
+        (ow, oh), Image.AFFINE, coeffs, resample=Image.BICUBIC))
+
+
+def _relight(img, gamma, contrast, brightness, tint, saturation=1.0):
     x = (img.astype(np.float64) / 255.0) ** gamma
+    if saturation != 1.0:
+        grey = x.mean(axis=2, keepdims=True)
+        x = grey + saturation * (x - grey)
     x = (x - 0.5) * contrast + 0.5 + brightness
     x = x * tint[np.newaxis, np.newaxis, :]
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _views(img, rng):
-    """The six views of one scene (see ``VIEWS``)."""
+def _jpeg(img, quality):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _relit_jpeg(img, rng):
+    """A strong lighting and colour change, then heavy JPEG compression."""
+    if rng.random() < 0.5:  # dark, flat and colour-cast
+        gamma, contrast, brightness = rng.uniform(1.8, 2.6), rng.uniform(0.5, 0.7), -0.1
+    else:  # bright, harsh and washed out
+        gamma, contrast, brightness = rng.uniform(0.35, 0.55), rng.uniform(1.3, 1.6), 0.1
+    tint = rng.uniform(0.65, 1.35, size=3)
+    saturation = rng.uniform(0.3, 1.6)
+    out = _relight(img, gamma, contrast, brightness, tint, saturation)
+    return _jpeg(out, rng.integers(8, 21))
+
+
+def _patch(source, w, h, rng):
+    """A ``w x h`` patch of ``source`` at a random position (resized if smaller)."""
+    sh, sw = source.shape[:2]
+    if sw < w or sh < h:
+        s = max(w / sw, h / sh)
+        source = _resize(source, int(math.ceil(sw * s)), int(math.ceil(sh * s)))
+        sh, sw = source.shape[:2]
+    y0, x0 = rng.integers(0, sh - h + 1), rng.integers(0, sw - w + 1)
+    return source[y0:y0 + h, x0:x0 + w]
+
+
+def _zoomed_out(img, background, rng):
+    """The image shrunk to 0.3-0.5x and pasted, off-centre, into a frame of
+    the same size cut from another photograph (an object seen from afar)."""
     h, w = img.shape[:2]
-    # two crops of 60-80 % of the area, one towards the top left corner and
-    # one towards the bottom right corner
-    crop1 = _crop(img, rng.uniform(0.6, 0.8), rng.uniform(0.0, 0.3), rng.uniform(0.0, 0.3))
-    crop2 = _crop(img, rng.uniform(0.6, 0.8), rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0))
-    half = np.asarray(
-        Image.fromarray(img[:, ::-1]).resize(
-            (max(1, w // 2), max(1, h // 2)), Image.LANCZOS
-        )
-    )
-    angle = rng.uniform(15.0, 25.0) * rng.choice([-1.0, 1.0])
-    rotated = _rotate(img, angle)
-    if rng.random() < 0.5:  # darker and flatter, or brighter and harsher
-        gamma, contrast, brightness = rng.uniform(1.5, 2.0), rng.uniform(0.6, 0.8), -0.05
-    else:
-        gamma, contrast, brightness = rng.uniform(0.5, 0.7), rng.uniform(1.1, 1.3), 0.05
-    tint = rng.uniform(0.85, 1.15, size=3)
-    relit = _relight(img, gamma, contrast, brightness, tint)
-    return [np.ascontiguousarray(img), crop1, crop2, half, rotated, relit]
+    s = rng.uniform(0.3, 0.5)
+    small = _resize(img, int(round(w * s)), int(round(h * s)))
+    out = np.array(_patch(background, w, h, rng))
+    fx, fy = _off_centre(rng)
+    sh, sw = small.shape[:2]
+    y0, x0 = int(round(fy * (h - sh))), int(round(fx * (w - sw)))
+    out[y0:y0 + sh, x0:x0 + sw] = small
+    return out
 
 
-def load_demo_dataset(max_side=320, random_state=0):
-    """Load the offline demo collection: 8 scenes, 6 views of each.
+def _occluded(img, occluder, rng):
+    """A rectangle of 25-40 % of the area covered by a patch of another photo."""
+    h, w = img.shape[:2]
+    area = rng.uniform(0.25, 0.4)
+    aspect = rng.uniform(0.6, 1.6)
+    ph = min(h, max(1, int(round(math.sqrt(area * w * h / aspect)))))
+    pw = min(w, max(1, int(round(area * w * h / ph))))
+    out = np.array(img)
+    y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+    out[y0:y0 + ph, x0:x0 + pw] = _patch(occluder, pw, ph, rng)
+    return out
 
-    The scenes are colour photographs that are files inside installed
-    packages, so nothing is downloaded: scikit-learn's sample images
-    ``china.jpg`` and ``flower.jpg``, and scikit-image's ``astronaut``,
-    ``chelsea``, ``coffee``, ``rocket``, ``motorcycle_left`` and
-    ``hubble_deep_field``.  Each photograph is downscaled so that its longest
-    side is ``max_side`` pixels and gives six images (see ``VIEWS``):
+
+def _camera(img, rng):
+    """The mild changes of any new photograph: exposure, white balance and
+    JPEG compression at quality 30-70."""
+    gamma = math.exp(rng.uniform(-0.3, 0.3))
+    out = _relight(img, gamma, rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05),
+                   rng.uniform(0.88, 1.12, size=3))
+    return _jpeg(out, rng.integers(30, 71))
+
+
+def _view(img, view, rng, others):
+    """One generated view of ``img``; ``others`` are photos to borrow from."""
+    if view == "original":
+        return np.ascontiguousarray(img)
+    out = _main_change(img, view, rng, others)
+    return out if view == "relit-jpeg" else _camera(out, rng)
+
+
+def _main_change(img, view, rng, others):
+    if view == "crop":  # 25-50 % of the area, towards a corner
+        return _crop(img, rng.uniform(0.25, 0.5), *_off_centre(rng))
+    if view == "zoomed-out":
+        return _zoomed_out(img, others[rng.integers(len(others))], rng)
+    if view == "rotated":  # 30-45 degrees, then cut the empty corners away
+        return _rotate(img, rng.uniform(30.0, 45.0) * rng.choice([-1.0, 1.0]))
+    if view == "perspective":
+        return _perspective(img, others[rng.integers(len(others))], rng)
+    if view == "sheared":
+        return _shear(img, rng)
+    if view == "relit-jpeg":
+        return _relit_jpeg(img, rng)
+    if view == "occluded":
+        return _occluded(img, others[rng.integers(len(others))], rng)
+    raise ValueError(f"unknown view {view!r}")  # pragma: no cover
+
+
+def load_demo_dataset(max_side=320, random_state=0, *, distractors=True,
+                      return_groups=False):
+    """Load the offline demo collection: 8 scenes of 8 images, and distractors.
+
+    Everything comes from image files inside installed packages, so nothing
+    is downloaded.  Every photograph is first downscaled so that its longest
+    side is ``max_side`` pixels.
+
+    **Scenes** (the queries, and their relevant images): scikit-learn's
+    sample images ``china.jpg`` and ``flower.jpg`` and scikit-image's
+    ``astronaut``, ``chelsea``, ``coffee``, ``rocket``, ``motorcycle_left``
+    and ``hubble_deep_field``.  Each gives eight images (see ``VIEWS``):
 
     0. ``original``: the photograph itself;
-    1. ``crop1``: a crop of 60-80 % of its area towards the top left;
-    2. ``crop2``: a crop of 60-80 % of its area towards the bottom right;
-    3. ``half-mirrored``: a horizontally flipped copy at half the size;
-    4. ``rotated``: a rotation by 15-25 degrees either way, the empty
-       corners cut away;
-    5. ``relit``: a lighting change (gamma, contrast, brightness and a
-       colour tint).
+    1. ``crop``: an off-centre crop of 25-50 % of its area;
+    2. ``zoomed-out``: the photo shrunk to 0.3-0.5x and pasted off-centre into
+       a frame cut from a distractor photograph;
+    3. ``rotated``: a rotation by 30-45 degrees either way, the empty corners
+       cut away;
+    4. ``perspective``: the photo as a print seen at an angle: warped into a
+       quadrilateral with one side 30-50 % shorter, that covers about 45-80 %
+       of the frame, the rest of the frame cut from a distractor photograph;
+    5. ``sheared``: a shear of 30-50 % either way, along the longer side;
+    6. ``relit-jpeg``: a strong lighting and colour change (gamma, contrast,
+       saturation, a colour cast) and JPEG compression at quality 8-20;
+    7. ``occluded``: 25-40 % of the area covered by a patch of a distractor
+       photograph.
+
+    Every generated view but ``relit-jpeg`` also gets the mild changes of a
+    new photograph: exposure, white balance and JPEG compression at quality
+    30-70.
+
+    **Distractors** (only when ``distractors=True``): the other photographs
+    of scikit-image's data folder that are present locally (``camera``,
+    ``coins``, ``moon``, ``page``, ``text``, ``brick``, ``grass``,
+    ``gravel``, ``retina``, ``horse``, ``ihc``, ``cell``, ``clock_motion``
+    (named ``clock``), ``color``, ``logo``, ``phantom``; grey ones converted
+    to RGB, transparent ones put on white).  Each gives its original and
+    three views drawn at random from ``DISTRACTOR_VIEWS``, all labelled
+    ``DISTRACTOR_LABEL`` (-1): they are relevant to no query and are never
+    queries themselves.
+
+    **Groups**: scene ``i`` and distractor ``j`` belong to group ``i % 2`` and
+    ``j % 2``.  The patches pasted into a scene (``zoomed-out``,
+    ``perspective``, ``occluded``) come from a distractor of its own group, so
+    that no photograph appears in both groups: a whitening learned on one
+    group never sees the other.
 
     Parameters
     ----------
     max_side : int, default=320
         Longest side of the originals, in pixels (at least 16).
     random_state : int, numpy.random.Generator or None, default=0
-        Seed of the crop positions, angles and lighting changes; the same
-        seed gives the same images.
+        Seed of the generated views; the same seed gives the same images.
+    distractors : bool, default=True
+        Whether to add the distractors after the scenes.
+    return_groups : bool, default=False
+        Whether to also return the group (0 or 1) of every image.
 
     Returns
     -------
     images : list of ndarray of shape (H, W, 3), dtype uint8
-        The 48 images, scene by scene (the six views of scene 0 first).
-    labels : ndarray of shape (48,), dtype int64
-        The scene index of every image: images are relevant to each other
-        when they have the same label.
+        The images: the scenes first, scene by scene (the eight images of
+        scene 0 first), then the distractors, photograph by photograph.
+    labels : ndarray of shape (n_images,), dtype int64
+        The scene index of every image, -1 for the distractors: images are
+        relevant to each other when they have the same non-negative label.
     names : list of str
-        ``"<scene>/<view>"`` for every image, e.g. ``"china/crop1"``.
+        ``"<photo>/<view>"`` for every image, e.g. ``"china/crop"`` or
+        ``"camera/sheared"``.
+    groups : ndarray of shape (n_images,), dtype int64
+        The group (0 or 1) of every image.  Only returned when
+        ``return_groups=True``.
 
     Raises
     ------
@@ -179,14 +437,31 @@ def load_demo_dataset(max_side=320, random_state=0):
     if max_side < 16:
         raise ValueError(f"max_side must be at least 16 pixels, got {max_side}")
     rng = np.random.default_rng(random_state)
-    images, labels, names = [], [], []
+    # the distractor photographs are also the source of the pasted patches
+    extra = [(name, _resize_longest(_read_rgb(_skimage_path(filename)), max_side))
+             for name, filename in _available_distractors()]
+    pools = [[img for j, (_, img) in enumerate(extra) if j % 2 == g] for g in (0, 1)]
+    images, labels, names, groups = [], [], [], []
     for label, (scene, source, filename) in enumerate(_SCENES):
         img = _resize_longest(_load_scene(source, filename), max_side)
-        for view, arr in zip(VIEWS, _views(img, rng)):
-            images.append(arr)
+        others = pools[label % 2] or [img[::-1, ::-1]]  # no distractor: itself, flipped
+        for view in VIEWS:
+            images.append(_view(img, view, rng, others))
             labels.append(label)
             names.append(f"{scene}/{view}")
-    return images, np.asarray(labels, dtype=np.int64), names
+            groups.append(label % 2)
+    if distractors:
+        for j, (name, img) in enumerate(extra):
+            picks = rng.choice(len(DISTRACTOR_VIEWS), _N_DISTRACTOR_VIEWS, replace=False)
+            for view in ["original"] + [DISTRACTOR_VIEWS[p] for p in sorted(picks)]:
+                images.append(_view(img, view, rng, pools[j % 2]))
+                labels.append(DISTRACTOR_LABEL)
+                names.append(f"{name}/{view}")
+                groups.append(j % 2)
+    labels = np.asarray(labels, dtype=np.int64)
+    if return_groups:
+        return images, labels, names, np.asarray(groups, dtype=np.int64)
+    return images, labels, names
 
 
 # ---------------------------------------------------------------------------
@@ -207,9 +482,15 @@ def _pyplot():
 
 
 def _default_queries(labels, n_queries):
-    """One query per scene where possible, cycling through the views."""
+    """One query per scene where possible, cycling through the views.
+
+    Negative numeric labels (the distractors of the demo collection) are
+    never picked, unless every label is negative.
+    """
     labels = np.asarray(labels)
     classes = np.unique(labels)
+    if np.issubdtype(classes.dtype, np.number) and (classes >= 0).any():
+        classes = classes[classes >= 0]
     picks = []
     for j in range(n_queries):
         members = np.flatnonzero(labels == classes[(j * len(classes)) // n_queries])
@@ -257,7 +538,9 @@ def plot_rankings(images, labels, rankings, *, n_queries=6, k=5, path=None,
         titles.
     queries : sequence of int, default=None
         Indices of the query images to show (rows of ``rankings``); None picks
-        ``n_queries`` of them, from different labels where possible.
+        ``n_queries`` of them, from different labels where possible (never
+        from a negative numeric label, which marks a distractor, unless all
+        labels are negative).
     names : list of str, default=None
         Names of the images, shown under the query and result titles.
     title : str, default=None
@@ -342,6 +625,13 @@ def plot_rankings(images, labels, rankings, *, n_queries=6, k=5, path=None,
 # ---------------------------------------------------------------------------
 _POOLERS = ("SPoC", "MAC", "GeM", "R-MAC", "CroW")
 
+# Whitening learned on the other group (about 64 images): far fewer
+# descriptors than dimensions, hence few components and a shrunk whitening
+# (Jégou & Chum, ECCV 2012: whitening estimated on little data over-amplifies
+# the weak, noisy components; a power of 0.5 is the usual remedy).
+_WHITEN_COMPONENTS = 32
+_WHITEN_POWER = 0.5
+
 
 def _make_pooler(name):
     from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
@@ -352,16 +642,75 @@ def _make_pooler(name):
     }[name]()
 
 
-def _leave_one_out(X, labels):
-    """Leave-one-out (mAP, rankings, similarities) of descriptors X."""
+def _search_group(X, labels, whitener=None):
+    """Leave-one-out search of one group: (per-query AP, rankings, similarities).
+
+    Every image of the group is searched against the others (rankings and
+    similarities for all of them); the AP is computed for the scene images
+    only (``labels >= 0``, nan for the distractors), the relevant images
+    being the other images of the same scene.  A ``whitener`` fitted on
+    other images is applied as a frozen first step of the pipeline.
+    """
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.pipeline import make_pipeline
+
     from ._retriever import NearestNeighborRetriever
     from .metrics import mean_average_precision
 
-    retriever = NearestNeighborRetriever(metric="cosine").fit(X, labels)
-    dist, ind = retriever.kneighbors(None, n_neighbors="all")
-    positives = [np.flatnonzero((labels == labels[i]) & (np.arange(len(labels)) != i))
-                 for i in range(len(labels))]
-    return mean_average_precision(ind, positives), ind, 1.0 - dist
+    steps = [] if whitener is None else [FrozenEstimator(whitener)]
+    pipe = make_pipeline(*steps, NearestNeighborRetriever(metric="cosine"))
+    pipe.fit(X, labels)  # FrozenEstimator: the whitening stays as learned
+    dist, ind = pipe[-1].kneighbors(None, n_neighbors="all")
+    queries = np.flatnonzero(labels >= 0)
+    positives = [np.flatnonzero((labels == labels[q]) & (np.arange(len(labels)) != q))
+                 for q in queries]
+    ap = np.full(len(labels), np.nan)
+    _, ap[queries] = mean_average_precision(ind[queries], positives, return_ap=True)
+    return ap, ind, 1.0 - dist
+
+
+def _evaluate(X, labels, groups, n_components, whiten_power):
+    """Raw and whitened per-image AP of descriptors X, group by group.
+
+    Each group is searched on its own; its whitening is learned on the
+    descriptors of the *other* group only.  Returns the AP arrays and the raw
+    rankings / similarities (as indices of the whole collection, truncated to
+    the length of the shortest group ranking).
+    """
+    from ._whitening import PCAWhitener
+
+    n = len(labels)
+    ap_raw, ap_white = np.full(n, np.nan), np.full(n, np.nan)
+    k = min(int(np.sum(groups == g)) for g in np.unique(groups)) - 1
+    rankings, sims = np.zeros((n, k), dtype=np.int64), np.zeros((n, k))
+    for g in np.unique(groups):
+        test, train = np.flatnonzero(groups == g), np.flatnonzero(groups != g)
+        ap, ind, sim = _search_group(X[test], labels[test])
+        ap_raw[test] = ap
+        rankings[test], sims[test] = test[ind[:, :k]], sim[:, :k]
+        whitener = PCAWhitener(n_components=n_components,
+                               whiten_power=whiten_power).fit(X[train])
+        ap_white[test], _, _ = _search_group(X[test], labels[test], whitener)
+    return ap_raw, ap_white, rankings, sims
+
+
+def _median_queries(labels, names, ap):
+    """For every view of ``VIEWS``, the query of that view with the median AP
+    over the scenes (the lower one of the two middle ones; ties broken by the
+    index): a typical query of every view, neither picked for success nor for
+    failure."""
+    view_of = np.array([name.split("/")[1] for name in names])
+    picks = []
+    for view in VIEWS:
+        members = np.flatnonzero((labels >= 0) & (view_of == view))
+        if members.size:
+            order = members[np.argsort(ap[members], kind="stable")]
+            picks.append(int(order[(len(order) - 1) // 2]))
+    return picks
+
+
+def _one_or_two(pair):
+    return f"{pair[0]}" if pair[0] == pair[1] else f"{pair[1]} / {pair[0]}"
 
 
 def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=True,
@@ -369,17 +718,28 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
     """Run ``skretrieval demo``: compare the poolers on the demo collection.
 
     Extracts the MobileNetV2 (ImageNet weights) feature maps of the demo
-    collection once, pools them with every pooler, raw and PCA-whitened,
-    prints the leave-one-out mAP of each and draws the GeM rankings.
+    collection (scenes and distractors, see :func:`load_demo_dataset`) once,
+    pools them with every pooler, and prints the mAP of each, raw and
+    PCA-whitened, with the time each pooler took.  The collection is
+    searched in its two groups of photographs, each on its own: every scene
+    image queries the other images of its group (the rest of its scene are
+    relevant, the other scenes and the distractors are not), and the
+    whitening of a group is learned on the *other* group, as the literature
+    learns it on another collection (Paris6k for Oxford5k).  The mAP is the
+    mean AP over all the scene images of both groups; it is also given for
+    the queries of every view.  The figure shows the raw GeM results of a
+    typical query of every view: the one of median AP over the scenes.
 
     Returns
     -------
     results : dict
-        ``{"map": {(pooler, "raw" | "pca"): mAP}, "figure": path or None,
-        "seconds": wall time, ...}``.
+        ``{"map": {(pooler, "raw" | "pca"): mAP}, "map_by_view": {pooler:
+        {view: raw mAP of the queries of that view}}, "figure": path or None,
+        "seconds": wall time, "pooler_seconds": {pooler: s}, "n_images",
+        "n_queries", "n_distractors", "extract_seconds", "n_components",
+        "whiten_power"}``.
     """
     from ._extractor import ConvFeatureExtractor
-    from ._whitening import PCAWhitener
 
     file = sys.stdout if file is None else file
 
@@ -387,58 +747,99 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
         print(*args, file=file, flush=True)
 
     t0 = time.perf_counter()
-    images, labels, names = load_demo_dataset()
+    images, labels, names, groups = load_demo_dataset(return_groups=True)
     n = len(images)
-    n_scenes = len(np.unique(labels))
+    is_scene = labels >= 0
+    n_scenes = len(np.unique(labels[is_scene]))
+    n_queries = int(is_scene.sum())
+    n_distractors = n - n_queries
+    n_photos = len({name.split("/")[0] for name in names[n_queries:]})
     extractor = ConvFeatureExtractor(
         "mobilenet_v2", weights="IMAGENET1K_V1", max_size=max_size, device=device
     ).fit()
     t1 = time.perf_counter()
     maps = extractor.transform(images)
     t_maps = time.perf_counter() - t1
-    n_components = min(32, n - 1)
+    group_sizes = [int(np.sum(groups == g)) for g in (0, 1)]
+    n_components = min(_WHITEN_COMPONENTS, min(group_sizes) - 1)
 
-    say(f"skretrieval demo: {n} images = {n_scenes} scenes x {n // n_scenes} views "
+    say(f"skretrieval demo: {n} images, all generated from photographs shipped with "
+        "scikit-learn and scikit-image (nothing downloaded)")
+    say(f"  scenes: {n_queries} images = {n_scenes} photos x {n_queries // n_scenes} "
         f"({', '.join(VIEWS)})")
+    say(f"  distractors: {n_distractors} images = {n_photos} other photos of "
+        f"scikit-image x {n_distractors // max(n_photos, 1)} (original + "
+        f"{_N_DISTRACTOR_VIEWS} random views); relevant to no query, never queries")
     say(f"network: mobilenet_v2 (IMAGENET1K_V1 weights), layer {extractor.layer_name_}, "
         f"{extractor.n_channels_} channels, longest side {max_size} px, "
         f"device {extractor.device_}")
     say(f"feature maps extracted once in {t_maps:.1f} s and shared by all the poolers")
     say()
-    say(f"leave-one-out mAP: each image queries the {n - 1} others "
-        f"({n // n_scenes - 1} relevant each)")
-    say(f"{'pooler':<8} {'dim':>5}  {'raw':>6}  {'PCA-whitened':>12}")
-    scores, gem = {}, None
-    for name in _POOLERS:
-        X = _make_pooler(name).fit_transform(maps)
-        raw, ind, sim = _leave_one_out(X, labels)
-        Xw = PCAWhitener(n_components=n_components).fit_transform(X)
-        pca, _, _ = _leave_one_out(Xw, labels)
-        scores[(name, "raw")], scores[(name, "pca")] = raw, pca
-        if name == "GeM":
-            gem = (ind, sim)
-        say(f"{name:<8} {X.shape[1]:>5}  {raw:>6.3f}  {pca:>12.3f}")
-    say(f"(PCA-whitened: {n_components} dimensions)")
+    say(f"protocol: the photos are split in two disjoint groups ({group_sizes[0]} and "
+        f"{group_sizes[1]} images; even / odd scenes and distractors). Each group is "
+        "searched on its own: every scene image queries the rest of its group, the "
+        f"other {n_queries // n_scenes - 1} images of its scene are relevant. mAP over "
+        f"all {n_queries} queries.")
+    say(f"whitening: PCAWhitener(n_components={n_components}, "
+        f"whiten_power={_WHITEN_POWER}) learned on the OTHER group's descriptors "
+        "(no image, scene or distractor of the searched group), frozen in the "
+        "pipeline with sklearn.frozen.FrozenEstimator")
     say()
-    say(f"note: this is a demo. The PCA whitening is learned on the same {n} images "
-        f"it is evaluated on: {n} descriptors are far too few to estimate "
-        f"{n_components} whitened directions, so it mostly amplifies noise here. The "
-        "benchmarks learn the whitening on thousands of images of another "
-        "collection (e.g. Paris6k for Oxford5k).")
+    say(f"{'pooler':<8} {'dim':>5}  {'raw mAP':>7}  {'whitened':>8}  {'time':>6}")
+    scores, seconds_by_pooler, ap_by_pooler, gem = {}, {}, {}, None
+    for name in _POOLERS:
+        tp = time.perf_counter()
+        X = _make_pooler(name).fit_transform(maps)
+        ap_raw, ap_white, rankings, sims = _evaluate(X, labels, groups, n_components,
+                                                    _WHITEN_POWER)
+        raw, white = float(np.nanmean(ap_raw)), float(np.nanmean(ap_white))
+        scores[(name, "raw")], scores[(name, "pca")] = raw, white
+        seconds_by_pooler[name] = time.perf_counter() - tp
+        ap_by_pooler[name] = ap_raw
+        if name == "GeM":
+            gem = (ap_raw, rankings, sims)
+        say(f"{name:<8} {X.shape[1]:>5}  {raw:>7.3f}  {white:>8.3f}  "
+            f"{seconds_by_pooler[name]:>5.1f}s")
+    say(f"(whitened: {n_components} dimensions; time: pooling, whitening and search "
+        "of both groups)")
+    say()
+    view_of = np.array([name.split("/")[1] for name in names])
+    by_view = {
+        name: {view: float(np.nanmean(ap[is_scene & (view_of == view)])) for view in VIEWS}
+        for name, ap in ap_by_pooler.items()
+    }
+    say(f"raw mAP by query view ({n_scenes} queries each):")
+    say(f"{'pooler':<8}" + "".join(f" {view:>{max(len(view), 4)}}" for view in VIEWS))
+    for name, values in by_view.items():
+        say(f"{name:<8}" + "".join(f" {values[view]:>{max(len(view), 4)}.2f}"
+                                   for view in VIEWS))
+    say()
+    photos = [len({names[i].split("/")[0] for i in np.flatnonzero(groups == g)})
+              for g in (0, 1)]
+    say("note: the whitening of each group is learned on the other group: "
+        f"{_one_or_two(group_sizes)} images of {_one_or_two(photos)} photos unrelated to "
+        "the searched ones, too few and too different to help here. The literature "
+        "learns it on thousands of images of a similar collection (e.g. Paris6k for "
+        "Oxford5k), where it usually helps; see benchmarks/bench_pooling_map.py.")
     path = None
     if figure:
         path = os.fspath(out)
+        queries = _median_queries(labels, names, gem[0])
         fig = plot_rankings(
-            images, labels, gem[0], similarities=gem[1], names=names, k=5, path=path,
-            title=f"GeM pooling of MobileNetV2 maps: leave-one-out top 5 "
-                  f"(mAP {scores[('GeM', 'raw')]:.3f})",
+            images, labels, gem[1], similarities=gem[2], names=names, k=5, path=path,
+            queries=queries,
+            title="GeM pooling of MobileNetV2 maps, raw: the median query of every view "
+                  f"and its top 5 (mAP {scores[('GeM', 'raw')]:.3f})",
         )
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-        say(f"figure: {path} (GeM, raw: 6 queries and their top 5; green = same scene, "
-            "red = other scene)")
+        say(f"figure: {path} (GeM, raw: for each of the {len(queries)} views, the query "
+            "of median AP over the scenes, and its top 5 in its group; green = same "
+            "scene, red = other scene or distractor)")
     seconds = time.perf_counter() - t0
     say(f"wall time: {seconds:.1f} s")
-    return {"map": scores, "figure": path, "seconds": seconds, "n_images": n,
-            "extract_seconds": t_maps}
+    return {"map": scores, "map_by_view": by_view, "figure": path, "seconds": seconds,
+            "pooler_seconds": seconds_by_pooler, "n_images": n, "n_queries": n_queries,
+            "n_distractors": n_distractors, "extract_seconds": t_maps,
+            "n_components": n_components, "whiten_power": _WHITEN_POWER}

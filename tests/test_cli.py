@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,15 @@ from PIL import Image
 
 from skretrieval.__main__ import main
 from skretrieval._backbones import weights_search_dirs
-from skretrieval._demo import VIEWS, load_demo_dataset, plot_rankings
+from skretrieval._demo import (
+    DISTRACTOR_LABEL,
+    DISTRACTOR_VIEWS,
+    VIEWS,
+    _evaluate,
+    _median_queries,
+    load_demo_dataset,
+    plot_rankings,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -264,30 +273,82 @@ def test_search_bad_inputs_exit_2(indexed, tmp_path, capsys):
 # ---------------------------------------------------------------------------
 # demo data set and figure
 # ---------------------------------------------------------------------------
+N_VIEWS = len(VIEWS)
+
+
 @pytest.fixture(scope="module")
 def demo_small():
     return load_demo_dataset(max_side=96, random_state=0)
 
 
+def _area(img):
+    return img.shape[0] * img.shape[1]
+
+
 def test_load_demo_dataset(demo_small):
     images, labels, names = demo_small
-    n_scenes = len(np.unique(labels))
-    assert n_scenes >= 8
-    assert len(images) == len(names) == labels.shape[0] == 6 * n_scenes
+    assert len(images) == len(names) == labels.shape[0]
     assert labels.dtype.kind == "i"
-    np.testing.assert_array_equal(labels, np.repeat(np.arange(n_scenes), 6))
+    scenes = labels >= 0
+    n_scenes = len(np.unique(labels[scenes]))
+    n_scene_images = int(scenes.sum())
+    assert n_scenes == 8 and N_VIEWS >= 6
+    # the scenes first, scene by scene; then the distractors, all labelled -1
+    np.testing.assert_array_equal(labels[:n_scene_images],
+                                  np.repeat(np.arange(n_scenes), N_VIEWS))
+    assert DISTRACTOR_LABEL == -1
+    assert np.all(labels[n_scene_images:] == DISTRACTOR_LABEL)
+    n_distractors = len(images) - n_scene_images
+    assert n_distractors >= 8 * 4 and n_distractors % 4 == 0  # original + 3 views each
     for img in images:
         assert isinstance(img, np.ndarray) and img.dtype == np.uint8
         assert img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 16
         assert max(img.shape[:2]) <= 96
-    for i in range(0, len(images), 6):
-        assert max(images[i].shape[:2]) == 96  # the downscaled originals
-        assert [n.split("/")[1] for n in names[i:i + 6]] == list(VIEWS)
-        assert len({n.split("/")[0] for n in names[i:i + 6]}) == 1
-        # the views differ from the original
-        for view in images[i + 1:i + 6]:
-            assert view.shape != images[i].shape or not np.array_equal(view, images[i])
     assert len(set(names)) == len(names)
+    scene_photos = {n.split("/")[0] for n in names[:n_scene_images]}
+    distractor_photos = {n.split("/")[0] for n in names[n_scene_images:]}
+    assert len(scene_photos) == n_scenes and len(distractor_photos) == n_distractors // 4
+    assert not scene_photos & distractor_photos
+    assert "motorcycle_right" not in " ".join(names)  # the same scene: no distractor
+    for i in range(0, n_scene_images, N_VIEWS):
+        block, original = images[i:i + N_VIEWS], images[i]
+        views = dict(zip([n.split("/")[1] for n in names[i:i + N_VIEWS]], block))
+        assert list(views) == list(VIEWS)
+        assert len({n.split("/")[0] for n in names[i:i + N_VIEWS]}) == 1
+        assert max(original.shape[:2]) == 96  # the downscaled original
+        for view in block[1:]:  # the views differ from the original
+            assert view.shape != original.shape or not np.array_equal(view, original)
+        # a crop of 25-50 % of the area (some slack for the rounding)
+        assert 0.2 <= _area(views["crop"]) / _area(original) <= 0.55
+        # changes within the frame keep it; rotations and shears cut it down
+        for name in ("zoomed-out", "perspective", "relit-jpeg", "occluded"):
+            assert views[name].shape == original.shape
+        for name in ("rotated", "sheared"):
+            assert _area(views[name]) < _area(original)
+    for i in range(n_scene_images, len(images), 4):
+        assert names[i].endswith("/original")
+        assert all(n.split("/")[1] in DISTRACTOR_VIEWS for n in names[i + 1:i + 4])
+
+
+def test_load_demo_dataset_groups_share_no_photo(demo_small):
+    images, labels, names, groups = load_demo_dataset(max_side=96, random_state=0,
+                                                      return_groups=True)
+    assert names == demo_small[2]
+    assert set(groups.tolist()) == {0, 1}
+    np.testing.assert_array_equal(groups[labels >= 0], labels[labels >= 0] % 2)
+    photos = [{n.split("/")[0] for n, g in zip(names, groups) if g == k} for k in (0, 1)]
+    assert not photos[0] & photos[1]
+    for k in (0, 1):  # scenes and distractors in both groups
+        assert np.any((groups == k) & (labels >= 0))
+        assert np.any((groups == k) & (labels < 0))
+    # without the distractors: the scenes only, unchanged
+    scenes_only, scene_labels, scene_names = load_demo_dataset(
+        max_side=96, random_state=0, distractors=False)
+    n = len(scenes_only)
+    assert n == int(np.sum(labels >= 0)) and scene_names == names[:n]
+    np.testing.assert_array_equal(scene_labels, labels[:n])
+    for a, b in zip(scenes_only, images[:n]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_load_demo_dataset_is_deterministic(demo_small):
@@ -297,8 +358,64 @@ def test_load_demo_dataset_is_deterministic(demo_small):
     assert names == names2
     for a, b in zip(images, again):
         np.testing.assert_array_equal(a, b)
-    other, _, _ = load_demo_dataset(max_side=96, random_state=1)
+    other, labels3, _ = load_demo_dataset(max_side=96, random_state=1)
+    np.testing.assert_array_equal(labels, labels3)
     assert any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(images, other))
+
+
+def test_load_demo_dataset_rejects_tiny_side():
+    with pytest.raises(ValueError, match="at least 16"):
+        load_demo_dataset(max_side=8)
+
+
+def test_demo_evaluation_never_whitens_on_the_searched_group(monkeypatch):
+    """Each group is searched on its own, with a whitening fitted on the other."""
+    from skretrieval._whitening import PCAWhitener
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.repeat(np.arange(4), 5), np.full(12, -1)]
+    groups = np.r_[np.repeat(np.arange(4) % 2, 5), np.arange(12) % 2]
+    centres = rng.normal(size=(4, 64))
+    X = rng.normal(scale=0.05, size=(len(labels), 64))
+    X[labels >= 0] += centres[labels[labels >= 0]]
+    X[labels < 0] += rng.normal(size=(12, 64))
+
+    fitted_on = []
+    real_fit = PCAWhitener.fit
+
+    def spy_fit(self, Xtrain, y=None):
+        rows = [int(np.flatnonzero(np.all(X == x, axis=1))[0]) for x in np.asarray(Xtrain)]
+        fitted_on.append(sorted(rows))
+        return real_fit(self, Xtrain, y)
+
+    monkeypatch.setattr(PCAWhitener, "fit", spy_fit)
+    ap_raw, ap_white, rankings, sims = _evaluate(X, labels, groups, n_components=4,
+                                                 whiten_power=0.5)
+    # one whitening per group, each fitted on exactly the other group
+    assert sorted(fitted_on) == sorted(np.flatnonzero(groups == g).tolist() for g in (0, 1))
+    # AP of the scene images only; distinct clusters: perfect raw retrieval
+    assert np.all(np.isnan(ap_raw[labels < 0])) and np.all(np.isnan(ap_white[labels < 0]))
+    np.testing.assert_allclose(ap_raw[labels >= 0], 1.0)
+    assert np.all((ap_white[labels >= 0] >= 0) & (ap_white[labels >= 0] <= 1))
+    # rankings stay within the query's group, never the query itself
+    assert rankings.shape == (len(labels), int(np.sum(groups == 0)) - 1) == sims.shape
+    for i in range(len(labels)):
+        assert i not in rankings[i]
+        assert np.all(groups[rankings[i]] == groups[i])
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def test_demo_figure_shows_the_median_query_of_every_view(demo_small):
+    _, labels, names = demo_small
+    ap = np.where(labels >= 0, np.linspace(0, 1, len(labels)), np.nan)
+    queries = _median_queries(labels, names, ap)
+    assert [names[q].split("/")[1] for q in queries] == list(VIEWS)
+    for view, q in zip(VIEWS, queries):
+        members = [i for i, n in enumerate(names) if n.endswith(f"/{view}") and labels[i] >= 0]
+        assert labels[q] >= 0 and q in members
+        # as many of the view's queries below it as above it (lower median)
+        below = sum(ap[m] < ap[q] for m in members)
+        assert below == (len(members) - 1) // 2
 
 
 def test_plot_rankings_writes_png(demo_small, tmp_path):
@@ -320,6 +437,10 @@ def test_plot_rankings_writes_png(demo_small, tmp_path):
 
     q = 0  # the first default query: the first image of the first scene
     assert titles[0] == f"query\n{names[q]}"
+    # the default queries: one per scene, never a distractor (label -1)
+    query_names = [titles[6 * row].split("\n")[1] for row in range(6)]
+    assert len(set(query_names)) == 6
+    assert all(labels[names.index(name)] >= 0 for name in query_names)
     assert axes[0].spines["top"].get_edgecolor() == to_rgba("tab:blue")
     for r in range(5):
         relevant = labels[rankings[q, r]] == labels[q]
@@ -354,11 +475,32 @@ def test_demo_with_real_weights(tmp_path, capsys):
     code, out, err = _run(capsys, "demo", "--out", out_png, "--max-size", 128,
                           "--device", "cpu")
     assert code == 0, err
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    for pooler in ("SPoC", "MAC", "GeM", "R-MAC", "CroW"):
-        assert pooler in rows
-        raw, pca = float(rows[pooler][2]), float(rows[pooler][3])
-        assert 0 <= raw <= 1 and 0 <= pca <= 1
-    assert float(rows["GeM"][2]) > 0.5
+    # the table: pooler, dim, raw mAP, whitened mAP, time
+    table = re.compile(r"^(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+s$")
+    rows = {m.group(1): m.groups() for m in map(table.match, out.splitlines()) if m}
+    raw, white = {}, {}
+    assert list(rows) == ["SPoC", "MAC", "GeM", "R-MAC", "CroW"], out
+    for pooler in rows:
+        raw[pooler], white[pooler] = float(rows[pooler][2]), float(rows[pooler][3])
+        # hard views and distractors: good, but not perfect, retrieval
+        assert 0.3 < raw[pooler] < 0.99
+        # the whitening is learned on other images: it may not help, but it
+        # must not wreck the descriptors either
+        assert 0.2 < white[pooler] <= 1
+    assert raw["GeM"] > 0.5
+    assert len({round(v, 3) for v in raw.values()}) > 1  # the poolers differ
+    assert "distractors" in out and "relevant to no query" in out
+    assert "learned on the OTHER group" in out and "FrozenEstimator" in out
+    # the mAP of every pooler for the queries of every view
+    header = out.split("raw mAP by query view")[1].splitlines()[1].split()
+    assert header == ["pooler", *VIEWS]
+    per_view = {line.split()[0]: [float(v) for v in line.split()[1:]]
+                for line in out.split("raw mAP by query view")[1].splitlines()[2:7]}
+    assert list(per_view) == list(rows)
+    for pooler, values in per_view.items():
+        assert len(values) == len(VIEWS) and all(0 <= v <= 1 for v in values)
+        # the untouched originals are easy; the hard views are not
+        assert values[VIEWS.index("original")] > 0.8
+        assert min(values) < values[VIEWS.index("original")]
     assert "wall time" in out
     assert out_png.read_bytes()[:8] == PNG_SIGNATURE
