@@ -143,7 +143,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         downstream steps run the network once per image and scale.
     n_jobs : int or None, default=None
         Threads that decode and resize images while the network runs
-        (None: up to 4).
+        (None: 1 on CPU, where the network uses every core; up to 4 on GPU).
     verbose : int, default=0
         Print progress (images done, rate, time left) to stderr when > 0.
 
@@ -425,7 +425,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         cache = get_cache(self.cache)
         out = FeatureMaps(scales=scales, layer=self.layer_name_, store=self.store,
                           dtype=self.dtype)
-        n_threads = self.n_jobs or min(4, os.cpu_count() or 1)
+        # On CPU the network already uses every core: one decoding thread
+        # overlaps I/O without oversubscribing (benchmarks/bench_extraction.py).
+        n_threads = self.n_jobs or (1 if self.device_ == "cpu" else min(4, os.cpu_count() or 1))
         mean = torch.tensor(self.mean_, device=self.device_).view(1, 3, 1, 1)
         std = torch.tensor(self.std_, device=self.device_).view(1, 3, 1, 1)
         t0, last_report = time.perf_counter(), 0.0
