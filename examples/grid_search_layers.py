@@ -139,7 +139,11 @@ without_cache = n_candidates * cv.get_n_splits() * n_images + n_images
 print(
     f"{n_candidates} candidates x {cv.get_n_splits()} folds: {passes} forward "
     f"passes with cache='memory' (= {n_network_settings} (layer, max_size) "
-    f"settings x {n_images} images); {without_cache} without a cache"
+    f"settings x {n_images} images)"
+)
+print(
+    f"without a cache it would be {without_cache} (= {n_candidates} x "
+    f"{cv.get_n_splits()} x {n_images} + {n_images} for the refit)"
 )
 
 # %%

@@ -152,7 +152,8 @@ for query, row_dist, row_ind in zip(queries, dist, ind):
 # full ranking of the database, shows what the boxes change.
 _, full = pipe[-1].kneighbors(Xq, n_neighbors="all")
 print()
-print(f"{'query':<12} {'AP object ' + str(left_object):>14} {'AP object ' + str(right_object):>14}")
+head_left, head_right = f"AP object {left_object}", f"AP object {right_object}"
+print(f"{'query':<12} {head_left:>14} {head_right:>14}")
 for title, ranking in zip(["whole", "left box", "right box"], full):
     ap_left = average_precision(ranking, np.flatnonzero(labels == left_object))
     ap_right = average_precision(ranking, np.flatnonzero(labels == right_object))
