@@ -32,6 +32,7 @@ _TRUNKS: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
 # NHWC tensors let oneDNN pick its fast convolution kernels on CPU (about
 # 1.5x for MobileNetV2 here, see benchmarks/bench_extraction.py).
 CHANNELS_LAST = True
+_GEOMETRY: dict = {}
 
 
 def _resolve_device(device):
@@ -283,7 +284,14 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             while len(_TRUNKS) > 4:
                 _TRUNKS.popitem(last=False)
         self.trunk_ = trunk
-        self._probe()
+        # the geometry depends only on the trunk: probe once per trunk, not
+        # at every refit of a grid search
+        geometry = _GEOMETRY.get(key)
+        if geometry is None:
+            self._probe()
+            _GEOMETRY[key] = (self.n_channels_, self.stride_, self.min_input_size_)
+        else:
+            self.n_channels_, self.stride_, self.min_input_size_ = geometry
         return self
 
     @staticmethod
