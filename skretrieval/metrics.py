@@ -41,6 +41,7 @@ __all__ = [
     "mean_average_precision",
     "precision_at_k",
     "mean_precision_at_k",
+    "revisitop_map",
     "ukbench_score",
     "RetrievalMAP",
 ]
@@ -455,6 +456,79 @@ def mean_average_precision(rankings, positives, junk=None, *, return_ap=False):
     return mean
 
 
+def revisitop_map(rankings, positives, junk=None, ks=(1, 5, 10)):
+    """mAP and mean precision at k exactly as revisitop's ``compute_map``.
+
+    The evaluation of the revisited Oxford and Paris benchmarks (Radenović
+    et al., CVPR 2018).  The AP is that of :func:`mean_average_precision`
+    (junk removed, trapezoid rule).  The precision at ``k`` is revisitop's:
+    with ``pos`` the 1-based junk-free ranks of the query's positives,
+    ``kq = min(max(pos), k)`` and ``P@k = |{pos <= kq}| / kq``, i.e. the
+    cut-off shrinks to the rank of the last positive when every positive is
+    found before rank ``k`` (a query with 3 positives at ranks 1-3 has
+    P@10 = 1).  Queries without positives are skipped (``nan``), as in
+    revisitop.
+
+    Parameters
+    ----------
+    rankings : array-like of int of shape (n_queries, n_ranked) or list of 1-D arrays
+        Ranking of the database for every query, best first.  revisitop
+        ranks the whole database; with truncated rankings, positives not
+        ranked count as missed, and a query none of whose positives is
+        ranked has ``P@k = 0``.
+    positives : list of iterables of int
+        Database indices relevant to every query (revisitop's ``ok``).
+    junk : list of iterables of int, default=None
+        Database indices ignored for every query (revisitop's ``junk``).
+    ks : sequence of int, default=(1, 5, 10)
+        Cut-offs (revisitop's ``kappas``).
+
+    Returns
+    -------
+    mAP : float
+        Mean AP over the queries that have positives.
+    aps : ndarray of shape (n_queries,)
+        AP of every query (``nan`` when it has no positives).
+    mpr : ndarray of shape (len(ks),)
+        Mean precision at every cut-off.
+    prs : ndarray of shape (n_queries, len(ks))
+        Precision of every query at every cut-off (``nan`` rows for queries
+        without positives).
+
+    Examples
+    --------
+    >>> from skretrieval.metrics import revisitop_map
+    >>> m, aps, mpr, prs = revisitop_map([[3, 0, 1, 2]], [[0, 2]], [[1]], ks=[1, 5])
+    >>> round(m, 4), mpr.tolist()
+    (0.4167, [0.0, 0.6666666666666666])
+    """
+    ks, _ = _check_k(list(ks) if not isinstance(ks, Integral) else ks)
+    rankings = _check_rankings(rankings)
+    n_queries = len(rankings)
+    positives = _check_per_query(positives, n_queries, "positives", False)
+    junk = _check_per_query(junk, n_queries, "junk", True)
+    aps = np.full(n_queries, np.nan)
+    prs = np.full((n_queries, ks.shape[0]), np.nan)
+    for i in range(n_queries):
+        ranking, pos, jnk = _check_query(rankings[i], positives[i], junk[i], f"[{i}]")
+        if pos.size == 0:
+            continue
+        ranks = np.flatnonzero(_hits_without_junk(ranking, pos, jnk))
+        aps[i] = _ap_from_hit_positions(np.zeros(ranks.shape[0], np.int64), ranks,
+                                        [pos.size])[0]
+        if ranks.size == 0:
+            prs[i] = 0.0
+            continue
+        one_based = ranks + 1
+        kq = np.minimum(one_based.max(), ks)
+        prs[i] = (one_based[None, :] <= kq[:, None]).sum(axis=1) / kq
+    defined = ~np.isnan(aps)
+    _warn_skipped(int(n_queries - defined.sum()), n_queries)
+    if not defined.any():
+        return float("nan"), aps, np.full(ks.shape[0], np.nan), prs
+    return float(aps[defined].mean()), aps, prs[defined].mean(axis=0), prs
+
+
 # ---------------------------------------------------------------------------
 # precision at k and UKBench
 # ---------------------------------------------------------------------------
@@ -635,12 +709,22 @@ class RetrievalMAP:
     :class:`~skretrieval.NearestNeighborRetriever`) computes the score with
     ``score(Xt, y, n_neighbors=k)``.  Greater is better.
 
+    With ``ground_truth`` (a :class:`skretrieval.datasets.GroundTruth`, e.g.
+    ``benchmark.ground_truth["medium"]`` of revisited Oxford), relevance is
+    not by label: ``y`` holds the query numbers (indices into the ground
+    truth), the final step ranks its database with ``kneighbors`` and the
+    score is :func:`mean_average_precision` with the ground truth's
+    positives and junk.
+
     Parameters
     ----------
     k : int, default=None
         ``None`` scores the full ranking of the database (mAP); an int scores
         only the top ``k`` results (mAP@k, positives beyond rank ``k`` count
         as not retrieved).
+    ground_truth : GroundTruth, default=None
+        Per-query positives and junk, indexed by ``y``; ``None`` scores by
+        label.
 
     Examples
     --------
@@ -652,12 +736,20 @@ class RetrievalMAP:
     Used as ``GridSearchCV(pipeline, param_grid, scoring=RetrievalMAP())``.
     """
 
-    def __init__(self, k=None):
+    def __init__(self, k=None, ground_truth=None):
         if k is not None and (
             not isinstance(k, Integral) or isinstance(k, bool) or k < 1
         ):
             raise ValueError(f"k must be None or a positive integer, got {k!r}.")
+        if ground_truth is not None and not (
+            hasattr(ground_truth, "positives") and hasattr(ground_truth, "junk")
+        ):
+            raise TypeError(
+                "ground_truth must have per-query 'positives' and 'junk' (a "
+                f"skretrieval.datasets.GroundTruth), got {type(ground_truth).__name__}."
+            )
         self.k = None if k is None else int(k)
+        self.ground_truth = ground_truth
 
     def __call__(self, estimator, X, y):
         """Score ``estimator`` on queries ``X`` with labels ``y``.
@@ -695,7 +787,26 @@ class RetrievalMAP:
                 f"mAP (e.g. skretrieval.NearestNeighborRetriever); got "
                 f"{type(final).__name__}."
             )
+        if self.ground_truth is not None:
+            return self._score_ground_truth(final, Xt, y)
         return float(score(Xt, y, n_neighbors=self.k))
 
+    def _score_ground_truth(self, final, Xt, y):
+        gt = self.ground_truth
+        ids = np.asarray(y).ravel()
+        if not np.issubdtype(ids.dtype, np.integer) or (
+            ids.size and (ids.min() < 0 or ids.max() >= len(gt.positives))
+        ):
+            raise ValueError(
+                "with a ground_truth, y must hold query numbers in "
+                f"[0, {len(gt.positives)}) (indices into the ground truth)."
+            )
+        ind = final.kneighbors(Xt, n_neighbors="all" if self.k is None else self.k,
+                               return_distance=False)
+        return mean_average_precision(
+            ind, [gt.positives[i] for i in ids], [gt.junk[i] for i in ids]
+        )
+
     def __repr__(self):
-        return f"{type(self).__name__}(k={self.k!r})"
+        extra = "" if self.ground_truth is None else ", ground_truth=..."
+        return f"{type(self).__name__}(k={self.k!r}{extra})"
