@@ -18,6 +18,7 @@ from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, 
 from ._whitening import PCAWhitener
 from ._retriever import NearestNeighborRetriever
 from .metrics import RetrievalMAP
+from .display import RetrievalDisplay
 
 __all__ = [
     "ConvFeatureExtractor",
@@ -30,6 +31,7 @@ __all__ = [
     "NearestNeighborRetriever",
     "PCAWhitener",
     "RMACPooler",
+    "RetrievalDisplay",
     "RetrievalMAP",
     "SPoCPooler",
     "WeightsNotFoundError",

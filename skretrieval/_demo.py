@@ -498,15 +498,6 @@ def _default_queries(labels, n_queries):
     return np.asarray(picks)
 
 
-def _frame(ax, colour, width=4):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(True)
-        spine.set_edgecolor(colour)
-        spine.set_linewidth(width)
-
-
 def plot_rankings(images, labels, rankings, *, n_queries=6, k=5, path=None,
                   similarities=None, queries=None, names=None, title=None):
     """Draw queries and their top-``k`` results, framed by relevance.
@@ -515,7 +506,10 @@ def plot_rankings(images, labels, rankings, *, n_queries=6, k=5, path=None,
     a result is framed green when it has the query's label (relevant) and red
     otherwise, as in Fig. 1 of Babenko et al. (2014).  The titles give the
     rank of each result, its similarity when ``similarities`` is given, and
-    the image names when ``names`` is given.
+    the image names when ``names`` is given.  A thin wrapper of
+    :meth:`skretrieval.RetrievalDisplay.from_predictions` (the collection
+    being both the queries and the database, relevance from the labels) that
+    uses the Agg backend.
 
     Parameters
     ----------
@@ -556,7 +550,9 @@ def plot_rankings(images, labels, rankings, *, n_queries=6, k=5, path=None,
     ImportError
         If matplotlib is not installed (``pip install skretrieval[demo]``).
     """
-    plt = _pyplot()
+    _pyplot()  # the Agg backend: files only, never a window
+    from .display import RetrievalDisplay
+
     labels = np.asarray(labels)
     rankings = np.asarray(rankings)
     if rankings.ndim != 2 or rankings.shape[0] != len(images):
@@ -569,55 +565,17 @@ def plot_rankings(images, labels, rankings, *, n_queries=6, k=5, path=None,
     k = min(int(k), rankings.shape[1])
     if k < 1:
         raise ValueError("k must be at least 1 and rankings must not be empty")
-    if similarities is not None:
-        similarities = np.asarray(similarities, dtype=float)
-        if similarities.shape[0] != rankings.shape[0] or similarities.shape[1] < k:
-            raise ValueError(
-                f"similarities of shape {similarities.shape} do not match the "
-                f"rankings of shape {rankings.shape}"
-            )
     if queries is None:
         queries = _default_queries(labels, int(n_queries))
     queries = [int(q) for q in queries]
     if not queries:
         raise ValueError("no query to plot (n_queries must be at least 1)")
-
-    n_rows, n_cols = len(queries), k + 1
-    text_lines = 2 if names is not None else 1
-    row_height = 1.45 + 0.16 * text_lines  # inches: an image of 3:2, its title, a gap
-    top_margin = 0.12 + 0.16 * text_lines + (0.35 if title else 0.0)
-    fig_height = row_height * n_rows + top_margin
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.1 * n_cols, fig_height),
-                             squeeze=False)
-    fig.subplots_adjust(left=0.015, right=0.985, bottom=0.06 / fig_height,
-                        top=1 - top_margin / fig_height,
-                        wspace=0.06, hspace=0.16 * text_lines / 1.45 + 0.08)
-    for row, q in enumerate(queries):
-        ax = axes[row, 0]
-        ax.imshow(images[q])
-        _frame(ax, "tab:blue", 5)
-        head = "query"
-        if names is not None:
-            head += f"\n{names[q]}"
-        ax.set_title(head, fontsize=9, fontweight="bold", color="tab:blue")
-        for r in range(k):
-            idx = int(rankings[q, r])
-            ax = axes[row, r + 1]
-            ax.imshow(images[idx])
-            relevant = labels[idx] == labels[q]
-            colour = "tab:green" if relevant else "tab:red"
-            _frame(ax, colour, 4)
-            head = f"#{r + 1}"
-            if similarities is not None:
-                head += f"  sim {similarities[q, r]:.3f}"
-            if names is not None:
-                head += f"\n{names[idx]}"
-            ax.set_title(head, fontsize=8, color="black" if relevant else "tab:red")
-    if title:
-        fig.suptitle(title, fontsize=11, y=1 - 0.08 / fig_height, va="top")
-    if path is not None:
-        fig.savefig(os.fspath(path), format="png", dpi=100)
-    return fig
+    display = RetrievalDisplay.from_predictions(
+        rankings, images, images, query_labels=labels, database_labels=labels,
+        similarities=similarities, k=k, queries=queries, query_names=names,
+        database_names=names, title=title, path=path,
+    )
+    return display.figure_
 
 
 # ---------------------------------------------------------------------------
