@@ -141,6 +141,15 @@ def build_parser():
                    help="search with this region of the (single) query only, in "
                         "pixels of the full-resolution image")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--pairs", metavar="FILE",
+                   help="also write the top-k results of every query as an image-pairs "
+                        "file for visual localization (query names: the QUERY paths as "
+                        "given; database names: the names stored in the index); "
+                        "a database image named like its query is left out")
+    p.add_argument("--pairs-format", choices=("kapture", "colmap"), default="kapture",
+                   help="format of --pairs: 'kapture' (kapture-localization: "
+                        "'query, map, score' lines) or 'colmap' (COLMAP / hloc: "
+                        "'query database' lines) (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show the progress of the feature extraction")
     p.set_defaults(func=_cmd_search)
@@ -162,6 +171,65 @@ def build_parser():
     p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
     p.add_argument("--no-figure", action="store_true", help="do not draw the figure")
     p.set_defaults(func=_cmd_demo)
+
+    # -- evaluate --------------------------------------------------------
+    from .datasets import DATASETS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a pipeline on a standard benchmark with its protocol",
+        description="Extract descriptors of a benchmark's database and queries (query "
+                    "crops at full resolution), optionally learn PCA whitening on "
+                    "another benchmark (the pair the papers use: Paris6k for Oxford5k "
+                    "and back), rank the whole database for every query and print the "
+                    "standard table: mAP in percent, revisitop's Easy/Medium/Hard mAP "
+                    "and mP@1,5,10, UKBench's N-S score; plus wall time.",
+    )
+    p.add_argument("--dataset", required=True, choices=DATASETS,
+                   help="benchmark name")
+    p.add_argument("--root", required=True, metavar="DIR",
+                   help="the benchmark's directory, in its standard layout")
+    p.add_argument("--distractors", metavar="DIR", default=None,
+                   help="revisitop1m directory: add its 1M distractors (roxford5k / "
+                        "rparis6k only)")
+    p.add_argument("--rotated", action="store_true",
+                   help="Holidays: use the manually rotated images (ROOT/jpg_rotated)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the benchmark's official files into --root first")
+    p.add_argument("--backbone", default="mobilenet_v2",
+                   help="torchvision model name (default: %(default)s)")
+    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
+                   help="torchvision weights name, state-dict path or 'none' "
+                        "(default: %(default)s)")
+    p.add_argument("--layer", default=None, help="layer (default: the last conv layer)")
+    p.add_argument("--max-size", type=_positive_int, default=1024, metavar="PIXELS",
+                   help="longest image side at scale 1 (default: %(default)s)")
+    p.add_argument("--scales", type=_positive_float, nargs="+", default=[1.0], metavar="S",
+                   help="image scales (default: 1)")
+    p.add_argument("--pooler", choices=sorted(_POOLERS), default="gem",
+                   help="pooling of the feature maps (default: %(default)s)")
+    p.add_argument("--whiten-root", metavar="DIR", default=None,
+                   help="learn PCA whitening on the benchmark in DIR (by default the "
+                        "dataset's pair, see --whiten-dataset); without it, no whitening")
+    p.add_argument("--whiten-dataset", choices=DATASETS, default=None,
+                   help="benchmark in --whiten-root (default: the pair of --dataset: "
+                        "paris6k for oxford5k, rparis6k for roxford5k, coil20 for coil100, "
+                        "and back)")
+    p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
+                   help="dimensions kept by the whitening (default: all)")
+    p.add_argument("--whiten-power", type=float, default=1.0, metavar="P",
+                   help="whitening power: 1 full, 0.5 shrunk (default: %(default)s)")
+    p.add_argument("--cache", default=os.path.join("~", ".cache", "skretrieval", "features"),
+                   metavar="DIR", help="feature-map cache directory, 'none' to disable "
+                                       "(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--figure", metavar="PNG", default=None,
+                   help="also draw the top results of a few queries to this file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
@@ -315,6 +383,13 @@ def _cmd_search(args):
 
     if args.box is not None and len(args.queries) != 1:
         raise CLIError(f"--box applies to a single query, got {len(args.queries)} queries")
+    if args.pairs is not None:  # fail before the network runs
+        from .pairs import _check_names
+
+        pairs_dir = os.path.dirname(os.path.abspath(args.pairs))
+        if not os.path.isdir(pairs_dir):
+            raise CLIError(f"cannot write {args.pairs!r}: folder {pairs_dir!r} does not exist")
+        _check_names(args.queries, args.pairs_format, query=True)
     pipe = _load_pipeline(args.index)
     retriever = pipe[-1]
     for _, step in pipe.steps[:-1]:
@@ -357,6 +432,15 @@ def _cmd_search(args):
         results.append({"query": query,
                         "box": list(args.box) if args.box is not None else None,
                         "results": hits})
+
+    if args.pairs is not None:
+        from .pairs import pairs_from_retriever, write_pairs
+
+        pairs = pairs_from_retriever(retriever, Xq, query_names=list(args.queries),
+                                     database_names=[str(n) for n in names], k=args.k)
+        n_pairs = write_pairs(args.pairs, pairs, format=args.pairs_format)
+        _info(f"{PROG}: wrote {n_pairs} pair(s) of {len(args.queries)} query image(s) "
+              f"to {args.pairs} ({args.pairs_format} format)")
 
     if args.json:
         print(json.dumps(results, indent=2))
@@ -401,6 +485,117 @@ def _cmd_demo(args):
 # ---------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------
+# ---------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------
+def _load_benchmark(name, root, args, role):
+    import warnings
+
+    from .datasets import load_dataset
+
+    kwargs = {"download": True} if args.download and role == "evaluated" else {}
+    if role == "evaluated" and args.distractors is not None:
+        if name not in ("roxford5k", "rparis6k"):
+            raise CLIError(f"--distractors applies to roxford5k and rparis6k, not {name}")
+        kwargs["distractors"] = args.distractors
+    if args.rotated and name == "holidays" and role == "evaluated":
+        kwargs["rotated"] = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bench = load_dataset(name, root, **kwargs)
+    for w in caught:  # e.g. an incomplete database: results not comparable
+        _warn(str(w.message))
+    return bench
+
+
+def _cmd_evaluate(args):
+    from sklearn.pipeline import make_pipeline
+
+    from . import _pooling
+    from ._extractor import ConvFeatureExtractor
+    from ._whitening import PCAWhitener
+    from .evaluation import evaluate_benchmark
+
+    t0 = time.perf_counter()
+    if args.rotated and args.dataset != "holidays":
+        raise CLIError("--rotated applies to --dataset holidays only")
+    if args.pca is not None and args.whiten_root is None:
+        raise CLIError(
+            "--pca needs --whiten-root: the whitening must be learned on another "
+            "benchmark (e.g. Paris6k for Oxford5k), never on the evaluated images")
+    _check_device(args.device)
+    bench = _load_benchmark(args.dataset, args.root, args, "evaluated")
+    whiten_bench = None
+    if args.whiten_root is not None:
+        name = args.whiten_dataset or bench.paired
+        if name is None:
+            raise CLIError(f"{args.dataset} has no usual pair: give --whiten-dataset")
+        whiten_bench = _load_benchmark(name, args.whiten_root, args, "whitening")
+    cache = None if args.cache.lower() == "none" else os.path.expanduser(args.cache)
+    if cache is not None:
+        os.makedirs(cache, exist_ok=True)
+    extractor = ConvFeatureExtractor(
+        args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
+        scales=tuple(args.scales), device=args.device, batch_size=args.batch_size,
+        cache=cache, verbose=0 if args.quiet else 1,
+    )
+    extractor.fit()
+    pooler = getattr(_pooling, _POOLERS[args.pooler])()
+    features = make_pipeline(extractor, pooler)
+    whitener = None
+    if whiten_bench is not None:
+        dims = min(extractor.n_channels_, whiten_bench.n_images - 1)
+        n = args.pca if args.pca is not None else dims
+        if n > dims:
+            raise CLIError(f"--pca {n}: at most {dims} components can be learned on "
+                           f"{whiten_bench.n_images} images of {extractor.n_channels_} "
+                           "dimensions")
+        whitener = PCAWhitener(n_components=n, whiten_power=args.whiten_power,
+                               random_state=0)
+    if not args.quiet:
+        _info(f"{PROG}: {bench.name}: {bench.n_images} database images, "
+              f"{bench.n_queries} queries; {args.backbone} layer {extractor.layer_name_} "
+              f"on {extractor.device_}"
+              + (f"; whitening learned on {whiten_bench.name}" if whiten_bench else ""))
+    report = evaluate_benchmark(bench, features, whitener=whitener,
+                                whitening_benchmark=whiten_bench)
+    if args.figure is not None:
+        _evaluation_figure(bench, report, args.figure)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        out = report.to_dict()
+        out["seconds"]["wall"] = seconds
+        out["config"] = {k: getattr(args, k) for k in (
+            "backbone", "layer", "max_size", "scales", "pooler", "pca", "whiten_power")}
+        out["config"]["weights"] = str(args.weights)
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{args.backbone} ({args.weights}) layer {extractor.layer_name_}, max_size "
+          f"{args.max_size}, scales {' '.join(f'{s:g}' for s in args.scales)}, "
+          f"{pooler.__class__.__name__}, {report.n_dims} dims"
+          + (f", PCA-whitened on {report.whitening}" if report.whitening else ""))
+    print(report.table())
+    print(f"{bench.n_queries} queries, {bench.n_images} database images; wall time "
+          f"{seconds:.1f} s (features {report.seconds['extract']:.1f} s, search "
+          f"{report.seconds['search']:.1f} s)")
+    return 0
+
+
+def _evaluation_figure(bench, report, path):
+    import numpy as np
+
+    from .display import RetrievalDisplay
+
+    gt = bench.ground_truth.get("medium") or next(iter(bench.ground_truth.values()))
+    n = min(6, bench.n_queries)
+    queries = np.linspace(0, bench.n_queries - 1, n).round().astype(int)
+    RetrievalDisplay.from_predictions(
+        report.rankings, bench.queries, bench.images, positives=gt.positives,
+        junk=gt.junk, similarities=report.similarities, k=5, queries=queries,
+        query_names=bench.query_names, database_names=bench.image_names, path=path)
+    _info(f"{PROG}: figure written to {path}")
+
+
 def _expected_errors():
     from ._backbones import WeightsNotFoundError
     from ._images import ImageLoadError
