@@ -297,7 +297,12 @@ def layer_names(backbone, model=None):
     if model is None:
         model, _, _ = load_backbone(backbone, None)
     friendly = list(_friendly_names(backbone, model))
-    return friendly + _graph_nodes(model)
+    nodes = _graph_nodes(model)
+    # container modules (resnet "layer3", "features") are accepted too: their
+    # output is that of their last node
+    known = set(friendly) | set(nodes)
+    modules = [name for name, _ in model.named_modules() if name and name not in known]
+    return friendly + nodes + modules
 
 
 def resolve_layer(backbone, model, layer):

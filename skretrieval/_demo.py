@@ -646,8 +646,8 @@ def _evaluate(X, labels, groups, n_components, whiten_power):
         ap, ind, sim = _search_group(X[test], labels[test])
         ap_raw[test] = ap
         rankings[test], sims[test] = test[ind[:, :k]], sim[:, :k]
-        whitener = PCAWhitener(n_components=n_components,
-                               whiten_power=whiten_power).fit(X[train])
+        whitener = PCAWhitener(n_components=n_components, whiten_power=whiten_power,
+                               random_state=0).fit(X[train])
         ap_white[test], _, _ = _search_group(X[test], labels[test], whitener)
     return ap_raw, ap_white, rankings, sims
 

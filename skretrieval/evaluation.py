@@ -18,7 +18,7 @@ from sklearn.base import clone
 
 from ._retriever import NearestNeighborRetriever
 
-__all__ = ["EvaluationReport", "evaluate_benchmark"]
+__all__ = ["EvaluationReport", "evaluate_benchmark", "evaluate_descriptors"]
 
 
 @dataclass
@@ -137,23 +137,78 @@ def evaluate_benchmark(benchmark, features, *, whitener=None, whitening_benchmar
     if whitening_benchmark is not None and whitening_benchmark.name == benchmark.name:
         raise ValueError(
             f"the whitening must be learned on another benchmark than {benchmark.name}")
-    seconds = {}
     t_start = time.perf_counter()
     X_db = _describe(features, benchmark.images)
-    if benchmark.query_indices is not None:
+    X_q = None
+    if benchmark.query_indices is None:
+        X_q = _describe(features, benchmark.queries)
+    X_w = None
+    if whitener is not None:
+        X_w = _describe(features, whitening_benchmark.images)
+    extract = time.perf_counter() - t_start
+    report = evaluate_descriptors(
+        benchmark, X_db, X_q, whitener=whitener, whitening_descriptors=X_w,
+        whitening_name=None if whitening_benchmark is None else whitening_benchmark.name,
+        ks=ks)
+    report.seconds["extract"] = extract
+    report.seconds["total"] = time.perf_counter() - t_start
+    return report
+
+
+def evaluate_descriptors(benchmark, database, queries=None, *, whitener=None,
+                         whitening_descriptors=None, whitening_name=None, ks=(1, 5, 10)):
+    """Evaluate precomputed global descriptors on a benchmark.
+
+    Parameters
+    ----------
+    benchmark : RetrievalBenchmark
+        From :mod:`skretrieval.datasets`.
+    database : array-like of shape (n_images, n_features)
+        Descriptors of ``benchmark.images``, in order.
+    queries : array-like of shape (n_queries, n_features), default=None
+        Descriptors of ``benchmark.queries``; None when the queries are
+        database images (``benchmark.query_indices``), whose rows of
+        ``database`` are then used.
+    whitener : estimator, default=None
+        Unfitted post-processing, cloned and fitted on
+        ``whitening_descriptors`` (which must come from another benchmark).
+    whitening_descriptors : array-like of shape (n_samples, n_features), default=None
+        Descriptors to learn the whitening on.
+    whitening_name : str, default=None
+        Where they come from, for the report.
+    ks : sequence of int, default=(1, 5, 10)
+        Cut-offs of the mean precision.
+
+    Returns
+    -------
+    EvaluationReport
+        ``seconds["extract"]`` is 0 (nothing was extracted here).
+    """
+    X_db = np.asarray(database, dtype=np.float32)
+    if X_db.ndim != 2 or X_db.shape[0] != benchmark.n_images:
+        raise ValueError(f"database must have one row per image of {benchmark.name} "
+                         f"({benchmark.n_images}), got shape {X_db.shape}")
+    if queries is None:
+        if benchmark.query_indices is None:
+            raise ValueError(f"the queries of {benchmark.name} are not database images: "
+                             "give their descriptors")
         X_q = X_db[benchmark.query_indices]
     else:
-        X_q = _describe(features, benchmark.queries)
-    seconds["extract"] = time.perf_counter() - t_start
-
+        X_q = np.asarray(queries, dtype=np.float32)
+        if X_q.shape != (benchmark.n_queries, X_db.shape[1]):
+            raise ValueError(f"queries must have shape ({benchmark.n_queries}, "
+                             f"{X_db.shape[1]}), got {X_q.shape}")
+    if (whitener is None) != (whitening_descriptors is None):
+        raise ValueError("give both a whitener and the descriptors to learn it on")
+    seconds = {"extract": 0.0}
+    t_start = time.perf_counter()
     whitening = None
     if whitener is not None:
         t = time.perf_counter()
-        X_w = _describe(features, whitening_benchmark.images)
-        fitted = clone(whitener).fit(X_w)
+        fitted = clone(whitener).fit(np.asarray(whitening_descriptors, dtype=np.float32))
         X_db = np.asarray(fitted.transform(X_db), dtype=np.float32)
         X_q = np.asarray(fitted.transform(X_q), dtype=np.float32)
-        whitening = whitening_benchmark.name
+        whitening = whitening_name or "another benchmark"
         seconds["whiten"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -104,6 +104,18 @@ def test_backbones_and_layer_names(backbone, layer, node, channels):
     assert fmap.shape[0] == channels and fmap.ndim == 3
 
 
+def test_layer_names_lists_every_accepted_name():
+    from skretrieval import layer_names
+
+    names = layer_names("resnet18")
+    for name in ("layer3", "layer3.1", "layer3.1.relu_1", "layer4"):
+        assert name in names
+    assert len(names) == len(set(names))
+    ext = ConvFeatureExtractor("resnet18", weights=None, layer="layer3.1", max_size=64,
+                               device="cpu").fit()
+    assert ext.n_channels_ == 256
+
+
 def test_float16_and_disk_store_match_memory(resnet18, tmp_path):
     images = _images(3)
     ref = resnet18.transform(images)
