@@ -73,22 +73,81 @@ class MemoryCache:
         return self._bytes
 
 
+_DEFAULT_DISK_BYTES = 50 * 1024**3
+
+
+def _disk_budget():
+    value = os.environ.get("SKRETRIEVAL_DISK_CACHE_BYTES")
+    return int(float(value)) if value else _DEFAULT_DISK_BYTES
+
+
 class DiskCache:
-    """A directory of ``<key>.npy`` files, safe for concurrent writers."""
+    """A directory of ``<key>.npy`` files, safe for concurrent writers.
+
+    Bounded by ``$SKRETRIEVAL_DISK_CACHE_BYTES`` (default 50 GiB).  Eviction
+    rule: every hit refreshes the file's modification time; when a write
+    takes the directory over the budget, the least recently used files
+    (oldest modification time) are deleted until it is under 90% of it.
+    Another process reading a file being evicted either has it open (POSIX
+    keeps it readable) or misses and recomputes the map.
+    """
 
     def __init__(self, directory):
         self.directory = os.path.abspath(os.fspath(directory))
         os.makedirs(self.directory, exist_ok=True)
+        self._bytes = None  # running estimate of the directory size
+        self._lock = threading.Lock()
 
     def _path(self, key):
         return os.path.join(self.directory, key[:2], key + ".npy")
 
+    def _entries(self):
+        """(mtime, size, path) of every cached file."""
+        out = []
+        if not os.path.isdir(self.directory):
+            return out
+        for sub in os.scandir(self.directory):
+            if not sub.is_dir():
+                continue
+            for f in os.scandir(sub.path):
+                if f.name.endswith(".npy"):
+                    try:
+                        st = f.stat()
+                    except FileNotFoundError:
+                        continue
+                    out.append((st.st_mtime_ns, st.st_size, f.path))
+        return out
+
+    @property
+    def nbytes(self):
+        """Bytes held by the cache directory (scanned)."""
+        return sum(size for _, size, _ in self._entries())
+
     def get(self, key):
         path = self._path(key)
         try:
-            return np.load(path, mmap_mode=None, allow_pickle=False)
+            arr = np.load(path, mmap_mode=None, allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError):
             return None
+        try:
+            os.utime(path)  # least-recently-used order for the eviction
+        except OSError:
+            pass
+        return arr
+
+    def _evict(self, budget):
+        entries = sorted(self._entries())
+        total = sum(size for _, size, _ in entries)
+        target = 0.9 * budget
+        for _, size, path in entries:
+            if total <= target:
+                break
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            total -= size
+        return total
 
     def put(self, key, arr):
         path = self._path(key)
@@ -102,9 +161,18 @@ class DiskCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        budget = _disk_budget()
+        with self._lock:
+            if self._bytes is None:
+                self._bytes = self.nbytes
+            else:
+                self._bytes += os.path.getsize(path)
+            if self._bytes > budget:
+                self._bytes = self._evict(budget)
 
 
 _MEMORY = MemoryCache()
+_DISKS = {}  # one per directory and process, to keep its running size
 
 
 def get_cache(cache):
@@ -114,7 +182,11 @@ def get_cache(cache):
     if isinstance(cache, str) and cache == "memory":
         return _MEMORY
     if isinstance(cache, (str, os.PathLike)):
-        return DiskCache(cache)
+        directory = os.path.abspath(os.fspath(cache))
+        disk = _DISKS.get(directory)
+        if disk is None:
+            disk = _DISKS[directory] = DiskCache(directory)
+        return disk
     raise ValueError(f"cache must be None, 'memory' or a directory path, got {cache!r}")
 
 

@@ -89,6 +89,28 @@ def _resize(arr, shape):
     return np.asarray(img)
 
 
+def _smallest_input(forward, start, device):
+    """Smallest square input side (>= ``start``) that ``forward`` accepts."""
+    size = max(1, int(start))
+
+    def ok(side):
+        try:
+            forward(torch.zeros(1, 3, side, side, device=device))
+            return True
+        except RuntimeError:
+            return False
+
+    if ok(size):
+        return size
+    lo = size
+    while size < 4096 and not ok(size):
+        lo, size = size, size * 2
+    for s in range(lo + 1, size):  # refine between the last failure and success
+        if ok(s):
+            return s
+    return size
+
+
 class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
     """Convolutional feature maps of a torchvision backbone.
 
@@ -142,6 +164,13 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         ``$SKRETRIEVAL_CACHE_BYTES``, default 2 GiB) or a directory shared by
         processes.  With a cache, grid-search candidates that differ only in
         downstream steps run the network once per image and scale.
+    cache_layers : sequence of str or int, default=None
+        More layers to extract in the same forward pass as ``layer`` and to
+        store in ``cache`` (ignored without a cache).  Give every layer a
+        grid search tries, and the backbone runs once per image and scale for
+        all of them: the candidates with another ``layer`` find their maps in
+        the cache.  The network then runs up to the deepest of these layers.
+        Not pickled: a loaded extractor computes ``layer`` only.
     n_jobs : int or None, default=None
         Threads that decode and resize images while the network runs
         (None: 1 on CPU, where the network uses every core; up to 4 on GPU).
@@ -156,6 +185,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         The torchvision graph node the maps are taken from.
     layer_name_ : str
         The layer as requested (friendly name) or the resolved node.
+    cache_nodes_ : tuple of str
+        Graph nodes of ``cache_layers`` other than ``layer_node_``.
     n_channels_ : int
         Number of channels ``C`` of the maps.
     stride_ : float
@@ -209,6 +240,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         "dtype": [StrOptions({"float32", "float16"})],
         "store": [StrOptions({"memory", "disk"}), str, os.PathLike],
         "cache": [None, str, os.PathLike],
+        "cache_layers": ["array-like", None],
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
@@ -226,6 +258,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         dtype="float32",
         store="memory",
         cache=None,
+        cache_layers=None,
         n_jobs=None,
         verbose=0,
     ):
@@ -239,6 +272,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.store = store
         self.cache = cache
+        self.cache_layers = cache_layers
         self.n_jobs = n_jobs
         self.verbose = verbose
 
@@ -292,15 +326,52 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             _GEOMETRY[key] = (self.n_channels_, self.stride_, self.min_input_size_)
         else:
             self.n_channels_, self.stride_, self.min_input_size_ = geometry
+        self._fit_cache_layers(model)
         return self
+
+    def _fit_cache_layers(self, model):
+        """Resolve ``cache_layers`` and build the network that returns them all."""
+        extra = []
+        if self.cache_layers is not None:
+            layers = ([self.cache_layers] if isinstance(self.cache_layers, (str, Integral))
+                      else list(self.cache_layers))
+            for layer in layers:
+                node, _ = resolve_layer(self.backbone, model, layer)
+                if node != self.layer_node_ and node not in extra:
+                    extra.append(node)
+        self.cache_nodes_ = tuple(extra)
+        self._multi_trunk = None
+        self._multi_min_size = None
+        if not extra or self.cache is None:
+            return
+        nodes = (self.layer_node_,) + tuple(sorted(extra))
+        key = (self.backbone, self._weights_id, nodes, self.device_, CHANNELS_LAST)
+        trunk = _TRUNKS.get(key)
+        if trunk is None:
+            trunk = self._build_trunk(model, nodes).to(self.device_)
+            if CHANNELS_LAST:
+                trunk = trunk.to(memory_format=torch.channels_last)
+            _TRUNKS[key] = trunk
+            while len(_TRUNKS) > 8:
+                _TRUNKS.popitem(last=False)
+        self._multi_trunk = trunk
+        size = _GEOMETRY.get(key)
+        if size is None:
+            with torch.inference_mode():
+                size = _GEOMETRY[key] = _smallest_input(
+                    lambda x: trunk(x), self.min_input_size_, self.device_)
+        self._multi_min_size = size
 
     @staticmethod
     def _build_trunk(model, node):
+        """The network cut at ``node`` (output "out"), or returning every node
+        of a tuple (outputs named by their nodes)."""
         from torchvision.models.feature_extraction import create_feature_extractor
 
+        return_nodes = {n: n for n in node} if isinstance(node, tuple) else {node: "out"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            trunk = create_feature_extractor(model, return_nodes={node: "out"})
+            trunk = create_feature_extractor(model, return_nodes=return_nodes)
         # The graph module shares its submodules with ``model`` (which the
         # backbone cache hands to other extractors): own copy, so that moving
         # it to a device or to channels-last leaves the shared model alone.
@@ -324,22 +395,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             out = self._forward(x)
             self.n_channels_ = int(out.shape[1])
             self.stride_ = 224 / out.shape[-1]
-            size = 1
-            while size < 224:
-                try:
-                    self._forward(torch.zeros(1, 3, size, size, device=self.device_))
-                    break
-                except RuntimeError:
-                    size *= 2
-            lo = size // 2 + 1 if size > 1 else 1
-            for s in range(lo, size):  # refine between the last failure and success
-                try:
-                    self._forward(torch.zeros(1, 3, s, s, device=self.device_))
-                    size = s
-                    break
-                except RuntimeError:
-                    continue
-            self.min_input_size_ = size
+            self.min_input_size_ = _smallest_input(self._forward, 1, self.device_)
 
     def _ensure_trunk(self):
         """Rebuild the network after unpickling (from the stored state dict)."""
@@ -376,6 +432,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        if state.get("_multi_trunk") is not None:
+            state["_multi_trunk"] = None  # a loaded extractor computes its layer only
         trunk = state.get("trunk_")
         if trunk is not None:
             state["trunk_"] = None
@@ -404,14 +462,22 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         return out
 
     def _keys(self, items, indices, scales):
-        """Cache keys, one list per image with one key per scale."""
+        """Cache keys: per image, ``{node: [one key per scale]}`` for the layer
+        and, when the multi-layer network is used, for ``cache_layers``."""
         if self.cache is None:
             return None
-        base = (self.backbone, self._weights_id, self.layer_node_, self.dtype)
-        return [
-            [make_key(base, image_key(items[i], index=i), self.max_size, s) for s in scales]
-            for i in indices
-        ]
+        nodes = (self.layer_node_,)
+        if getattr(self, "_multi_trunk", None) is not None:
+            nodes += self.cache_nodes_
+        out = []
+        for i in indices:
+            ikey = image_key(items[i], index=i)
+            out.append({
+                node: [make_key((self.backbone, self._weights_id, node, self.dtype), ikey,
+                                self.max_size, s) for s in scales]
+                for node in nodes
+            })
+        return out
 
     def transform(self, X):
         """Extract feature maps.
@@ -447,7 +513,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                 futures = []
                 for j, i in enumerate(chunk):
                     if keys is not None:
-                        hits = [cache.get(k) for k in keys[j]]
+                        hits = [cache.get(k) for k in keys[j][self.layer_node_]]
                         if all(h is not None for h in hits):
                             futures.append((None, hits, keys[j]))
                             continue
@@ -467,18 +533,20 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                         results.update({(j, s): hits[s] for s in range(len(scales))})
                         continue
                     for s, arr in enumerate(fut.result()):
-                        groups[arr.shape].append((j, s, arr, None if keys is None else keys[s]))
+                        groups[arr.shape].append((j, s, arr, keys))
                 with torch.inference_mode():
                     for shape in sorted(groups):
                         members = groups[shape]
                         for b in range(0, len(members), self.batch_size):
                             batch = members[b:b + self.batch_size]
-                            maps = self._run_batch([m[2] for m in batch], mean, std,
-                                                   [chunk[m[0]] for m in batch], items)
-                            for (j, s, _, key), fmap in zip(batch, maps):
-                                results[(j, s)] = fmap
+                            outputs = self._run_batch([m[2] for m in batch], mean, std,
+                                                      [chunk[m[0]] for m in batch], items,
+                                                      multi=cache is not None)
+                            for (j, s, _, keys_j), maps in zip(batch, outputs):
+                                results[(j, s)] = maps[self.layer_node_]
                                 if cache is not None:
-                                    cache.put(key, fmap)
+                                    for node, fmap in maps.items():
+                                        cache.put(keys_j[node][s], fmap)
                 for j in range(len(chunk)):
                     out.append(tuple(results.pop((j, s)) for s in range(len(scales))))
                 if self.verbose:
@@ -493,21 +561,30 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                               flush=True)
         return out
 
-    def _run_batch(self, arrays, mean, std, indices, items):
+    def _run_batch(self, arrays, mean, std, indices, items, multi=False):
+        """Run a batch; per image, ``{node: map}`` (the cache layers too when
+        ``multi`` and the multi-layer network accepts the input size)."""
         x = torch.from_numpy(np.stack(arrays)).to(self.device_)
         x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
         if CHANNELS_LAST:
             x = x.contiguous(memory_format=torch.channels_last)
+        trunk = getattr(self, "_multi_trunk", None) if multi else None
+        if trunk is not None and min(arrays[0].shape[:2]) < self._multi_min_size:
+            trunk = None  # too small for the deepest cache layer: this layer only
         try:
-            y = self._forward(x)
+            if trunk is None:
+                outputs = {self.layer_node_: self._forward(x)}
+            else:
+                outputs = {node: y for node, y in trunk(x).items() if y.ndim == 4}
         except RuntimeError as exc:
             names = ", ".join(describe(items[i], i) for i in indices[:3])
             raise RuntimeError(
                 f"{self.backbone} failed on {names} (input {tuple(x.shape)}): {exc}"
             ) from exc
         FORWARD_PASSES.add(len(arrays))
-        y = y.float().cpu().numpy()
-        return [np.ascontiguousarray(m) for m in y]
+        outputs = {node: y.float().cpu().numpy() for node, y in outputs.items()}
+        return [{node: np.ascontiguousarray(y[b]) for node, y in outputs.items()}
+                for b in range(len(arrays))]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -157,6 +157,8 @@ _NAME_OF_CLASS = {cls: name for name, cls in SUPPORTED_CLASSES.items()}
 # Attributes not stored, and their value after loading (rebuilt lazily).
 _TRANSIENT = {
     NearestNeighborRetriever: {"_index": None},
+    # the network of ``cache_layers``: a loaded extractor computes its layer only
+    ConvFeatureExtractor: {"_multi_trunk": None, "_multi_min_size": None},
 }
 # The extractor's network: stored in its own file, not as attributes.
 _TRUNK_ATTRS = ("trunk_", "_trunk_state")

@@ -116,6 +116,38 @@ def test_layer_names_lists_every_accepted_name():
     assert ext.n_channels_ == 256
 
 
+def test_cache_layers_fill_the_cache_in_one_pass_and_are_not_saved(tmp_path):
+    import joblib
+
+    from skretrieval import forward_pass_count
+    from skretrieval.persistence import load_pipeline, save_pipeline
+
+    images = _images(3)
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=64, device="cpu",
+                               layer="layer3", cache=str(tmp_path / "c"),
+                               cache_layers=["layer2", "layer3", "layer4"]).fit()
+    assert ext.cache_nodes_ == ("layer2", "layer4")
+    before = forward_pass_count()
+    maps = ext.transform(images)
+    assert forward_pass_count() - before == 3
+    assert len(list((tmp_path / "c").rglob("*.npy"))) == 9  # 3 images x 3 layers
+    # with another layer, everything comes from the cache
+    other = ConvFeatureExtractor("resnet18", weights=None, max_size=64, device="cpu",
+                                 layer="layer4", cache=str(tmp_path / "c")).fit()
+    before = forward_pass_count()
+    assert other.transform(images)[0][0].shape[0] == 512
+    assert forward_pass_count() == before
+    # saved without the multi-layer network; the loaded one computes its layer
+    joblib.dump(ext, tmp_path / "ext.joblib")
+    save_pipeline(ext, tmp_path / "ext.zip")
+    for loaded in (joblib.load(tmp_path / "ext.joblib"), load_pipeline(tmp_path / "ext.zip")):
+        assert loaded._multi_trunk is None
+        loaded.set_params(cache=None)
+        np.testing.assert_allclose(loaded.transform(images)[1][0], maps[1][0], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown layer 'layer9'"):
+        ConvFeatureExtractor("resnet18", weights=None, cache_layers=["layer9"]).fit()
+
+
 def test_float16_and_disk_store_match_memory(resnet18, tmp_path):
     images = _images(3)
     ref = resnet18.transform(images)
@@ -159,6 +191,28 @@ def test_disk_cache_shared(tmp_path):
     b = ConvFeatureExtractor("resnet18", **kw).fit().transform(images)
     assert forward_pass_count() == before
     np.testing.assert_array_equal(a[2][0], b[2][0])
+
+
+def test_disk_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from skretrieval._cache import get_cache
+
+    cache = get_cache(str(tmp_path / "bounded"))
+    arr = np.zeros((32, 32), np.float32)  # 4 kB (+ the .npy header)
+    size = 4096 + 128
+    monkeypatch.setenv("SKRETRIEVAL_DISK_CACHE_BYTES", str(4 * size))
+    for i in range(4):
+        cache.put(f"{i:02d}key", arr + i)
+        past = time.time() - 100 + i  # distinct, increasing modification times
+        os.utime(cache._path(f"{i:02d}key"), (past, past))
+    assert cache.get("00key") is not None  # a hit: 00 becomes the most recent
+    cache.put("04key", arr + 4)  # over the budget: evict the oldest down to 90%
+    assert cache.nbytes <= 4 * size
+    assert cache.get("01key") is None and cache.get("02key") is None
+    np.testing.assert_array_equal(cache.get("00key"), arr)
+    np.testing.assert_array_equal(cache.get("04key"), arr + 4)
 
 
 def test_crop_is_cut_before_resizing(resnet18):

@@ -80,6 +80,53 @@ def test_grid_search_reuses_features_through_the_cache():
     assert grid.best_estimator_.score(images, labels) > 0
 
 
+@pytest.mark.parametrize("cache", ["memory", "directory"])
+def test_layer_and_scale_grid_runs_the_network_once_per_image_and_scale(cache, tmp_path):
+    """3 layers x 2 scales x 3 dims, 3-fold CV: at most N passes per scale."""
+    clear_memory_cache()
+    images, labels = _toy_collection(n_objects=3, views=4)
+    layers = ["layer2", "layer3", "layer4"]
+    pipe = _pipe(cache="memory" if cache == "memory" else str(tmp_path / "cache"),
+                 cache_layers=layers)
+    grid = GridSearchCV(
+        pipe,
+        {"convfeatureextractor__layer": layers,
+         "convfeatureextractor__scales": [(1.0,), (0.75,)],
+         "pcawhitener__n_components": [2, 4, 6]},
+        scoring=RetrievalMAP(), cv=StratifiedKFold(3, shuffle=True, random_state=0),
+    )
+    before = forward_pass_count()
+    grid.fit(images, labels)
+    assert forward_pass_count() - before == 2 * len(images)
+    assert len(grid.cv_results_["params"]) == 18
+    # the maps taken from the cache are those the layer computes on its own
+    solo = ConvFeatureExtractor("resnet18", weights=None, max_size=64, device="cpu",
+                                layer="layer2", scales=(0.75,)).fit()
+    cached = clone(pipe[0]).set_params(layer="layer2", scales=(0.75,)).fit()
+    before = forward_pass_count()
+    got = cached.transform(images[:3])
+    assert forward_pass_count() == before
+    for a, b in zip(solo.transform(images[:3]), got):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+
+
+def test_cache_layers_in_parallel_grid_search(tmp_path):
+    """Workers of GridSearchCV(n_jobs=2) share a directory cache."""
+    images, labels = _toy_collection(n_objects=2, views=3)
+    layers = ["layer3", "layer4"]
+    cache = tmp_path / "cache"
+    pipe = _pipe(cache=str(cache), cache_layers=layers)
+    grid = GridSearchCV(pipe, {"convfeatureextractor__layer": layers,
+                               "pcawhitener__n_components": [2, 3]},
+                        scoring=RetrievalMAP(), cv=StratifiedKFold(2), n_jobs=2)
+    grid.fit(images, labels)
+    files = list(cache.rglob("*.npy"))
+    # one map per image and layer (2 layers): filled once, whoever ran first
+    assert len(files) == 2 * len(images)
+    assert not list(cache.rglob("*.tmp"))
+    assert 0 < grid.best_score_ <= 1
+
+
 def test_grid_search_without_cache_recomputes():
     images, labels = _toy_collection(n_objects=2, views=4)
     grid = GridSearchCV(_pipe(), {"pcawhitener__n_components": [2, 3]},
