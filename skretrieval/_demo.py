@@ -778,7 +778,7 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
         f"{_one_or_two(group_sizes)} images of {_one_or_two(photos)} photos unrelated to "
         "the searched ones, too few and too different to help here. The literature "
         "learns it on thousands of images of a similar collection (e.g. Paris6k for "
-        "Oxford5k), where it usually helps; see benchmarks/bench_pooling_map.py.")
+        "Oxford5k), where it usually helps; see benchmarks/report.py and docs/benchmarks.md.")
     path = None
     if figure:
         path = os.fspath(out)
