@@ -546,6 +546,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                                 results[(j, s)] = maps[self.layer_node_]
                                 if cache is not None:
                                     for node, fmap in maps.items():
+                                        if self.dtype == "float16":  # in the key too
+                                            fmap = fmap.astype(np.float16)
                                         cache.put(keys_j[node][s], fmap)
                 for j in range(len(chunk)):
                     out.append(tuple(results.pop((j, s)) for s in range(len(scales))))
