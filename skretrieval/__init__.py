@@ -16,6 +16,7 @@ from ._cache import clear_memory_cache, forward_pass_count
 from ._extractor import ConvFeatureExtractor
 from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, region_grid
 from ._whitening import PCAWhitener
+from ._vlad import VLADEncoder
 from ._retriever import NearestNeighborRetriever
 from .metrics import RetrievalMAP
 from .display import RetrievalDisplay
@@ -34,6 +35,7 @@ __all__ = [
     "RetrievalDisplay",
     "RetrievalMAP",
     "SPoCPooler",
+    "VLADEncoder",
     "WeightsNotFoundError",
     "check_images",
     "clear_memory_cache",
