@@ -154,8 +154,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         Storage precision of the output maps (float16 halves their memory;
         the network always computes in float32).
     store : {"memory", "disk"} or path, default="memory"
-        Where the output maps live: in RAM, or in a file read back through
-        memory maps (a temporary directory for "disk", removed with the
+        Where the output maps live: in RAM, or in a file read back image by
+        image (a temporary directory for "disk", removed with the
         output; or the given directory).  Use "disk" for large collections:
         peak memory then stays that of one chunk of images.
     cache : None, "memory" or path, default=None

@@ -7,8 +7,8 @@ that it passes through :class:`~sklearn.pipeline.Pipeline` and
 :class:`~sklearn.model_selection.GridSearchCV` (it has ``shape``, ``len`` and
 fancy indexing that returns a :class:`FeatureMaps`).
 
-Maps live either in memory or in a disk store (one append-only file read back
-through :class:`numpy.memmap`), and may be kept as float16 to halve their
+Maps live either in memory or in a disk store (one append-only file, read
+back image by image with positioned reads), and may be kept as float16 to halve their
 size; consumers (the poolers) read one image at a time, so a disk-backed
 collection is never loaded whole.
 """
@@ -28,7 +28,7 @@ __all__ = ["FeatureMaps", "iter_maps", "check_maps"]
 
 
 class _DiskStore:
-    """Append-only binary file of arrays, read back as memory maps.
+    """Append-only binary file of arrays, read back with positioned reads.
 
     The file lives in ``directory``; when the store created its own temporary
     directory it is removed when the last :class:`FeatureMaps` using it is
@@ -51,7 +51,6 @@ class _DiskStore:
         os.close(fd)
         self._size = 0
         self._lock = threading.Lock()
-        self._mm = None
 
     def append(self, array):
         array = np.ascontiguousarray(array)
@@ -60,17 +59,21 @@ class _DiskStore:
             with open(self.path, "ab") as fh:
                 fh.write(array.tobytes())
             self._size += array.nbytes
-            self._mm = None  # the file grew: reopen the map lazily
         return ("disk", offset, array.shape, array.dtype.str)
 
     def read(self, ref):
+        # A positioned read, not a memory map: what was read is not kept
+        # mapped in the process, so reading a whole collection image by
+        # image leaves the resident memory at one image (the file's pages
+        # stay in the kernel's page cache, which the kernel reclaims).
         _, offset, shape, dtype = ref
-        count = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        mm = self._mm
-        if mm is None or mm.size < offset + count:
-            with self._lock:
-                mm = self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return mm[offset : offset + count].view(dtype).reshape(shape)
+        count = int(np.prod(shape))
+        arr = np.fromfile(self.path, dtype=np.dtype(dtype), count=count, offset=offset)
+        if arr.size != count:
+            raise OSError(f"feature-map file {self.path} is truncated (or was removed)")
+        arr = arr.reshape(shape)
+        arr.flags.writeable = False
+        return arr
 
     @property
     def nbytes(self):
@@ -79,7 +82,6 @@ class _DiskStore:
     def __getstate__(self):
         # A pickled store points at the same file; it never deletes it.
         state = self.__dict__.copy()
-        state["_mm"] = None
         state["_lock"] = None
         state["_cleanup"] = None
         return state
@@ -109,7 +111,7 @@ class FeatureMaps:
         Name of the backbone layer the maps come from.
     store : {"memory", "disk"} or path, default="memory"
         Where to keep the arrays: in RAM, or in a file of a temporary (or
-        the given) directory read back through memory maps.
+        the given) directory, read back image by image.
     dtype : {"float32", "float16"}, default="float32"
         Storage precision.
 
