@@ -210,6 +210,53 @@ class RetrievalBenchmark:
         return (f"RetrievalBenchmark(name={self.name!r}, n_images={self.n_images}, "
                 f"n_queries={self.n_queries}, protocols={self.protocols})")
 
+    def subset(self, mask, name=None):
+        """The benchmark restricted to some database images (label benchmarks).
+
+        For the leave-one-out benchmarks defined by labels (COIL, UKBench,
+        Holidays): keep the images selected by ``mask`` (boolean mask or
+        indices), their queries, and rebuild the ground truth among them.
+        Use it to split a collection by object, e.g. learn the vocabulary
+        and the whitening on half of the COIL-100 objects and evaluate on
+        the other half.
+
+        Parameters
+        ----------
+        mask : array-like of bool of shape (n_images,) or of int
+            The database images to keep.
+        name : str, default=None
+            Name of the new benchmark (default: ``"<name>[subset]"``).
+
+        Returns
+        -------
+        RetrievalBenchmark
+        """
+        if self.labels is None or self.query_indices is None:
+            raise ValueError(
+                f"{self.name} is not a label-defined leave-one-out benchmark: its "
+                "ground truth cannot be rebuilt for a subset of the images")
+        keep = np.asarray(mask)
+        keep = np.flatnonzero(keep) if keep.dtype == bool else np.unique(keep.astype(np.int64))
+        if keep.size == 0 or keep.max() >= self.n_images:
+            raise ValueError(f"mask selects no image, or one beyond the {self.n_images} of "
+                             f"{self.name}")
+        new_index = np.full(self.n_images, -1, dtype=np.int64)
+        new_index[keep] = np.arange(keep.size)
+        queries = new_index[self.query_indices]
+        queries = queries[queries >= 0]
+        labels = self.labels[keep]
+        protocol = next(iter(self.ground_truth))
+        return RetrievalBenchmark(
+            name=name or f"{self.name}[subset]", root=self.root,
+            images=[self.images[i] for i in keep],
+            image_names=[self.image_names[i] for i in keep],
+            queries=[self.images[keep[q]] for q in queries],
+            query_names=[self.image_names[keep[q]] for q in queries],
+            ground_truth={protocol: _leave_one_out(labels, queries)},
+            query_indices=queries, labels=labels, query_labels=labels[queries],
+            paired=self.paired, info=dict(self.info, subset_of=self.name),
+        )
+
     def evaluate(self, rankings, ks=(1, 5, 10)):
         """Score rankings of the database under every protocol.
 

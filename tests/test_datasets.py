@@ -445,3 +445,22 @@ def test_download_extracts_and_checks_the_checksum(tmp_path, monkeypatch):
     (root / "downloads" / "jpg1.tar.gz").write_bytes(b"tampered")
     with pytest.raises(D.DownloadError, match="does not match"):
         D.download_dataset("holidays", root)
+
+
+def test_subset_rebuilds_the_leave_one_out_ground_truth(tmp_path):
+    names = ["100000.jpg", "100001.jpg", "100002.jpg", "100100.jpg", "100101.jpg",
+             "100200.jpg", "100201.jpg"]
+    _holidays_dir(tmp_path / "jpg", names)
+    with pytest.warns(UserWarning):
+        bench = D.load_holidays(tmp_path)
+    sub = bench.subset(bench.labels != 1001, name="holidays-part")
+    assert sub.image_names == ["100000.jpg", "100001.jpg", "100002.jpg", "100200.jpg",
+                               "100201.jpg"]
+    assert sub.query_names == ["100000.jpg", "100200.jpg"]
+    gt = sub.ground_truth["default"]
+    assert [p.tolist() for p in gt.positives] == [[1, 2], [4]]
+    assert [j.tolist() for j in gt.junk] == [[0], [3]]
+    assert sub.name == "holidays-part" and sub.evaluate(
+        [[0, 1, 2, 3, 4], [3, 4, 0, 1, 2]])["default"]["mAP"] == 1.0
+    with pytest.raises(ValueError, match="selects no image"):
+        bench.subset(np.zeros(7, bool))
