@@ -120,8 +120,9 @@ def build_parser():
                         "(default: %(default)s)")
     p.add_argument("--device", default="auto",
                    help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
-                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="images of the same size per forward pass (default: 1 on CPU, "
+                        "8 on GPU)")
     p.add_argument("--skip-bad", action="store_true",
                    help="check every image first and leave out the unreadable ones "
                         "(with a warning) instead of stopping at the first one")
@@ -223,8 +224,9 @@ def build_parser():
                    metavar="DIR", help="feature-map cache directory, 'none' to disable "
                                        "(default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
-                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="images of the same size per forward pass (default: 1 on CPU, "
+                        "8 on GPU)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--figure", metavar="PNG", default=None,
                    help="also draw the top results of a few queries to this file")

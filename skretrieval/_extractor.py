@@ -147,9 +147,10 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         Ng et al., ``(1, 2**-0.5, 0.5)`` as in Radenović et al.).
     device : str, default="auto"
         Torch device; "auto" picks CUDA, then MPS, then CPU.
-    batch_size : int, default=8
+    batch_size : int or None, default=None
         Images of identical resized shape are fed to the network together, up
-        to this many at once.
+        to this many at once.  None: 1 on CPU (batching large images measured
+        1.6x slower there, ``benchmarks/bench_extraction.py``), 8 on GPU.
     dtype : {"float32", "float16"}, default="float32"
         Storage precision of the output maps (float16 halves their memory;
         the network always computes in float32).
@@ -236,7 +237,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         "max_size": [Interval(Integral, 1, None, closed="left")],
         "scales": ["array-like", Interval(Real, 0, None, closed="neither")],
         "device": [str],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "dtype": [StrOptions({"float32", "float16"})],
         "store": [StrOptions({"memory", "disk"}), str, os.PathLike],
         "cache": [None, str, os.PathLike],
@@ -254,7 +255,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         max_size=1024,
         scales=(1.0,),
         device="auto",
-        batch_size=8,
+        batch_size=None,
         dtype="float32",
         store="memory",
         cache=None,
@@ -502,6 +503,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         # On CPU the network already uses every core: one decoding thread
         # overlaps I/O without oversubscribing (benchmarks/bench_extraction.py).
         n_threads = self.n_jobs or (1 if self.device_ == "cpu" else min(4, os.cpu_count() or 1))
+        batch_size = self.batch_size or (1 if self.device_ == "cpu" else 8)
         mean = torch.tensor(self.mean_, device=self.device_).view(1, 3, 1, 1)
         std = torch.tensor(self.std_, device=self.device_).view(1, 3, 1, 1)
         t0, last_report = time.perf_counter(), 0.0
@@ -537,8 +539,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                 with torch.inference_mode():
                     for shape in sorted(groups):
                         members = groups[shape]
-                        for b in range(0, len(members), self.batch_size):
-                            batch = members[b:b + self.batch_size]
+                        for b in range(0, len(members), batch_size):
+                            batch = members[b:b + batch_size]
                             outputs = self._run_batch([m[2] for m in batch], mean, std,
                                                       [chunk[m[0]] for m in batch], items,
                                                       multi=cache is not None)
