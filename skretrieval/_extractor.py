@@ -309,16 +309,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self.layer_node_, self.layer_name_ = node, name
         self.mean_, self.std_ = tuple(mean), tuple(std)
         self._weights_id = wid
-        key = (self.backbone, wid, node, self.device_, CHANNELS_LAST)
-        trunk = _TRUNKS.get(key)
-        if trunk is None:
-            trunk = self._build_trunk(model, node).to(self.device_)
-            if CHANNELS_LAST:
-                trunk = trunk.to(memory_format=torch.channels_last)
-            _TRUNKS[key] = trunk
-            while len(_TRUNKS) > 4:
-                _TRUNKS.popitem(last=False)
-        self.trunk_ = trunk
+        key, self.trunk_ = self._shared_trunk(model, node)
         # the geometry depends only on the trunk: probe once per trunk, not
         # at every refit of a grid search
         geometry = _GEOMETRY.get(key)
@@ -345,16 +336,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self._multi_min_size = None
         if not extra or self.cache is None:
             return
-        nodes = (self.layer_node_,) + tuple(sorted(extra))
-        key = (self.backbone, self._weights_id, nodes, self.device_, CHANNELS_LAST)
-        trunk = _TRUNKS.get(key)
-        if trunk is None:
-            trunk = self._build_trunk(model, nodes).to(self.device_)
-            if CHANNELS_LAST:
-                trunk = trunk.to(memory_format=torch.channels_last)
-            _TRUNKS[key] = trunk
-            while len(_TRUNKS) > 8:
-                _TRUNKS.popitem(last=False)
+        key, trunk = self._shared_trunk(model, (self.layer_node_,) + tuple(sorted(extra)))
         self._multi_trunk = trunk
         size = _GEOMETRY.get(key)
         if size is None:
@@ -362,6 +344,22 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                 size = _GEOMETRY[key] = _smallest_input(
                     lambda x: trunk(x), self.min_input_size_, self.device_)
         self._multi_min_size = size
+
+    def _shared_trunk(self, model, node):
+        """The truncated network for ``node`` (a node or a tuple of nodes) on
+        this device, shared by the extractors of this process (LRU of 8)."""
+        key = (self.backbone, self._weights_id, node, self.device_, CHANNELS_LAST)
+        trunk = _TRUNKS.get(key)
+        if trunk is None:
+            trunk = self._build_trunk(model, node).to(self.device_)
+            if CHANNELS_LAST:
+                trunk = trunk.to(memory_format=torch.channels_last)
+            _TRUNKS[key] = trunk
+            while len(_TRUNKS) > 8:
+                _TRUNKS.popitem(last=False)
+        else:
+            _TRUNKS.move_to_end(key)
+        return key, trunk
 
     @staticmethod
     def _build_trunk(model, node):

@@ -259,7 +259,10 @@ def test_state_dict_file_weights(tmp_path):
     ext = ConvFeatureExtractor("resnet18", weights=str(path), max_size=64, device="cpu").fit()
     img = _images(1)[0]
     ref = _reference_maps(model.eval(), "layer4", img, 64)
-    np.testing.assert_allclose(ext.transform([img])[0][0], ref, rtol=1e-4, atol=1e-4)
+    # normal(0, 1) filters give activations in the hundreds: float32 sums
+    # taken in another order differ by ~1e-6 of that scale
+    np.testing.assert_allclose(ext.transform([img])[0][0], ref, rtol=1e-4,
+                               atol=1e-5 * np.abs(ref).max())
 
 
 # ----------------------------------------------------------------------------
