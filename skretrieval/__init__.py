@@ -18,6 +18,7 @@ from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, 
 from ._whitening import PCAWhitener
 from ._vlad import VLADEncoder
 from ._retriever import NearestNeighborRetriever
+from ._expansion import QueryExpansionRetriever
 from .metrics import RetrievalMAP
 from .display import RetrievalDisplay
 
@@ -31,6 +32,7 @@ __all__ = [
     "MACPooler",
     "NearestNeighborRetriever",
     "PCAWhitener",
+    "QueryExpansionRetriever",
     "RMACPooler",
     "RetrievalDisplay",
     "RetrievalMAP",

@@ -1,4 +1,4 @@
-"""scikit-learn API compliance of PCAWhitener and NearestNeighborRetriever."""
+"""scikit-learn API compliance of PCAWhitener and the retrievers."""
 
 import numpy as np
 from numpy.testing import assert_array_equal
@@ -8,7 +8,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skretrieval import NearestNeighborRetriever, PCAWhitener
+from skretrieval import NearestNeighborRetriever, PCAWhitener, QueryExpansionRetriever
 from skretrieval.metrics import RetrievalMAP
 
 ESTIMATORS = [
@@ -18,6 +18,8 @@ ESTIMATORS = [
     NearestNeighborRetriever(),
     NearestNeighborRetriever(n_neighbors=2, metric="euclidean", chunk_size=3),
     NearestNeighborRetriever(n_neighbors=2, metric="inner_product"),
+    QueryExpansionRetriever(),
+    QueryExpansionRetriever(NearestNeighborRetriever(n_neighbors=2), qe_k=2, dba_k=2),
 ]
 
 
