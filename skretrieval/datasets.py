@@ -1173,3 +1173,14 @@ def download_dataset(name, root, *, timeout=30.0):
                 shutil.copyfile(dest, into / fname)
                 marker.write_text(digest)
     sums_path.write_text(json.dumps(sums, indent=1, sort_keys=True))
+    if name == "rparis6k":
+        _flatten_jpgs(root / "jpg")  # the archives nest paris/<landmark>/; revisitop reads jpg/<name>.jpg
+
+
+def _flatten_jpgs(folder):
+    """Move every ``*.jpg`` below ``folder`` directly into it."""
+    for path in sorted(folder.rglob("*.jpg")):
+        if path.parent != folder:
+            target = folder / path.name
+            if not target.exists():
+                os.replace(path, target)

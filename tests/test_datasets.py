@@ -464,3 +464,21 @@ def test_subset_rebuilds_the_leave_one_out_ground_truth(tmp_path):
         [[0, 1, 2, 3, 4], [3, 4, 0, 1, 2]])["default"]["mAP"] == 1.0
     with pytest.raises(ValueError, match="selects no image"):
         bench.subset(np.zeros(7, bool))
+
+
+def test_download_of_rparis6k_flattens_the_landmark_folders(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "paris" / "defense").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(src / "paris" / "defense" / "img_000.jpg")
+    Image.new("RGB", (8, 8)).save(src / "paris" / "defense" / "query_0.jpg")
+    archive = tmp_path / "paris_1-v1.tgz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(src / "paris", arcname="paris")
+    gnd = tmp_path / "gnd_rparis6k.pkl"
+    with open(gnd, "wb") as fh:
+        pickle.dump({"imlist": ["img_000"], "qimlist": ["query_0"],
+                     "gnd": [{"bbx": [0, 0, 8, 8], "easy": [0], "hard": [], "junk": []}]}, fh)
+    monkeypatch.setitem(D.SOURCES, "rparis6k", [(archive.as_uri(), "jpg"), (gnd.as_uri(), "")])
+    bench = D.load_revisited("rparis6k", tmp_path / "rparis6k", download=True)
+    assert bench.images == [str(tmp_path / "rparis6k" / "jpg" / "img_000.jpg")]
+    assert bench.n_queries == 1
