@@ -72,6 +72,24 @@ def _weights(text):
     return None if text.lower() in ("none", "random") else text
 
 
+def _add_descriptor_options(p):
+    """The options of the network and the pooling (index and evaluate)."""
+    p.add_argument("--backbone", default="mobilenet_v2",
+                   help="torchvision model name (default: %(default)s)")
+    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
+                   help="torchvision weights name, path to a state-dict file, or "
+                        "'none' for random weights (default: %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="layer to take the feature maps from (default: the last "
+                        "convolutional layer)")
+    p.add_argument("--max-size", type=_positive_int, default=1024, metavar="PIXELS",
+                   help="longest image side at scale 1 (default: %(default)s)")
+    p.add_argument("--scales", type=_positive_float, nargs="+", default=[1.0],
+                   metavar="S", help="image scales, e.g. '1 0.707' (default: 1)")
+    p.add_argument("--pooler", choices=sorted(_POOLERS), default="gem",
+                   help="pooling of the feature maps (default: %(default)s)")
+
+
 def build_parser():
     """The argument parser of the ``skretrieval`` command."""
     from . import __version__
@@ -98,20 +116,7 @@ def build_parser():
     p.add_argument("folder", metavar="FOLDER", help="folder of images (searched recursively)")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="where to save the fitted pipeline (e.g. retriever.joblib)")
-    p.add_argument("--backbone", default="mobilenet_v2",
-                   help="torchvision model name (default: %(default)s)")
-    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
-                   help="torchvision weights name, path to a state-dict file, or "
-                        "'none' for random weights (default: %(default)s)")
-    p.add_argument("--layer", default=None,
-                   help="layer to take the feature maps from (default: the last "
-                        "convolutional layer)")
-    p.add_argument("--max-size", type=_positive_int, default=1024, metavar="PIXELS",
-                   help="longest image side at scale 1 (default: %(default)s)")
-    p.add_argument("--scales", type=_positive_float, nargs="+", default=[1.0],
-                   metavar="S", help="image scales, e.g. '1 0.707' (default: 1)")
-    p.add_argument("--pooler", choices=sorted(_POOLERS), default="gem",
-                   help="pooling of the feature maps (default: %(default)s)")
+    _add_descriptor_options(p)
     p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
                    help="PCA-whiten the descriptors to N dimensions, learned on the "
                         "indexed images (default: no whitening)")
@@ -197,18 +202,7 @@ def build_parser():
                    help="Holidays: use the manually rotated images (ROOT/jpg_rotated)")
     p.add_argument("--download", action="store_true",
                    help="fetch the benchmark's official files into --root first")
-    p.add_argument("--backbone", default="mobilenet_v2",
-                   help="torchvision model name (default: %(default)s)")
-    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
-                   help="torchvision weights name, state-dict path or 'none' "
-                        "(default: %(default)s)")
-    p.add_argument("--layer", default=None, help="layer (default: the last conv layer)")
-    p.add_argument("--max-size", type=_positive_int, default=1024, metavar="PIXELS",
-                   help="longest image side at scale 1 (default: %(default)s)")
-    p.add_argument("--scales", type=_positive_float, nargs="+", default=[1.0], metavar="S",
-                   help="image scales (default: 1)")
-    p.add_argument("--pooler", choices=sorted(_POOLERS), default="gem",
-                   help="pooling of the feature maps (default: %(default)s)")
+    _add_descriptor_options(p)
     p.add_argument("--whiten-root", metavar="DIR", default=None,
                    help="learn PCA whitening on the benchmark in DIR (by default the "
                         "dataset's pair, see --whiten-dataset); without it, no whitening")
