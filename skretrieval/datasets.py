@@ -47,11 +47,17 @@ import numpy as np
 from ._images import Crop
 
 __all__ = [
+    "CHECKSUMS",
     "DATASETS",
     "DatasetError",
+    "DownloadError",
+    "GROUND_TRUTH_DIGESTS",
     "GroundTruth",
+    "PARIS6K_CORRUPT",
     "RetrievalBenchmark",
+    "SOURCES",
     "download_dataset",
+    "ground_truth_digest",
     "load_coil",
     "load_dataset",
     "load_holidays",
@@ -59,6 +65,7 @@ __all__ = [
     "load_paris6k",
     "load_revisited",
     "load_ukbench",
+    "read_oxford_ground_truth",
     "revisited_ground_truth",
 ]
 
