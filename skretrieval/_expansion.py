@@ -158,8 +158,7 @@ class QueryExpansionRetriever(BaseEstimator):
         return _weighted_mean(Q, X_db, ind, self._similarity(dist), self.qe_alpha)
 
     def _similarity(self, dist):
-        retriever = self.retriever if self.retriever is not None else None
-        metric = getattr(retriever, "metric", "cosine")
+        metric = getattr(self.retriever, "metric", "cosine")  # None: a cosine retriever
         return 1.0 - dist if metric == "cosine" else -dist
 
     def _queries(self, X):

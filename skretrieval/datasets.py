@@ -183,6 +183,8 @@ class RetrievalBenchmark:
     paired : str or None
         The benchmark the literature learns whitening on for this one
         (``"paris6k"`` for ``"oxford5k"`` and back, ...).
+    ns_score : bool
+        Whether :meth:`evaluate` also reports UKBench's N-S score.
     info : dict
         Notes on the loading (excluded files, counts, layout).
     """
@@ -198,6 +200,7 @@ class RetrievalBenchmark:
     labels: np.ndarray | None = None
     query_labels: np.ndarray | None = None
     paired: str | None = None
+    ns_score: bool = False
     info: dict = field(default_factory=dict)
 
     @property
@@ -261,7 +264,8 @@ class RetrievalBenchmark:
             query_names=[self.image_names[keep[q]] for q in queries],
             ground_truth={protocol: _leave_one_out(labels, queries)},
             query_indices=queries, labels=labels, query_labels=labels[queries],
-            paired=self.paired, info=dict(self.info, subset_of=self.name),
+            paired=self.paired, ns_score=self.ns_score,
+            info=dict(self.info, subset_of=self.name),
         )
 
     def evaluate(self, rankings, ks=(1, 5, 10)):
@@ -291,7 +295,7 @@ class RetrievalBenchmark:
         out = {}
         for protocol, gt in self.ground_truth.items():
             out[protocol] = gt.evaluate(rankings, ks=ks)
-        if self.name == "ukbench":
+        if self.ns_score:
             from .metrics import ukbench_score
 
             gt = next(iter(self.ground_truth.values()))
@@ -917,7 +921,7 @@ def load_ukbench(root, *, download=False):
         name="ukbench", root=str(place), images=[str(f) for f in files], image_names=names,
         queries=[str(f) for f in files], query_names=names,
         ground_truth={"default": _leave_one_out(groups, queries)},
-        query_indices=queries, labels=groups, query_labels=groups,
+        query_indices=queries, labels=groups, query_labels=groups, ns_score=True,
     )
 
 
