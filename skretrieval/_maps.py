@@ -178,6 +178,14 @@ class FeatureMaps:
                 refs.append(self._store.append(arr.astype(self.dtype, copy=False)))
         self._refs.append(tuple(refs))
 
+    def extend(self, other):
+        """Append every image of another :class:`FeatureMaps` (same scales)."""
+        if tuple(other.scales) != self.scales:
+            raise ValueError(f"scales differ: {other.scales} vs {self.scales}")
+        for i in range(len(other)):
+            self.append(other[i])
+        return self
+
     # -- sequence protocol --------------------------------------------------
     def __len__(self):
         return len(self._refs)
