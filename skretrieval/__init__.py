@@ -10,7 +10,7 @@ and score it with :class:`RetrievalMAP` in ``GridSearchCV``.
 __version__ = "0.1.0"
 
 from ._images import Crop, ImageLoadError, check_images, list_images, load_image
-from ._maps import FeatureMaps
+from ._maps import ClassActivations, FeatureMaps
 from ._backbones import WeightsNotFoundError, layer_names, weights_search_dirs
 from ._cache import clear_memory_cache, forward_pass_count
 from ._extractor import ConvFeatureExtractor
@@ -19,10 +19,18 @@ from ._whitening import PCAWhitener
 from ._vlad import VLADEncoder
 from ._retriever import NearestNeighborRetriever
 from ._expansion import QueryExpansionRetriever
+from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
+from ._rerank import RegionReranker, cam_boxes
 from .metrics import RetrievalMAP
 from .display import RetrievalDisplay
 
 __all__ = [
+    "CAMWeighter",
+    "ClassActivations",
+    "ClassVectors",
+    "OnlineCAMRetriever",
+    "RegionReranker",
+    "cam_boxes",
     "ConvFeatureExtractor",
     "Crop",
     "CroWPooler",

@@ -23,6 +23,7 @@ import threading
 import warnings
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -249,9 +250,24 @@ def _vgg_friendly_names(model):
     return names
 
 
+def _fc_friendly_names(model):
+    """``fc6`` / ``fc7`` of VGG and AlexNet: the ReLU after each of the first
+    two linear layers of the classifier (``fcN_prerelu`` before it)."""
+    names, fc = {}, 5
+    for idx, mod in enumerate(model.classifier):
+        if isinstance(mod, torch.nn.Linear):
+            fc += 1
+            names[f"fc{fc}_prerelu"] = f"classifier.{idx}"
+        elif isinstance(mod, torch.nn.ReLU) and fc in (6, 7):
+            names[f"fc{fc}"] = f"classifier.{idx}"
+    return names
+
+
 def _friendly_names(backbone, model):
     if backbone.startswith("vgg"):
-        return _vgg_friendly_names(model)
+        return {**_vgg_friendly_names(model), **_fc_friendly_names(model)}
+    if backbone.startswith("alexnet"):
+        return _fc_friendly_names(model)
     if backbone.startswith(("mobilenet", "efficientnet")) and hasattr(model, "features"):
         n = len(model.features)
         names = {f"block{i}": f"features.{i}" for i in range(n)}
@@ -331,3 +347,53 @@ def resolve_layer(backbone, model, layer):
         f"{'Close matches: ' + ', '.join(hints) + '. ' if hints else ''}"
         f"Examples: {', '.join(some)}; skretrieval.layer_names({backbone!r}) lists all."
     )
+
+
+_POOL_NODE = re.compile(r"(^|\.)(avgpool|adaptive_avg_pool2d|flatten|mean|global_pool)(_\d+)?$")
+
+
+def cam_head(backbone, model):
+    """The last convolutional node and the linear classifier on top of it.
+
+    Class activation maps (Zhou et al., CVPR 2016) need a classifier made of
+    global average pooling followed by one linear layer (ResNet, DenseNet,
+    GoogLeNet, MobileNetV2, EfficientNet, ...): the CAM of class ``c`` is
+    then ``sum_k w_ck F_k`` over the last convolutional maps ``F``.
+
+    Returns
+    -------
+    node : str
+        Graph node (or module) of the last convolutional maps.
+    weight : ndarray of shape (n_classes, n_channels)
+    bias : ndarray of shape (n_classes,)
+    """
+    if backbone.startswith(("vgg", "alexnet")):
+        raise ValueError(
+            f"{backbone} has no class activation maps: its classifier is a stack of "
+            "fully-connected layers on the flattened pool5 grid, not global average "
+            "pooling + one linear layer. Use a backbone with a GAP head (resnet*, "
+            "densenet*, googlenet, mobilenet_v2, efficientnet_*), as Jimenez et al. "
+            "did for their ResNet-50 / DenseNet-161 results"
+        )
+    nodes = _graph_nodes(model)
+    node = _default_node(backbone, model, nodes)
+    start = next(i for i, n in enumerate(nodes) if _POOL_NODE.search(n))
+    modules = dict(model.named_modules())
+    linears, others = [], []
+    for name in nodes[start:]:
+        mod = modules.get(name)
+        if isinstance(mod, torch.nn.Linear):
+            linears.append(mod)
+        elif not (_POOL_NODE.search(name) or isinstance(mod, (torch.nn.Dropout,
+                                                               torch.nn.Identity))):
+            others.append(name)
+    if len(linears) != 1 or others:
+        raise ValueError(
+            f"{backbone} has no class activation maps: its head after global pooling is "
+            f"{', '.join(nodes[start:])}, not one linear layer"
+        )
+    fc = linears[0]
+    weight = fc.weight.detach().cpu().numpy().astype(np.float32)
+    bias = (fc.bias.detach().cpu().numpy().astype(np.float32) if fc.bias is not None
+            else np.zeros(weight.shape[0], np.float32))
+    return node, weight, bias

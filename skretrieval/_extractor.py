@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._backbones import describe_weights, load_backbone, resolve_layer
+from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from ._cache import FORWARD_PASSES, get_cache, make_key
 from ._images import describe, image_key, load_image
 from ._maps import FeatureMaps
@@ -139,6 +139,10 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         mobilenet block index ``14`` or ``"block14"``), a torchvision graph
         node or module name (``"features.14"``), or None for the last
         convolutional layer.  VGG ``convB_I`` names are the ReLU outputs.
+        VGG and AlexNet also accept ``"fc6"`` and ``"fc7"`` (after their
+        ReLU; ``"fc6_prerelu"`` before), the neural codes of Babenko et al.
+        (ECCV 2014): use ``max_size=224`` and any pooler (a ``D x 1 x 1``
+        map pools to the code itself).
     max_size : int, default=1024
         Longest image side in pixels at scale 1 (images are up- or
         down-sampled to it with bilinear interpolation).
@@ -172,6 +176,19 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         all of them: the candidates with another ``layer`` find their maps in
         the cache.  The network then runs up to the deepest of these layers.
         Not pickled: a loaded extractor computes ``layer`` only.
+    cams : int or None, default=None
+        Also compute class activation maps (Zhou et al., CVPR 2016) of the
+        ``cams`` most probable classes of every image, for
+        :class:`CAMWeighter` and the CAM-proposal re-ranking of
+        :class:`RegionReranker`.  The backbone's classifier must be global
+        average pooling + one linear layer (ResNet, DenseNet, GoogLeNet,
+        MobileNetV2, EfficientNet...; VGG has none and raises).  The CAM of
+        class ``c`` is ``sum_k w_ck F_k`` over the last convolutional maps
+        ``F`` (``w``: the classifier's weights), bilinearly resized to the grid
+        of ``layer`` and min-max normalised to [0, 1]; the classes are ranked
+        by the softmax of the classifier averaged over the scales.  They are
+        read with ``maps.class_activations(i)``.  The network runs up to its
+        last convolutional layer, whatever ``layer`` is.
     n_jobs : int or None, default=None
         Threads that decode and resize images while the network runs
         (None: 1 on CPU, where the network uses every core; up to 4 on GPU).
@@ -188,12 +205,21 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         The layer as requested (friendly name) or the resolved node.
     cache_nodes_ : tuple of str
         Graph nodes of ``cache_layers`` other than ``layer_node_``.
+    cam_node_ : str or None
+        Graph node of the maps the CAMs are computed from (with ``cams``).
+    n_classes_ : int or None
+        Number of classes of the classifier (with ``cams``).
     n_channels_ : int
         Number of channels ``C`` of the maps.
     stride_ : float
         Input pixels per output cell along each side.
     min_input_size_ : int
         Smallest image side (after resizing) the truncated network accepts.
+    fully_connected_ : bool
+        Whether ``layer`` is a fully-connected layer (neural codes): its
+        ``D``-vector is returned as a ``D x 1 x 1`` map, and every image is
+        resized to a ``max_size`` square (aspect ratio ignored), the fixed
+        input those layers were trained on (224 for VGG and AlexNet).
     mean_, std_ : tuple of float
         Normalisation applied to RGB values in [0, 1].
     device_ : str
@@ -242,6 +268,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         "store": [StrOptions({"memory", "disk"}), str, os.PathLike],
         "cache": [None, str, os.PathLike],
         "cache_layers": ["array-like", None],
+        "cams": [Interval(Integral, 1, None, closed="left"), None],
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
@@ -260,6 +287,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         store="memory",
         cache=None,
         cache_layers=None,
+        cams=None,
         n_jobs=None,
         verbose=0,
     ):
@@ -274,6 +302,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self.store = store
         self.cache = cache
         self.cache_layers = cache_layers
+        self.cams = cams
         self.n_jobs = n_jobs
         self.verbose = verbose
 
@@ -309,15 +338,24 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self.layer_node_, self.layer_name_ = node, name
         self.mean_, self.std_ = tuple(mean), tuple(std)
         self._weights_id = wid
+        self.cam_node_ = self.n_classes_ = None
+        if self.cams is not None:
+            self.cam_node_, self._cam_weight, self._cam_bias = cam_head(self.backbone, model)
+            self.n_classes_ = int(self._cam_weight.shape[0])
+            if self.cams > self.n_classes_:
+                raise ValueError(f"cams={self.cams} but {self.backbone} has "
+                                 f"{self.n_classes_} classes")
         key, self.trunk_ = self._shared_trunk(model, node)
         # the geometry depends only on the trunk: probe once per trunk, not
         # at every refit of a grid search
         geometry = _GEOMETRY.get(key)
         if geometry is None:
             self._probe()
-            _GEOMETRY[key] = (self.n_channels_, self.stride_, self.min_input_size_)
+            _GEOMETRY[key] = (self.n_channels_, self.stride_, self.min_input_size_,
+                              self.fully_connected_)
         else:
-            self.n_channels_, self.stride_, self.min_input_size_ = geometry
+            (self.n_channels_, self.stride_, self.min_input_size_,
+             self.fully_connected_) = geometry
         self._fit_cache_layers(model)
         return self
 
@@ -332,6 +370,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                 if node != self.layer_node_ and node not in extra:
                     extra.append(node)
         self.cache_nodes_ = tuple(extra)
+        cam = self._cam_extra()
+        if cam and cam[0] not in extra:
+            extra.append(cam[0])
         self._multi_trunk = None
         self._multi_min_size = None
         if not extra or self.cache is None:
@@ -345,13 +386,19 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                     lambda x: trunk(x), self.min_input_size_, self.device_)
         self._multi_min_size = size
 
+    def _cam_extra(self):
+        """``(cam_node,)`` when the CAMs need maps of another node than the layer's."""
+        node = getattr(self, "cam_node_", None)
+        return (node,) if node is not None and node != self.layer_node_ else ()
+
     def _shared_trunk(self, model, node):
         """The truncated network for ``node`` (a node or a tuple of nodes) on
         this device, shared by the extractors of this process (LRU of 8)."""
-        key = (self.backbone, self._weights_id, node, self.device_, CHANNELS_LAST)
+        cam = () if isinstance(node, tuple) else self._cam_extra()
+        key = (self.backbone, self._weights_id, node, cam, self.device_, CHANNELS_LAST)
         trunk = _TRUNKS.get(key)
         if trunk is None:
-            trunk = self._build_trunk(model, node).to(self.device_)
+            trunk = self._build_trunk(model, node, *cam).to(self.device_)
             if CHANNELS_LAST:
                 trunk = trunk.to(memory_format=torch.channels_last)
             _TRUNKS[key] = trunk
@@ -362,12 +409,14 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         return key, trunk
 
     @staticmethod
-    def _build_trunk(model, node):
-        """The network cut at ``node`` (output "out"), or returning every node
-        of a tuple (outputs named by their nodes)."""
+    def _build_trunk(model, node, cam_node=None):
+        """The network cut at ``node`` (output "out", and "cam" for ``cam_node``),
+        or returning every node of a tuple (outputs named by their nodes)."""
         from torchvision.models.feature_extraction import create_feature_extractor
 
         return_nodes = {n: n for n in node} if isinstance(node, tuple) else {node: "out"}
+        if cam_node is not None:
+            return_nodes[cam_node] = "cam"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             trunk = create_feature_extractor(model, return_nodes=return_nodes)
@@ -378,12 +427,17 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         return trunk
 
     def _forward(self, batch):
-        out = self.trunk_(batch)["out"]
+        return self._as_map(self.trunk_(batch)["out"])
+
+    def _as_map(self, out):
+        """A 4-D output as is; a fully-connected layer's ``(N, D)`` as ``D x 1 x 1``."""
+        if out.ndim == 2:
+            return out[:, :, None, None]
         if out.ndim != 4:
             raise ValueError(
                 f"layer {self.layer_name_!r} of {self.backbone} outputs a tensor of "
-                f"shape {tuple(out.shape)}, not a C x H x W map; choose a "
-                "convolutional layer"
+                f"shape {tuple(out.shape)}, not a C x H x W map or a vector; choose "
+                "a convolutional or fully-connected layer"
             )
         return out
 
@@ -391,6 +445,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         """Find the channel count, stride and smallest accepted input."""
         with torch.inference_mode():
             x = torch.zeros(1, 3, 224, 224, device=self.device_)
+            self.fully_connected_ = self.trunk_(x)["out"].ndim == 2
             out = self._forward(x)
             self.n_channels_ = int(out.shape[1])
             self.stride_ = 224 / out.shape[-1]
@@ -419,7 +474,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             model = get_model(self.backbone, weights=None,
                               **_model_builder_kwargs(self.backbone))
         model.eval()
-        trunk = self._build_trunk(model, self.layer_node_)
+        trunk = self._build_trunk(model, self.layer_node_, *self._cam_extra())
         state = {k: torch.from_numpy(np.array(v)) for k, v in self._trunk_state.items()}
         trunk.load_state_dict(state)
         for p in trunk.parameters():
@@ -447,8 +502,11 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         arr = load_image(item, index=index)
         h, w = arr.shape[:2]
         out = []
+        square = getattr(self, "fully_connected_", False)
         for s in scales:
             shape = _resized_shape(h, w, self.max_size * s)
+            if square:  # fully-connected codes: the whole image, aspect ignored
+                shape = (max(1, round(self.max_size * s)),) * 2
             if min(shape) < self.min_input_size_:
                 raise ValueError(
                     f"{describe(item, index)} is {h}x{w} px, {shape[0]}x{shape[1]} "
@@ -465,9 +523,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         and, when the multi-layer network is used, for ``cache_layers``."""
         if self.cache is None:
             return None
-        nodes = (self.layer_node_,)
+        nodes = (self.layer_node_,) + self._cam_extra()
         if getattr(self, "_multi_trunk", None) is not None:
-            nodes += self.cache_nodes_
+            nodes += tuple(n for n in self.cache_nodes_ if n not in nodes)
         out = []
         for i in indices:
             ikey = image_key(items[i], index=i)
@@ -498,6 +556,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         cache = get_cache(self.cache)
         out = FeatureMaps(scales=scales, layer=self.layer_name_, store=self.store,
                           dtype=self.dtype)
+        needed = (self.layer_node_,) + self._cam_extra()
         # On CPU the network already uses every core: one decoding thread
         # overlaps I/O without oversubscribing (benchmarks/bench_extraction.py).
         n_threads = self.n_jobs or (1 if self.device_ == "cpu" else min(4, os.cpu_count() or 1))
@@ -513,8 +572,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                 futures = []
                 for j, i in enumerate(chunk):
                     if keys is not None:
-                        hits = [cache.get(k) for k in keys[j][self.layer_node_]]
-                        if all(h is not None for h in hits):
+                        hits = [{node: cache.get(keys[j][node][s]) for node in needed}
+                                for s in range(len(scales))]
+                        if all(h is not None for hit in hits for h in hit.values()):
                             futures.append((None, hits, keys[j]))
                             continue
                     futures.append((pool.submit(self._prepare, i, items[i], scales), None,
@@ -543,14 +603,20 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                                                       [chunk[m[0]] for m in batch], items,
                                                       multi=cache is not None)
                             for (j, s, _, keys_j), maps in zip(batch, outputs):
-                                results[(j, s)] = maps[self.layer_node_]
+                                results[(j, s)] = {node: maps[node] for node in needed}
                                 if cache is not None:
                                     for node, fmap in maps.items():
                                         if self.dtype == "float16":  # in the key too
                                             fmap = fmap.astype(np.float16)
                                         cache.put(keys_j[node][s], fmap)
                 for j in range(len(chunk)):
-                    out.append(tuple(results.pop((j, s)) for s in range(len(scales))))
+                    got = [results.pop((j, s)) for s in range(len(scales))]
+                    entry = tuple(g[self.layer_node_] for g in got)
+                    cams = None
+                    if self.cams is not None:
+                        node = self.cam_node_
+                        cams = self._class_activations(entry, [g[node] for g in got])
+                    out.append(entry, cams)
                 if self.verbose:
                     now = time.perf_counter() - t0
                     done = chunk.stop
@@ -575,9 +641,12 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             trunk = None  # too small for the deepest cache layer: this layer only
         try:
             if trunk is None:
-                outputs = {self.layer_node_: self._forward(x)}
+                outputs = self.trunk_(x)
+                outputs = {self.layer_node_: self._as_map(outputs["out"]),
+                           **{n: outputs["cam"] for n in self._cam_extra()}}
             else:
-                outputs = {node: y for node, y in trunk(x).items() if y.ndim == 4}
+                outputs = {node: y if y.ndim == 4 else y[:, :, None, None]
+                           for node, y in trunk(x).items() if y.ndim in (2, 4)}
         except RuntimeError as exc:
             names = ", ".join(describe(items[i], i) for i in indices[:3])
             raise RuntimeError(
@@ -587,6 +656,30 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         outputs = {node: y.float().cpu().numpy() for node, y in outputs.items()}
         return [{node: np.ascontiguousarray(y[b]) for node, y in outputs.items()}
                 for b in range(len(arrays))]
+
+    def _class_activations(self, entry, cam_maps):
+        """Top-``cams`` classes, their probabilities and CAMs on the layer grid."""
+        W, b = self._cam_weight, self._cam_bias
+        probs = np.zeros(W.shape[0])
+        for F in cam_maps:
+            logits = W @ np.asarray(F, np.float32).mean(axis=(1, 2)) + b
+            e = np.exp(logits - logits.max())
+            probs += e / e.sum()
+        probs /= len(cam_maps)
+        top = np.argsort(-probs, kind="stable")[: self.cams]
+        cams = []
+        for fmap, F in zip(entry, cam_maps):
+            C, h, w = F.shape
+            cam = (W[top] @ np.asarray(F, np.float32).reshape(C, -1)).reshape(-1, h, w)
+            if (h, w) != fmap.shape[1:]:
+                cam = torch.nn.functional.interpolate(
+                    torch.from_numpy(cam)[None], size=fmap.shape[1:], mode="bilinear",
+                    align_corners=False)[0].numpy()
+            lo = cam.min(axis=(1, 2), keepdims=True)
+            span = cam.max(axis=(1, 2), keepdims=True) - lo
+            cam = np.where(span > 0, (cam - lo) / np.where(span > 0, span, 1), 1.0)
+            cams.append(cam.astype(np.float32))
+        return top, probs[top].astype(np.float32), tuple(cams)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

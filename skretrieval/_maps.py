@@ -22,9 +22,30 @@ import threading
 import weakref
 from numbers import Integral
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["FeatureMaps", "iter_maps", "check_maps"]
+__all__ = ["ClassActivations", "FeatureMaps", "iter_maps", "check_maps"]
+
+
+class ClassActivations(NamedTuple):
+    """Class activation maps of one image (see ``ConvFeatureExtractor(cams=K)``).
+
+    Attributes
+    ----------
+    classes : ndarray of shape (K,)
+        The image's top-K predicted classes, most probable first.
+    scores : ndarray of shape (K,)
+        Their probabilities (softmax of the classifier, averaged over scales).
+    maps : tuple of ndarray
+        Per scale, a ``(K, H, W)`` float32 array: the CAM of each class on the
+        grid of the feature maps of that scale, normalised to [0, 1].
+    """
+
+    classes: np.ndarray
+    scores: np.ndarray
+    maps: tuple
 
 
 class _DiskStore:
@@ -132,24 +153,41 @@ class FeatureMaps:
         if store != "memory":
             self._store = _DiskStore(None if store == "disk" else store)
         self._refs = []
+        self._cams = None  # per image (classes, scores, per-scale CAM refs)
         self.n_channels = None
         for entry in entries:
             self.append(entry)
 
     # -- construction -----------------------------------------------------
     @classmethod
-    def _view(cls, parent, refs):
+    def _view(cls, parent, refs, cams=None):
         new = cls.__new__(cls)
         new.scales = parent.scales
         new.layer = parent.layer
         new.dtype = parent.dtype
         new._store = parent._store
         new._refs = refs
+        new._cams = cams
         new.n_channels = parent.n_channels
         return new
 
-    def append(self, entry):
-        """Add one image: a tuple with a ``(C, H, W)`` array per scale."""
+    def _keep(self, arr):
+        """Store one array (an own read-only copy in RAM, or in the file)."""
+        if self._store is None:
+            # an own, read-only copy: later edits of the caller's array, or
+            # in-place work of a consumer, cannot change the collection
+            arr = np.array(arr, dtype=self.dtype, copy=True)
+            arr.setflags(write=False)
+            return arr
+        return self._store.append(np.asarray(arr).astype(self.dtype, copy=False))
+
+    def append(self, entry, cams=None):
+        """Add one image: a tuple with a ``(C, H, W)`` array per scale.
+
+        ``cams`` (optional, for every image or for none) is the image's
+        :class:`ClassActivations`, or a ``(classes, scores, maps)`` tuple with
+        one ``(K, H, W)`` CAM array per scale on the grid of the maps.
+        """
         if isinstance(entry, np.ndarray):
             entry = (entry,)
         entry = tuple(entry)
@@ -157,6 +195,11 @@ class FeatureMaps:
             raise ValueError(
                 f"expected {len(self.scales)} maps (one per scale), got {len(entry)}"
             )
+        if (cams is not None) != self.has_cams and len(self._refs):
+            raise ValueError("either every image of a FeatureMaps has class activation "
+                             "maps or none has")
+        if cams is not None:
+            cams = self._check_cams(entry, cams)
         refs = []
         for arr in entry:
             arr = np.asarray(arr)
@@ -168,22 +211,52 @@ class FeatureMaps:
                 raise ValueError(
                     f"all maps must have {self.n_channels} channels, got {arr.shape[0]}"
                 )
-            if self._store is None:
-                # an own, read-only copy: later edits of the caller's array, or
-                # in-place work of a consumer, cannot change the collection
-                arr = np.array(arr, dtype=self.dtype, copy=True)
-                arr.setflags(write=False)
-                refs.append(arr)
-            else:
-                refs.append(self._store.append(arr.astype(self.dtype, copy=False)))
+            refs.append(self._keep(arr))
         self._refs.append(tuple(refs))
+        if cams is not None:
+            if self._cams is None:
+                self._cams = []
+            classes, scores, maps = cams
+            self._cams.append((classes, scores, tuple(self._keep(m) for m in maps)))
+
+    def _check_cams(self, entry, cams):
+        classes, scores, maps = cams
+        classes = np.asarray(classes, dtype=np.int64).ravel()
+        scores = np.asarray(scores, dtype=np.float32).ravel()
+        maps = tuple(maps)
+        if scores.shape != classes.shape or len(maps) != len(entry):
+            raise ValueError("cams must be (classes, scores, one CAM array per scale) "
+                             "with as many scores as classes")
+        for arr, cam in zip(entry, maps):
+            cam = np.asarray(cam)
+            if cam.ndim != 3 or cam.shape[0] != classes.size or cam.shape[1:] != arr.shape[1:]:
+                raise ValueError(
+                    f"CAMs of shape {cam.shape} do not match {classes.size} classes on "
+                    f"a {arr.shape[1]}x{arr.shape[2]} map grid")
+        for a in (classes, scores):
+            a.setflags(write=False)
+        return classes, scores, maps
+
+    @property
+    def has_cams(self):
+        """Whether the images carry class activation maps."""
+        return self._cams is not None
+
+    def class_activations(self, i):
+        """The :class:`ClassActivations` of image ``i``."""
+        if self._cams is None:
+            raise ValueError(
+                "these feature maps carry no class activation maps: extract them with "
+                "ConvFeatureExtractor(cams=K)")
+        classes, scores, refs = self._cams[i]
+        return ClassActivations(classes, scores, tuple(self._load(r) for r in refs))
 
     def extend(self, other):
         """Append every image of another :class:`FeatureMaps` (same scales)."""
         if tuple(other.scales) != self.scales:
             raise ValueError(f"scales differ: {other.scales} vs {self.scales}")
         for i in range(len(other)):
-            self.append(other[i])
+            self.append(other[i], other.class_activations(i) if other.has_cams else None)
         return self
 
     # -- sequence protocol --------------------------------------------------
@@ -204,6 +277,10 @@ class FeatureMaps:
                     total += ref.nbytes
                 else:
                     total += int(np.prod(ref[2])) * np.dtype(ref[3]).itemsize
+        for _, _, refs in self._cams or ():
+            for ref in refs:
+                total += (ref.nbytes if isinstance(ref, np.ndarray)
+                          else int(np.prod(ref[2])) * np.dtype(ref[3]).itemsize)
         return total
 
     def _load(self, ref):
@@ -220,10 +297,11 @@ class FeatureMaps:
         if isinstance(key, (Integral, np.integer)):
             return tuple(self._load(ref) for ref in self._refs[key])
         if isinstance(key, slice):
-            return self._view(self, self._refs[key])
+            return self._view(self, self._refs[key],
+                              None if self._cams is None else self._cams[key])
         key = np.asarray(key)
         if key.size == 0:
-            return self._view(self, [])
+            return self._view(self, [], None if self._cams is None else [])
         if key.dtype == bool:
             if key.shape != (len(self),):
                 raise IndexError(
@@ -232,7 +310,8 @@ class FeatureMaps:
             key = np.flatnonzero(key)
         if key.ndim != 1 or not np.issubdtype(key.dtype, np.integer):
             raise IndexError(f"cannot index FeatureMaps with {key!r}")
-        return self._view(self, [self._refs[int(i)] for i in key])
+        return self._view(self, [self._refs[int(i)] for i in key],
+                          None if self._cams is None else [self._cams[int(i)] for i in key])
 
     def __iter__(self):
         for i in range(len(self)):
@@ -243,7 +322,7 @@ class FeatureMaps:
         return (
             f"FeatureMaps(n_images={len(self)}, n_channels={self.n_channels}, "
             f"scales={self.scales}, layer={self.layer!r}, dtype={self.dtype.name}, "
-            f"store={where})"
+            f"store={where}{', cams' if self.has_cams else ''})"
         )
 
 
