@@ -23,8 +23,16 @@ from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
 from ._rerank import RegionReranker, cam_boxes
 from .metrics import RetrievalMAP
 from .display import RetrievalDisplay
+from ._deepnet import RetrievalNet
+from ._trainer import RetrievalNetTrainer
+from .losses import APLoss, ContrastiveLoss, TripletLoss
 
 __all__ = [
+    "APLoss",
+    "ContrastiveLoss",
+    "RetrievalNet",
+    "RetrievalNetTrainer",
+    "TripletLoss",
     "CAMWeighter",
     "ClassActivations",
     "ClassVectors",

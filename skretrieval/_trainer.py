@@ -1,0 +1,1021 @@
+"""RetrievalNetTrainer: fine-tune a retrieval network on labelled images, then describe.
+
+``fit(images, labels)`` trains a :class:`~skretrieval.RetrievalNet` (a
+torchvision trunk, GeM / R-MAC / MAC / SPoC pooling, an optional projection
+initialised from a PCA-whitening, L2) with one of the losses of
+:mod:`skretrieval.losses` (or a classification loss over the labels, the
+Neural Codes recipe); ``transform(images)`` then returns L2-normalised
+descriptors, so the fitted trainer replaces ``ConvFeatureExtractor -> pooler
+-> PCAWhitener`` in a retrieval pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._backbones import describe_weights
+from ._deepnet import POOLINGS, RetrievalNet
+from ._images import load_image
+from ._maps import FeatureMaps
+from .losses import ap_loss, contrastive_loss, triplet_loss
+
+__all__ = ["RetrievalNetTrainer"]
+
+LOSSES = ("ap", "tie_aware_ap", "triplet", "contrastive", "classification")
+_DEFAULT_MARGIN = {"triplet": 0.1, "contrastive": 0.7}
+# Images decoded and described at once by transform (bounds the RAM).
+_CHUNK = 256
+# Temperature of the cosine classifier of loss="classification".
+_TEMPERATURE = 0.05
+# New layers (GeM exponent, classifier head) learn this much faster.
+_NEW_LAYER_LR = 10.0
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def _resolve_device(device):
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return str(dev)
+
+
+def _as_image_list(X, what="X"):
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise TypeError(f"{what} must be a collection of images (a list of paths, PIL "
+                        f"images or arrays), got a single {type(X).__name__}; wrap it "
+                        "in a list")
+    if isinstance(X, FeatureMaps):
+        raise TypeError(f"{what} holds feature maps: RetrievalNetTrainer takes images")
+    if isinstance(X, np.ndarray) and X.dtype != object and X.ndim != 4:
+        raise ValueError(f"an array {what} must hold a batch of images, shape (n, H, W, "
+                         f"3); got shape {X.shape}. Pass a list of images instead")
+    try:
+        items = list(X)
+    except TypeError:
+        raise TypeError(f"{what} must be a list of images (paths, PIL images or arrays), "
+                        f"got {type(X).__name__}") from None
+    if not items:
+        raise ValueError(f"{what} is empty: no image")
+    return items
+
+
+def _check_labels(y, n, what="y"):
+    if y is None:
+        raise ValueError(f"RetrievalNetTrainer.fit needs the labels {what} of the images "
+                         "(same label = same object or place)")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise ValueError(f"{what} must be 1-D (one label per image), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"{what} has {y.shape[0]} labels for {n} images")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise ValueError(f"{what} contains NaN or infinite labels")
+    return y
+
+
+def _resized_shape(h, w, longest):
+    s = longest / max(h, w)
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def _resize(arr, shape):
+    if arr.shape[:2] == tuple(shape):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def _to_batch(arrays, device):
+    """Stack ``H x W x 3`` uint8 arrays into a channels-last float batch in [0, 1]."""
+    x = torch.from_numpy(np.stack(arrays)).to(device)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _label_map(y, classes):
+    return np.searchsorted(classes, y)
+
+
+def _loo_map(descriptors, codes):
+    """Leave-one-out label mAP (Oxford AP) of descriptors, every image a query."""
+    from ._retriever import NearestNeighborRetriever
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        retriever = NearestNeighborRetriever(metric="inner_product").fit(descriptors, codes)
+        return float(retriever.score(None, None))
+
+
+class _CosineClassifier(torch.nn.Module):
+    """Logits ``cos(w_c, d) / temperature`` over the classes (normalised softmax)."""
+
+    def __init__(self, dim, n_classes, generator):
+        super().__init__()
+        w = torch.randn(n_classes, dim, generator=generator) / math.sqrt(dim)
+        self.weight = torch.nn.Parameter(w)
+
+    def forward(self, d):
+        return d @ torch.nn.functional.normalize(self.weight, dim=1).T / _TEMPERATURE
+
+
+# ---------------------------------------------------------------------------
+# the estimator
+# ---------------------------------------------------------------------------
+class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Train a retrieval network on labelled images; then describe images with it.
+
+    ``fit(images, labels)`` fine-tunes (or trains) a
+    :class:`~skretrieval.RetrievalNet` -- a torchvision backbone cut at
+    ``layer``, ``pooling`` (GeM with a learnable exponent, R-MAC, MAC or
+    SPoC), an optional fully-connected projection to ``dim`` dimensions
+    initialised from a PCA-whitening of the training images, and
+    L2-normalisation -- so that images with the same label get close
+    descriptors.  Afterwards :meth:`transform` returns the L2-normalised
+    descriptors of any images: the fitted trainer takes the place of
+    ``ConvFeatureExtractor -> pooler -> PCAWhitener`` in a pipeline.
+
+    The losses and how each samples its batches:
+
+    * ``"ap"`` / ``"tie_aware_ap"`` -- the listwise loss of Revaud et al.
+      [1]_: every batch holds ``images_per_label`` images of each of
+      ``batch_size // images_per_label`` random labels, every image is a
+      query against the rest of the batch, and the loss is ``1 -`` the mean
+      differentiable AP (:func:`skretrieval.losses.ap_loss`, ``n_bins``
+      bins);
+    * ``"triplet"`` -- Gordo et al. [2]_: each anchor (every training image
+      in turn) gets a random positive of its label and the ``n_negatives``
+      hardest negatives (of distinct labels) among ``mining_pool_size``
+      images, mined with the current network at the start of every epoch;
+      loss :func:`~skretrieval.losses.triplet_loss` (margin 0.1);
+    * ``"contrastive"`` -- Radenović et al. [3]_: the same tuples, with
+      :func:`~skretrieval.losses.contrastive_loss` on the (anchor,
+      positive) and (anchor, negative) pairs (margin 0.7);
+    * ``"classification"`` -- Neural Codes (Babenko et al. [4]_):
+      cross-entropy over the labels with a new classifier head (a cosine
+      classifier on the descriptor, temperature 0.05); compress the
+      descriptors afterwards with a :class:`~skretrieval.PCAWhitener`.
+
+    A step feeds ``batch_size`` images (for the tuple losses, ``batch_size
+    // (2 + n_negatives)`` tuples), each a random resized crop
+    (``crop_scale`` of the area, aspect ratio 3/4 to 4/3) of
+    ``image_size x image_size`` pixels, flipped half of the time.  An epoch
+    has ``steps_per_epoch`` steps (default: as many images as the training
+    set).  The optimiser (Adam, AdamW or SGD with momentum 0.9) follows a
+    cosine (or constant) learning-rate schedule; the GeM exponent and the
+    classifier head learn 10 times faster.
+
+    Parameters
+    ----------
+    backbone : str, default="mobilenet_v2"
+        A torchvision classification model name.
+    weights : str, path or None, default="IMAGENET1K_V1"
+        Initial weights: a torchvision weights name, a state-dict file, or
+        None for random weights (see :class:`~skretrieval.ConvFeatureExtractor`).
+    layer : str, int or None, default=None
+        Where to cut the backbone (None: the last convolutional layer).
+    pooling : {"gem", "mac", "spoc", "rmac"}, default="gem"
+        Pooling of the feature maps.
+    p : float, default=3.0
+        Initial GeM exponent.
+    learn_p : bool, default=True
+        Train the GeM exponent.
+    dim : int or None, default=None
+        Dimension of a projection after the pooling, initialised from the
+        PCA-whitening of the training images' descriptors (as Gordo et al.
+        and Radenović et al. do); None for no projection.
+    loss : {"ap", "tie_aware_ap", "triplet", "contrastive", "classification"}, \
+            default="ap"
+        The training loss (see above).
+    n_bins : int, default=20
+        Quantisation bins of the AP losses.
+    margin : float or None, default=None
+        Margin of the triplet (default 0.1) or contrastive (default 0.7) loss.
+    batch_size : int, default=64
+        Images per optimisation step (also per forward pass in
+        :meth:`transform`).
+    images_per_label : int, default=8
+        Images of each label in an AP-loss batch.
+    n_negatives : int, default=5
+        Hard negatives per tuple (triplet and contrastive losses).
+    mining_pool_size : int or None, default=None
+        Training images among which the hard negatives are mined at every
+        epoch (None: all of them).
+    image_size : int, default=224
+        Side of the square training crops.
+    max_size : int or None, default=None
+        Longest side of the images described by :meth:`transform` and by
+        the validation (aspect ratio kept); None: ``image_size``.
+    crop_scale : (float, float) or None, default=(0.5, 1.0)
+        Range of the area of the random crops, as a fraction of the image;
+        None: the whole image, resized to ``image_size`` squared.
+    flip : bool, default=True
+        Flip the training crops horizontally half of the time.
+    optimizer : {"adam", "adamw", "sgd"}, default="adam"
+        The optimiser.
+    learning_rate : float, default=1e-4
+        Initial learning rate.
+    weight_decay : float, default=1e-4
+        Weight decay (not applied to the GeM exponent).
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        Cosine decay to 0 over all the steps, or a constant rate.
+    n_epochs : int, default=10
+        Number of epochs.
+    steps_per_epoch : int or None, default=None
+        Optimisation steps per epoch; None: ``ceil(n_training_images /
+        batch_size)``.
+    validation_fraction : float or None, default=None
+        Fraction of the *labels* held out of the training (all their images)
+        to measure the leave-one-out mAP after every epoch; None: use the
+        ``eval_set`` of :meth:`fit`, or no validation.
+    keep_best : bool, default=True
+        With a validation, end with the weights of the epoch of best mAP
+        (epoch 0, the initial network, included) rather than the last.
+    freeze_batchnorm : bool, default=True
+        Keep the batch-normalisation statistics of the backbone fixed (the
+        usual choice when fine-tuning with small batches).
+    chunk_size : int or None, default=None
+        Run the network on at most this many images at once while training,
+        with the multistage back-propagation of Revaud et al. (descriptors of
+        the whole batch first, the loss's gradient with respect to them, then
+        back-propagation chunk by chunk): the gradient of a large batch in
+        the memory of a small one (exact with ``freeze_batchnorm=True``).
+        None: the whole batch at once.
+    checkpoint : str, path or None, default=None
+        File where the training state (network, optimiser, random state,
+        history, best weights) is saved after every epoch.
+    resume : bool, default=False
+        If ``checkpoint`` exists, continue the training it holds (from the
+        epoch after the saved one) instead of starting over.
+    device : str, default="auto"
+        Torch device ("auto": CUDA, then MPS, then CPU).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the batches, crops, mining, validation split and the new
+        layers.  An int gives reproducible training on a given device.
+    verbose : int, default=0
+        Print the loss, validation mAP and timing of every epoch (and the
+        progress within epochs) to stderr when > 0.
+
+    Attributes
+    ----------
+    network_ : RetrievalNet
+        The trained network, in eval mode (rebuilt lazily after unpickling).
+    classes_ : ndarray
+        The training labels, sorted.
+    n_features_out_ : int
+        Dimension of the descriptors.
+    history_ : list of dict
+        One entry per epoch: ``epoch``, ``loss`` (mean training loss),
+        ``val_map`` (validation mAP, nan without validation), ``lr`` (at the
+        end of the epoch), ``p`` (GeM exponent or None) and ``seconds``.
+        With a validation, epoch 0 (the initial network) comes first.
+    best_epoch_ : int or None
+        Epoch whose weights the network has (None without validation: the
+        last one).
+    best_score_ : float or None
+        Its validation mAP.
+    n_epochs_ : int
+        Epochs trained (including those of a resumed checkpoint).
+    device_ : str
+        Device of the network.
+
+    See Also
+    --------
+    skretrieval.RetrievalNet : The torch network.
+    skretrieval.losses : The losses.
+    skretrieval.ConvFeatureExtractor : Off-the-shelf features.
+
+    Notes
+    -----
+    The images are decoded once at the start of ``fit`` and kept in memory
+    (training images shrunk to at most ``2 * image_size`` pixels on their
+    longest side, validation images at ``max_size``).  Pickling (joblib)
+    stores the trained weights as NumPy arrays; loading rebuilds the network
+    on first use, on the CPU when the fitted device is absent.  Seeded
+    training is reproducible on the CPU with the same torch version and
+    number of threads.
+
+    References
+    ----------
+    .. [1] J. Revaud, J. Almazán, R. S. Rezende and C. R. de Souza, "Learning
+       with average precision: training image retrieval with a listwise
+       loss", ICCV 2019.
+    .. [2] A. Gordo, J. Almazán, J. Revaud and D. Larlus, "End-to-end
+       learning of deep visual representations for image retrieval", IJCV
+       124(2), 2017.
+    .. [3] F. Radenović, G. Tolias and O. Chum, "Fine-tuning CNN image
+       retrieval with no human annotation", TPAMI 41(7), 2019.
+    .. [4] A. Babenko, A. Slesarev, A. Chigorin and V. Lempitsky, "Neural
+       codes for image retrieval", ECCV 2014.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval import RetrievalNetTrainer
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(8)]
+    >>> labels = [0, 0, 1, 1, 2, 2, 3, 3]
+    >>> trainer = RetrievalNetTrainer("resnet18", weights=None, image_size=32,
+    ...                               batch_size=8, images_per_label=2, n_epochs=1,
+    ...                               random_state=0).fit(images, labels)
+    >>> trainer.transform(images).shape
+    (8, 512)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str],
+        "weights": "no_validation",
+        "layer": [str, Integral, None],
+        "pooling": [StrOptions(set(POOLINGS))],
+        "p": [Interval(Real, 0, None, closed="neither")],
+        "learn_p": ["boolean"],
+        "dim": [Interval(Integral, 1, None, closed="left"), None],
+        "loss": [StrOptions(set(LOSSES))],
+        "n_bins": [Interval(Integral, 2, None, closed="left")],
+        "margin": [Interval(Real, 0, None, closed="left"), None],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "images_per_label": [Interval(Integral, 2, None, closed="left")],
+        "n_negatives": [Interval(Integral, 1, None, closed="left")],
+        "mining_pool_size": [Interval(Integral, 2, None, closed="left"), None],
+        "image_size": [Interval(Integral, 8, None, closed="left")],
+        "max_size": [Interval(Integral, 8, None, closed="left"), None],
+        "crop_scale": ["array-like", None],
+        "flip": ["boolean"],
+        "optimizer": [StrOptions({"adam", "adamw", "sgd"})],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "n_epochs": [Interval(Integral, 0, None, closed="left")],
+        "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "keep_best": ["boolean"],
+        "freeze_batchnorm": ["boolean"],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "checkpoint": [str, os.PathLike, None],
+        "resume": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="mobilenet_v2",
+        *,
+        weights="IMAGENET1K_V1",
+        layer=None,
+        pooling="gem",
+        p=3.0,
+        learn_p=True,
+        dim=None,
+        loss="ap",
+        n_bins=20,
+        margin=None,
+        batch_size=64,
+        images_per_label=8,
+        n_negatives=5,
+        mining_pool_size=None,
+        image_size=224,
+        max_size=None,
+        crop_scale=(0.5, 1.0),
+        flip=True,
+        optimizer="adam",
+        learning_rate=1e-4,
+        weight_decay=1e-4,
+        lr_schedule="cosine",
+        n_epochs=10,
+        steps_per_epoch=None,
+        validation_fraction=None,
+        keep_best=True,
+        freeze_batchnorm=True,
+        chunk_size=None,
+        checkpoint=None,
+        resume=False,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.p = p
+        self.learn_p = learn_p
+        self.dim = dim
+        self.loss = loss
+        self.n_bins = n_bins
+        self.margin = margin
+        self.batch_size = batch_size
+        self.images_per_label = images_per_label
+        self.n_negatives = n_negatives
+        self.mining_pool_size = mining_pool_size
+        self.image_size = image_size
+        self.max_size = max_size
+        self.crop_scale = crop_scale
+        self.flip = flip
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.n_epochs = n_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.validation_fraction = validation_fraction
+        self.keep_best = keep_best
+        self.freeze_batchnorm = freeze_batchnorm
+        self.chunk_size = chunk_size
+        self.checkpoint = checkpoint
+        self.resume = resume
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------
+    # validation
+    # ------------------------------------------------------------------
+    def _crop_scale(self):
+        if self.crop_scale is None:
+            return None
+        try:
+            lo, hi = (float(v) for v in self.crop_scale)
+        except (TypeError, ValueError):
+            raise ValueError("crop_scale must be a pair (min, max) of area fractions or "
+                             f"None, got {self.crop_scale!r}") from None
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got "
+                             f"{self.crop_scale!r}")
+        return lo, hi
+
+    def _check_training_labels(self, y):
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"the training images have a single label ({classes[0]!r}): training a "
+                "retrieval network needs at least two labels (images of the same label "
+                "are pulled together, those of different labels pushed apart)")
+        if self.loss != "classification":
+            lonely = classes[counts < 2]
+            if len(lonely):
+                shown = ", ".join(repr(v) for v in lonely[:5].tolist())
+                raise ValueError(
+                    f"loss={self.loss!r} needs at least 2 images per label (every query "
+                    f"needs a positive), but {len(lonely)} label(s) have a single image: "
+                    f"{shown}{', ...' if len(lonely) > 5 else ''}. Remove them, add "
+                    "images, or use loss='classification'")
+        if self.loss in ("ap", "tie_aware_ap") and self.batch_size < 4:
+            raise ValueError(f"batch_size={self.batch_size} is too small for the AP loss: "
+                             "a batch needs two images of at least two labels (>= 4)")
+        if self.loss in ("triplet", "contrastive"):
+            if self.batch_size < 2 + min(self.n_negatives, len(classes) - 1):
+                raise ValueError(
+                    f"batch_size={self.batch_size} cannot hold one tuple (anchor, "
+                    f"positive and {self.n_negatives} negatives); raise batch_size or "
+                    "lower n_negatives")
+        return classes
+
+    # ------------------------------------------------------------------
+    # fit
+    # ------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, *, eval_set=None):
+        """Train the network on images ``X`` with labels ``y``.
+
+        Parameters
+        ----------
+        X : list of images
+            Paths, PIL images, ``H x W x 3`` arrays or :class:`~skretrieval.Crop`
+            items.
+        y : array-like of shape (n_images,)
+            Labels: images of the same label show the same object or place.
+            Every label needs two images at least (except with
+            ``loss="classification"``), and there must be two labels at least.
+        eval_set : (images, labels) or None, default=None
+            Held-out images and labels whose leave-one-out mAP is measured
+            before training and after every epoch (their labels may differ
+            from the training ones: typically other objects).  Mutually
+            exclusive with ``validation_fraction``.
+
+        Returns
+        -------
+        self : RetrievalNetTrainer
+            The fitted trainer.
+        """
+        items = _as_image_list(X)
+        y = _check_labels(y, len(items))
+        crop_scale = self._crop_scale()
+        if self.resume and self.checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint file (checkpoint=...)")
+        state = None
+        if self.resume and os.path.exists(self.checkpoint):
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            seed = int(state["seed"])
+        else:
+            seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+
+        # held-out data
+        if eval_set is not None and self.validation_fraction is not None:
+            raise ValueError("give either validation_fraction or eval_set, not both")
+        val_items = val_y = None
+        if eval_set is not None:
+            try:
+                val_items, val_y = eval_set
+            except (TypeError, ValueError):
+                raise ValueError("eval_set must be a pair (images, labels)") from None
+            val_items = _as_image_list(val_items, "eval_set images")
+            val_y = _check_labels(val_y, len(val_items), "eval_set labels")
+        elif self.validation_fraction is not None:
+            classes = np.unique(y)
+            n_val = int(round(self.validation_fraction * len(classes)))
+            if n_val < 1 or len(classes) - n_val < 2:
+                raise ValueError(
+                    f"validation_fraction={self.validation_fraction} of {len(classes)} "
+                    f"labels leaves {n_val} for validation and {len(classes) - n_val} for "
+                    "training; each side needs labels (training at least 2)")
+            held = np.random.default_rng([seed, 1]).choice(classes, n_val, replace=False)
+            is_val = np.isin(y, held)
+            val_items = [items[i] for i in np.flatnonzero(is_val)]
+            val_y = y[is_val]
+            items = [items[i] for i in np.flatnonzero(~is_val)]
+            y = y[~is_val]
+        classes = self._check_training_labels(y)
+        codes = _label_map(y, classes)
+
+        self.device_ = device = _resolve_device(self.device)
+        self.classes_ = classes
+        self._arch = dict(backbone=self.backbone, layer=self.layer, pooling=self.pooling,
+                          p=float(self.p), learn_p=bool(self.learn_p), dim=self.dim)
+        fingerprint = {
+            "backbone": self.backbone,
+            "weights": describe_weights(self.backbone, self.weights),
+            "layer": repr(self.layer), "pooling": self.pooling,
+            "dim": -1 if self.dim is None else int(self.dim), "loss": self.loss,
+            "n_images": len(items),
+            "classes": [str(c) for c in classes.tolist()],
+        }
+        if state is not None and state["fingerprint"] != fingerprint:
+            diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+            raise ValueError(f"the checkpoint {str(self.checkpoint)!r} was saved by a different "
+                             f"training ({', '.join(diff)} differ); remove it or resume=False")
+
+        gen = torch.Generator().manual_seed(seed)
+        net = RetrievalNet(self.backbone, self.weights, layer=self.layer,
+                           pooling=self.pooling, p=self.p, learn_p=self.learn_p, dim=self.dim)
+        net = net.to(device).to(memory_format=torch.channels_last)
+        self.network_ = net
+        self.n_features_out_ = net.out_dim
+
+        t0 = time.perf_counter()
+        train_bank = [self._load_train(item, i) for i, item in enumerate(items)]
+        eval_train = None  # training images at the evaluation size (mining, PCA)
+        if (self.dim is not None and state is None) or self.loss in ("triplet", "contrastive"):
+            eval_train = [self._load_eval(item, i) for i, item in enumerate(items)]
+        val_bank = None
+        if val_items is not None:
+            val_bank = [self._load_eval(item, i) for i, item in enumerate(val_items)]
+            val_codes = np.unique(val_y, return_inverse=True)[1]
+        self._log(f"decoded {len(items)} training and "
+                  f"{0 if val_bank is None else len(val_bank)} validation images in "
+                  f"{time.perf_counter() - t0:.1f} s")
+
+        head = None
+        if self.loss == "classification":
+            head = _CosineClassifier(net.out_dim, len(classes), gen).to(device)
+        if state is None and self.dim is not None:
+            self._init_projection(net, eval_train)
+
+        opt = self._make_optimizer(net, head)
+        steps = self.steps_per_epoch or max(1, math.ceil(len(items) / self.batch_size))
+        total_steps = max(1, self.n_epochs * steps)
+        rng = np.random.default_rng([seed, 2])
+        history, best = [], {"score": None, "epoch": None, "state": None}
+        start_epoch, step = 0, 0
+        if state is not None:
+            net.load_state_dict(state["network"])
+            if head is not None:
+                head.load_state_dict(state["head"])
+            opt.load_state_dict(state["optimizer"])
+            rng.bit_generator.state = state["rng"]
+            history = list(state["history"])
+            best = {"score": state["best_score"], "epoch": state["best_epoch"],
+                    "state": state["best_state"]}
+            start_epoch, step = int(state["epoch"]), int(state["step"])
+            self._log(f"resumed from {self.checkpoint} after epoch {start_epoch}")
+        elif val_bank is not None:
+            score = _loo_map(self._describe_bank(net, val_bank), val_codes)
+            history.append({"epoch": 0, "loss": float("nan"), "val_map": score,
+                            "lr": float(self.learning_rate), "p": self._p(net),
+                            "seconds": 0.0})
+            best = {"score": score, "epoch": 0, "state": self._state_copy(net)}
+            self._log(f"epoch 0: validation mAP {score:.4f}")
+
+        for epoch in range(start_epoch + 1, self.n_epochs + 1):
+            t_epoch = time.perf_counter()
+            losses = self._run_epoch(net, head, opt, rng, codes, train_bank, eval_train,
+                                     epoch, steps, step, total_steps, crop_scale)
+            step += steps
+            record = {"epoch": epoch, "loss": float(np.mean(losses)),
+                      "val_map": float("nan"), "lr": opt.param_groups[0]["lr"],
+                      "p": self._p(net), "seconds": 0.0}
+            msg = ""
+            if val_bank is not None:
+                score = _loo_map(self._describe_bank(net, val_bank), val_codes)
+                record["val_map"] = score
+                if best["score"] is None or score > best["score"]:
+                    best = {"score": score, "epoch": epoch, "state": self._state_copy(net)}
+                    msg = " (best)"
+                msg = f", validation mAP {score:.4f}{msg}"
+            record["seconds"] = time.perf_counter() - t_epoch
+            history.append(record)
+            self._log(f"epoch {epoch}/{self.n_epochs}: loss {record['loss']:.4f}{msg}, "
+                      f"lr {record['lr']:.2e}, {record['seconds']:.1f} s")
+            if self.checkpoint is not None:
+                self._save_checkpoint(fingerprint, seed, epoch, step, net, head, opt, rng,
+                                      history, best)
+
+        if self.keep_best and best["state"] is not None:
+            net.load_state_dict(best["state"])
+        self.best_epoch_ = best["epoch"] if best["state"] is not None else None
+        self.best_score_ = best["score"] if best["state"] is not None else None
+        self.history_ = history
+        self.n_epochs_ = max(start_epoch, self.n_epochs)
+        net.eval()
+        for param in net.parameters():
+            param.requires_grad_(False)
+        return self
+
+    # ------------------------------------------------------------------
+    def _log(self, msg):
+        if self.verbose:
+            print(f"[RetrievalNetTrainer] {msg}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _p(net):
+        p = getattr(net.pool, "p", None)
+        return None if p is None else float(p.detach().cpu())
+
+    @staticmethod
+    def _state_copy(net):
+        return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+    def _eval_size(self):
+        return self.max_size or self.image_size
+
+    def _load_train(self, item, index):
+        arr = load_image(item, index=index)
+        h, w = arr.shape[:2]
+        limit = 2 * self.image_size
+        if max(h, w) > limit:
+            arr = _resize(arr, _resized_shape(h, w, limit))
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+    def _load_eval(self, item, index):
+        arr = load_image(item, index=index)
+        return _resize(arr, _resized_shape(*arr.shape[:2], self._eval_size()))
+
+    @torch.no_grad()
+    def _describe_bank(self, net, arrays, *, pooled=False):
+        """Descriptors of prepared (resized) images, in eval mode, batched by shape."""
+        was_training = net.training
+        net.eval()
+        fn = net.pooled if pooled else net
+        out = None
+        groups = {}
+        for i, arr in enumerate(arrays):
+            groups.setdefault(arr.shape, []).append(i)
+        for members in groups.values():
+            for b in range(0, len(members), self.batch_size):
+                idx = members[b:b + self.batch_size]
+                d = fn(_to_batch([arrays[i] for i in idx], self.device_)).float().cpu()
+                if out is None:
+                    out = np.empty((len(arrays), d.shape[1]), dtype=np.float32)
+                out[idx] = d.numpy()
+        if was_training:
+            self._train_mode(net)
+        return out
+
+    def _init_projection(self, net, eval_train):
+        from ._whitening import PCAWhitener
+
+        pooled = self._describe_bank(net, eval_train, pooled=True)
+        if self.dim > min(pooled.shape):
+            raise ValueError(f"dim={self.dim} exceeds what the PCA-whitening of "
+                             f"{pooled.shape[0]} training descriptors of {pooled.shape[1]} "
+                             f"channels can give ({min(pooled.shape)})")
+        whitener = PCAWhitener(n_components=self.dim).fit(pooled)
+        net.init_projection(whitener.components_, whitener.mean_, whitener.scale_)
+
+    def _make_optimizer(self, net, head):
+        pool_params = list(net.pool.parameters())
+        ids = {id(q) for q in pool_params}
+        base = [q for q in net.parameters() if q.requires_grad and id(q) not in ids]
+        lr, wd = float(self.learning_rate), float(self.weight_decay)
+        groups = [{"params": base, "lr": lr, "weight_decay": wd, "lr_factor": 1.0}]
+        if pool_params:
+            groups.append({"params": pool_params, "lr": lr * _NEW_LAYER_LR,
+                           "weight_decay": 0.0, "lr_factor": _NEW_LAYER_LR})
+        if head is not None:
+            groups.append({"params": list(head.parameters()), "lr": lr * _NEW_LAYER_LR,
+                           "weight_decay": wd, "lr_factor": _NEW_LAYER_LR})
+        if self.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=lr)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+
+    def _set_lr(self, opt, step, total_steps):
+        factor = 1.0
+        if self.lr_schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        for group in opt.param_groups:
+            group["lr"] = float(self.learning_rate) * group["lr_factor"] * factor
+
+    def _train_mode(self, net):
+        net.train()
+        if self.freeze_batchnorm:
+            for m in net.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    # -- batches ---------------------------------------------------------
+    def _augment(self, bank, indices, rng, crop_scale):
+        from torchvision.transforms.v2 import functional as TF
+
+        S = self.image_size
+        out = []
+        for i in indices:
+            img = bank[i]
+            H, W = img.shape[-2:]
+            if crop_scale is None:
+                top, left, h, w = 0, 0, H, W
+            else:
+                top, left, h, w = _crop_box(H, W, crop_scale, rng)
+            crop = TF.resized_crop(img, top, left, h, w, [S, S], antialias=True)
+            if self.flip and rng.random() < 0.5:
+                crop = crop.flip(-1)
+            out.append(crop)
+        x = torch.stack(out).to(self.device_).float().div_(255.0)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _ap_batches(self, codes, steps, rng):
+        members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
+        per = self.images_per_label
+        for _ in range(steps):
+            batch = []
+            for c in rng.permutation(len(members)):
+                k = min(per, len(members[c]), self.batch_size - len(batch))
+                if k < 2:
+                    break
+                batch.extend(rng.choice(members[c], k, replace=False).tolist())
+            yield np.asarray(batch)
+
+    def _mine_tuples(self, net, codes, eval_train, n_anchors, rng):
+        """Anchors, random positives and hard negatives mined with ``net``."""
+        n = len(codes)
+        n_neg = min(self.n_negatives, int(codes.max()))
+        anchors = np.concatenate([rng.permutation(n)
+                                  for _ in range(-(-n_anchors // n))])[:n_anchors]
+        if self.mining_pool_size is None or self.mining_pool_size >= n:
+            pool = np.arange(n)
+        else:
+            pool = np.sort(rng.choice(n, self.mining_pool_size, replace=False))
+        needed = np.union1d(pool, anchors)
+        desc = np.zeros((n, net.out_dim), dtype=np.float32)
+        desc[needed] = self._describe_bank(net, [eval_train[i] for i in needed])
+        members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
+        pool_codes = codes[pool]
+        sims = desc[anchors] @ desc[pool].T
+        tuples = np.empty((n_anchors, 2 + n_neg), dtype=np.int64)
+        for t, a in enumerate(anchors):
+            same = members[codes[a]]
+            others = same[same != a]
+            tuples[t, 0], tuples[t, 1] = a, others[rng.integers(len(others))]
+            row = np.where(pool_codes == codes[a], -np.inf, sims[t])
+            chosen, seen = [], set()
+            for j in np.argsort(-row, kind="stable"):
+                if not np.isfinite(row[j]):
+                    break
+                c = pool_codes[j]
+                if c not in seen:
+                    seen.add(c)
+                    chosen.append(pool[j])
+                    if len(chosen) == n_neg:
+                        break
+            while len(chosen) < n_neg:  # a pool too small: random other labels
+                j = rng.integers(n)
+                if codes[j] != codes[a]:
+                    chosen.append(j)
+            tuples[t, 2:] = chosen
+        return tuples
+
+    # -- steps -------------------------------------------------------------
+    def _loss_fn(self, head, labels, n_tuple):
+        margin = self.margin if self.margin is not None else _DEFAULT_MARGIN.get(self.loss)
+        if self.loss in ("ap", "tie_aware_ap"):
+            return lambda d: ap_loss(d, labels, n_bins=self.n_bins,
+                                     tie_aware=self.loss == "tie_aware_ap")
+        if self.loss == "classification":
+            return lambda d: torch.nn.functional.cross_entropy(head(d), labels)
+
+        def tuple_loss(d):
+            d = d.view(-1, n_tuple, d.shape[-1])
+            anchor, positive, negatives = d[:, 0], d[:, 1], d[:, 2:]
+            if self.loss == "triplet":
+                return triplet_loss(anchor, positive, negatives, margin=margin)
+            k = negatives.shape[1]
+            x1 = torch.cat([anchor, anchor.repeat_interleave(k, dim=0)])
+            x2 = torch.cat([positive, negatives.reshape(-1, d.shape[-1])])
+            same = torch.cat([torch.ones(len(anchor)), torch.zeros(len(anchor) * k)])
+            return contrastive_loss(x1, x2, same.to(d.device), margin=margin)
+
+        return tuple_loss
+
+    def _backward(self, net, x, loss_fn):
+        chunk = self.chunk_size
+        if chunk is None or len(x) <= chunk:
+            loss = loss_fn(net(x))
+            loss.backward()
+            return float(loss.detach())
+        # multistage back-propagation (Revaud et al., section 3.3)
+        with torch.no_grad():
+            d = torch.cat([net(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        d.requires_grad_(True)
+        loss = loss_fn(d)
+        loss.backward()
+        grad = d.grad
+        for i in range(0, len(x), chunk):
+            net(x[i:i + chunk]).backward(grad[i:i + chunk])
+        return float(loss.detach())
+
+    def _run_epoch(self, net, head, opt, rng, codes, bank, eval_train, epoch, steps,
+                   step0, total_steps, crop_scale):
+        n = len(codes)
+        if self.loss in ("ap", "tie_aware_ap"):
+            batches = self._ap_batches(codes, steps, rng)
+            n_tuple = 1
+        elif self.loss == "classification":
+            order = np.concatenate([rng.permutation(n)
+                                    for _ in range(-(-steps * self.batch_size // n))])
+            batches = (order[s * self.batch_size:(s + 1) * self.batch_size]
+                       for s in range(steps))
+            n_tuple = 1
+        else:
+            n_tuple = 2 + min(self.n_negatives, int(codes.max()))
+            per_step = max(1, self.batch_size // n_tuple)
+            tuples = self._mine_tuples(net, codes, eval_train, steps * per_step, rng)
+            batches = (tuples[s * per_step:(s + 1) * per_step].ravel() for s in range(steps))
+        self._train_mode(net)
+        if head is not None:
+            head.train()
+        losses = []
+        t0 = last = time.perf_counter()
+        for s, idx in enumerate(batches):
+            self._set_lr(opt, step0 + s, total_steps)
+            x = self._augment(bank, idx, rng, crop_scale)
+            labels = torch.as_tensor(codes[idx], device=self.device_)
+            opt.zero_grad(set_to_none=True)
+            losses.append(self._backward(net, x, self._loss_fn(head, labels, n_tuple)))
+            opt.step()
+            now = time.perf_counter()
+            if self.verbose and (now - last > 15 or self.verbose > 1) and s + 1 < steps:
+                last = now
+                self._log(f"epoch {epoch}: step {s + 1}/{steps}, loss "
+                          f"{np.mean(losses):.4f}, {(s + 1) * len(idx) / (now - t0):.1f} img/s")
+        self._set_lr(opt, step0 + steps, total_steps)
+        net.eval()
+        return losses
+
+    def _save_checkpoint(self, fingerprint, seed, epoch, step, net, head, opt, rng,
+                         history, best):
+        state = {
+            "version": 1, "fingerprint": fingerprint, "seed": seed, "epoch": epoch,
+            "step": step, "network": self._state_copy(net),
+            "head": None if head is None else self._state_copy(head),
+            "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
+            "history": history, "best_score": best["score"], "best_epoch": best["epoch"],
+            "best_state": best["state"],
+        }
+        path = os.fspath(self.checkpoint)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------
+    # transform
+    # ------------------------------------------------------------------
+    def _ensure_network(self):
+        """Rebuild the network after unpickling (from the stored state dict)."""
+        if self.network_ is not None:
+            return
+        device = self.device_
+        if device.startswith("cuda") and not torch.cuda.is_available() or (
+                device.startswith("mps") and not (getattr(torch.backends, "mps", None)
+                                                  and torch.backends.mps.is_available())):
+            warnings.warn(f"this trainer was fitted on {device!r}, which is not available "
+                          "here; running on CPU", RuntimeWarning, stacklevel=3)
+            device = self.device_ = "cpu"
+        arch = self._arch
+        net = RetrievalNet(arch["backbone"], None, layer=arch["layer"],
+                           pooling=arch["pooling"], p=arch["p"], learn_p=arch["learn_p"],
+                           dim=arch["dim"])
+        net.load_state_dict({k: torch.from_numpy(np.array(v))
+                             for k, v in self._network_state.items()})
+        net.eval()
+        for param in net.parameters():
+            param.requires_grad_(False)
+        self.network_ = net.to(device).to(memory_format=torch.channels_last)
+        del self._network_state
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        net = state.get("network_")
+        if net is not None:
+            state["network_"] = None
+            state["_network_state"] = {k: v.detach().cpu().numpy()
+                                       for k, v in net.state_dict().items()}
+        return state
+
+    def transform(self, X):
+        """L2-normalised descriptors of images.
+
+        Every image is resized so that its longest side is ``max_size``
+        (``image_size`` by default), aspect ratio kept, and described by the
+        trained network; images of the same size go through it together.
+
+        Parameters
+        ----------
+        X : list of images
+            Paths, PIL images, ``H x W x 3`` arrays or :class:`~skretrieval.Crop`
+            items.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_images, n_features_out_), dtype float32
+            Unit-norm descriptors.
+        """
+        check_is_fitted(self, "n_features_out_")
+        items = _as_image_list(X)
+        self._ensure_network()
+        out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
+        for a in range(0, len(items), _CHUNK):
+            arrays = [self._load_eval(items[i], i) for i in range(a, min(a + _CHUNK, len(items)))]
+            out[a:a + len(arrays)] = self._describe_bank(self.network_, arrays)
+        return out
+
+    @property
+    def _n_features_out(self):
+        return self.n_features_out_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.target_tags.required = True
+        tags.non_deterministic = self.device != "cpu"
+        return tags
+
+
+def _crop_box(H, W, scale, rng, ratio=(3.0 / 4.0, 4.0 / 3.0)):
+    """A random crop ``(top, left, height, width)`` as torchvision's RandomResizedCrop."""
+    area = H * W
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= W and 0 < h <= H:
+            return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w
+    # fallback: central crop of the whole image, aspect ratio clamped
+    in_ratio = W / H
+    if in_ratio < ratio[0]:
+        w, h = W, int(round(W / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = H, int(round(H * ratio[1]))
+    else:
+        w, h = W, H
+    return (H - h) // 2, (W - w) // 2, h, w
