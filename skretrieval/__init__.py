@@ -14,6 +14,7 @@ from ._maps import ClassActivations, FeatureMaps
 from ._backbones import WeightsNotFoundError, layer_names, weights_search_dirs
 from ._cache import clear_memory_cache, forward_pass_count
 from ._extractor import ConvFeatureExtractor
+from ._distributed import DistributedExtractionError
 from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, region_grid
 from ._whitening import PCAWhitener
 from ._vlad import VLADEncoder
@@ -40,6 +41,7 @@ __all__ = [
     "RegionReranker",
     "cam_boxes",
     "ConvFeatureExtractor",
+    "DistributedExtractionError",
     "Crop",
     "CroWPooler",
     "FeatureMaps",

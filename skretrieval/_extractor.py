@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
+from . import _distributed
 from ._cache import FORWARD_PASSES, get_cache, make_key
 from ._images import describe, image_key, load_image
 from ._maps import FeatureMaps
@@ -243,6 +244,12 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
     Pickling stores the truncated network's ``state_dict`` as numpy arrays,
     not the torch module; loading rebuilds the module on first use, on CPU
     when the fitted device is absent.
+
+    Inside ``with joblib.parallel_backend("dask"):`` (dask.distributed),
+    :meth:`transform` runs chunks of the images on the cluster's workers and
+    returns the same maps, in order; a chunk that fails is retried, one that
+    still fails is reported by :class:`~skretrieval.DistributedExtractionError`
+    with the maps of the other images (``docs/distributed.md``).
 
     Examples
     --------
@@ -552,6 +559,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "trunk_")
         items = _as_image_list(X)
         self._ensure_trunk()
+        backend = _distributed.distributed_backend()
+        if backend is not None:  # joblib's dask backend: chunks run on its workers
+            return _distributed.transform_distributed(self, items, backend)
         scales = self._scales()
         cache = get_cache(self.cache)
         out = FeatureMaps(scales=scales, layer=self.layer_name_, store=self.store,

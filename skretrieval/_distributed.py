@@ -1,0 +1,437 @@
+"""Feature extraction spread over a dask.distributed cluster, chosen with joblib.
+
+Inside ``with joblib.parallel_backend("dask"):`` (or ``parallel_config``),
+:meth:`ConvFeatureExtractor.transform` hands its images to
+:func:`transform_distributed`, which uses that backend's dask client:
+
+* the images are cut into chunks (at most :data:`CHUNK_IMAGES` images and
+  :data:`CHUNK_BYTES` of output maps each, and at least
+  :data:`CHUNKS_PER_THREAD` chunks per worker thread when the collection is
+  small), one task each, at most ``3 x`` (worker threads) in flight, so that
+  a worker only holds the maps of a few chunks and the caller receives them
+  chunk by chunk, in order;
+* the fitted extractor is shipped once per transform, as the result of a
+  task whose input is its pickle (a numpy state dict, not a torch module):
+  the workers fetch it from one another, the scheduler recomputes it when
+  every worker holding it has died (scattered data would be lost), and the
+  network is rebuilt once per worker process and reused by later transforms
+  with the same network;
+* each task runs the extractor's own ``transform`` on its chunk, with the
+  distributed path off and ``store="memory"`` (so everything the extractor
+  outputs, CAMs included, comes back unchanged), and the caller appends the
+  chunks in order to one :class:`FeatureMaps` with its own ``store`` and
+  ``dtype``;
+* a directory ``cache`` is used as is by the workers (give a folder every
+  worker sees): a second run, or a rerun after a failure, reads the maps
+  already computed.
+
+Failures: a chunk that raises (other than for its input) is retried on its
+worker (:data:`RETRIES` times, or ``parallel_config(backend="dask",
+retries=n)``), a retry that succeeds is reported by a ``RuntimeWarning``; a
+dead worker's tasks are rerun elsewhere by the dask scheduler; a chunk that
+kills workers more than the scheduler allows (``KilledWorker``) is run once
+more on its own (it may only have shared a dying worker), then given up.
+The other chunks go on; at the end :class:`DistributedExtractionError`
+names the chunks given up and carries the maps of every other image.  An
+unreadable image still aborts the transform with the
+:class:`~skretrieval.ImageLoadError` naming it, as without a cluster.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import pickle
+import re
+import sys
+import threading
+import time
+import traceback
+import uuid
+import warnings
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+
+from ._images import Crop, ImageLoadError, describe
+from ._maps import FeatureMaps
+
+__all__ = ["DistributedExtractionError", "distributed_backend", "transform_distributed"]
+
+#: Images per chunk (one task) at most.
+CHUNK_IMAGES = 32
+#: Bytes of output maps per chunk at most (what a task holds and sends back).
+CHUNK_BYTES = 64 * 1024**2
+#: Chunks per worker thread at least, for small collections (load balance).
+CHUNKS_PER_THREAD = 4
+#: Times a chunk that raised is run again on its worker before it is given up.
+RETRIES = 2
+
+_LOCK = threading.Lock()  # worker side: one rebuild of a shared extractor's network
+# Caller side, a token per network object (networks are shared by the
+# extractors of a process with the same backbone, weights and layers); worker
+# side, the networks rebuilt for these tokens, so that later transforms with
+# the same network do not rebuild it.
+_TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_NETS: "OrderedDict[tuple, object]" = OrderedDict()
+
+
+class DistributedExtractionError(RuntimeError):
+    """Chunks of a distributed ``transform`` failed even after their retries.
+
+    Every other image was extracted: its maps are in ``maps``, in the order
+    of ``X``, at the positions ``indices``.
+
+    Attributes
+    ----------
+    failed : list of dict
+        Per chunk given up: ``chunk`` (its number), ``start`` and ``stop``
+        (its images are ``X[start:stop]``), ``attempts`` and ``errors`` (the
+        message of each failed attempt).
+    maps : FeatureMaps
+        The maps of the images of the other chunks.
+    indices : ndarray of int
+        Position in ``X`` of each image of ``maps``.
+    """
+
+    def __init__(self, message, failed, maps, indices):
+        super().__init__(message)
+        self.failed = failed
+        self.maps = maps
+        self.indices = indices
+
+
+def _in_dask_task():
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def distributed_backend():
+    """The active joblib backend if it is dask.distributed's, else None.
+
+    None as well inside a dask task (a grid search whose candidates already
+    run on the workers extracts in place rather than from the workers).
+    Cheap when dask was never used: the joblib dask backend module is not
+    even imported then.
+    """
+    module = sys.modules.get("joblib._dask")
+    if module is None:
+        return None
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    if not isinstance(backend, module.DaskDistributedBackend) or _in_dask_task():
+        return None
+    return backend
+
+
+# -- worker side -----------------------------------------------------------
+_MALLOC = {"tuned": False}
+
+
+def _tune_malloc():
+    """Undo, for this worker process, the cost of dask's ``MALLOC_TRIM_THRESHOLD_``.
+
+    dask's nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (so
+    that freed memory goes back to the OS at once).  Setting it turns off
+    glibc's adaptive mmap threshold: every allocation above 128 KiB (each
+    activation tensor of the network) is then a fresh ``mmap`` whose pages
+    fault in, which made MobileNetV2 at 256 px 1.6x slower on one thread
+    here (``benchmarks/bench_distributed.py``).  When a worker has exactly
+    dask's value and no ``MALLOC_MMAP_THRESHOLD_``, raise the mmap threshold
+    to 32 MiB and the trim threshold to 128 MiB (glibc's ``mallopt``); any
+    other setting of these variables is left alone.
+    """
+    if _MALLOC["tuned"]:
+        return
+    _MALLOC["tuned"] = True
+    if (os.environ.get("MALLOC_TRIM_THRESHOLD_") != "65536"
+            or "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux")):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024**2)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 1024**2)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _worker_copy(estimator, cache, token=None):
+    """A task's own view of the extractor shipped to this worker (shared by its
+    tasks): the network is built once per worker process and network token;
+    store, verbosity and cache are the task's."""
+    with _LOCK:
+        _tune_malloc()
+        if estimator.trunk_ is None:
+            if estimator.device == "auto":  # the best device of this worker
+                from ._extractor import _resolve_device
+
+                estimator.device_ = _resolve_device("auto")
+            key = (token, estimator.device_)
+            net = _NETS.get(key) if token is not None else None
+            if net is not None:
+                _NETS.move_to_end(key)
+                estimator.trunk_ = net
+                estimator.__dict__.pop("_trunk_state", None)
+            else:
+                estimator._ensure_trunk()
+                if token is not None:
+                    _NETS[key] = estimator.trunk_
+                    while len(_NETS) > 4:
+                        _NETS.popitem(last=False)
+    local = object.__new__(type(estimator))  # not copy.copy: that would pickle the net
+    local.__dict__.update(estimator.__dict__)
+    local.store, local.verbose, local.cache = "memory", 0, cache
+    return local
+
+
+class _Chunk:
+    """The task of one chunk: ``X[start:stop]`` through the extractor's own
+    ``transform``; returns ``("ok", maps, errors of the failed attempts)``,
+    ``("input", exception class, message, index, reason)`` for an error of
+    the input (not retried) or ``("failed", errors, last traceback)``."""
+
+    def __init__(self, number, start, stop):
+        self.number, self.start, self.stop = number, start, stop
+
+    def __call__(self, estimator, items, cache, retries, token=None):
+        from joblib import parallel_config
+
+        local = _worker_copy(estimator, cache, token)
+        errors, trace = [], None
+        for attempt in range(retries + 1):
+            try:
+                with parallel_config(backend="sequential"):  # no nested distribution
+                    maps = local.transform(items)
+                return ("ok", maps, errors)
+            except (ValueError, TypeError) as exc:  # the input (ImageLoadError...)
+                return ("input", type(exc), str(exc), getattr(exc, "index", None),
+                        getattr(exc, "reason", None))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                trace = traceback.format_exc()
+                if attempt < retries:
+                    time.sleep(min(0.5 * 2**attempt, 5.0))
+        return ("failed", errors, trace)
+
+
+# -- caller side -----------------------------------------------------------
+def _portable(item):
+    """Relative paths made absolute (a worker's working directory differs)."""
+    if isinstance(item, (str, os.PathLike)) and not os.path.isabs(item):
+        return os.path.abspath(item)
+    if isinstance(item, Crop) and isinstance(item.image, (str, os.PathLike)) \
+            and not os.path.isabs(item.image):
+        return Crop(os.path.abspath(item.image), item.box)
+    return item
+
+
+def _chunk_size(estimator, n_images, n_threads):
+    itemsize = np.dtype(estimator.dtype).itemsize
+    per_image = 0
+    for s in estimator._scales():
+        side = math.ceil(estimator.max_size * s / estimator.stride_) + 1
+        per_image += estimator.n_channels_ * side * side * itemsize
+    by_bytes = max(1, CHUNK_BYTES // max(per_image, 1))
+    balance = math.ceil(n_images / (CHUNKS_PER_THREAD * max(n_threads, 1)))
+    return max(1, min(CHUNK_IMAGES, by_bytes, balance))
+
+
+def _input_error(result, items, shipped, start, stop, number):
+    """The worker's input error, with the image numbered as in ``X``."""
+    cls, message, index, reason = result[1:]
+    if issubclass(cls, ImageLoadError) and index is not None and reason is not None:
+        g = start + index
+        err = ImageLoadError(f"{describe(items[g], g)}: {reason}", index=g, reason=reason)
+    else:
+        # the worker numbered the chunk from 0 (and saw absolute paths)
+        names = {describe(shipped[start + j], j): describe(items[start + j], start + j)
+                 for j in range(stop - start)}
+        names.update({f"image {j}: ": f"image {start + j}: " for j in range(stop - start)})
+        pattern = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
+        message = re.sub(pattern, lambda m: names[m.group(0)], message)
+        try:
+            err = cls(message)
+        except Exception:
+            err = ValueError(message)
+    if hasattr(err, "add_note"):
+        err.add_note(f"(raised on a dask worker, chunk {number}: images {start}-{stop - 1})")
+    return err
+
+
+def _unpickle(payload):
+    return pickle.loads(payload)
+
+
+def transform_distributed(estimator, items, backend=None):
+    """Extract the maps of ``items`` on the workers of the dask backend.
+
+    Called by :meth:`ConvFeatureExtractor.transform` when
+    :func:`distributed_backend` is not None; returns what the in-process
+    path returns (the same maps, CAMs included, in the order of ``items``).
+
+    The chunks are submitted to the backend's dask client directly rather
+    than through ``joblib.Parallel``: joblib's dask backend never completes
+    a task that the scheduler failed (``KilledWorker``), it waits for it
+    forever, and a chunk must be resubmitted or reported instead.  The
+    backend's ``submit_kwargs`` (``parallel_config(backend="dask",
+    resources=..., workers=...)``) go to every chunk's task.
+    """
+    from distributed import wait
+
+    backend = backend if backend is not None else distributed_backend()
+    client = backend.client
+    n_threads = max(1, backend.effective_n_jobs(-1))
+    n = len(items)
+    size = _chunk_size(estimator, n, n_threads)
+    bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
+    portable = [_portable(item) for item in items]
+    cache = estimator.cache
+    if cache is not None and not (isinstance(cache, str) and cache == "memory"):
+        cache = os.path.abspath(os.fspath(cache))
+    submit_kwargs = dict(getattr(backend, "submit_kwargs", None) or {})
+    retries = submit_kwargs.pop("retries", None)
+    retries = RETRIES if retries is None else int(retries)
+    # chunks in flight at most: bounds what the workers hold for the caller
+    window = max(4, 3 * n_threads)
+    verbose = estimator.verbose
+    if verbose:
+        print(f"[ConvFeatureExtractor] dask: {n} images in {len(bounds)} chunks of "
+              f"<= {size} on {n_threads} worker threads", file=sys.stderr, flush=True)
+
+    token = _TOKENS.get(estimator.trunk_)
+    if token is None:
+        token = _TOKENS[estimator.trunk_] = uuid.uuid4().hex
+    # The extractor is the result of a task whose input is its pickle: the
+    # workers fetch it from one another, and when every worker holding it has
+    # died the scheduler computes it again (scattered data would be lost).
+    payload = pickle.dumps(estimator, protocol=5)
+
+    def ship():
+        with warnings.catch_warnings():  # the payload is in the graph on purpose
+            warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+            return client.submit(_unpickle, payload, pure=False, **submit_kwargs,
+                                 key=f"skretrieval_extractor-{uuid.uuid4().hex}")
+
+    shipped = {"est": ship()}
+    futures = {}  # chunk number -> its task, in flight
+    suspects = set()  # chunks whose workers died too often: run again on their own
+    reshipped = 0
+    out, indices, failed = None, [], []
+    t0 = time.perf_counter()
+
+    def submit(c):
+        a, b = bounds[c]
+        futures[c] = client.submit(
+            _Chunk(c, a, b), shipped["est"], portable[a:b], cache, retries, token,
+            key=f"skretrieval_chunk_{c}-{uuid.uuid4().hex}", pure=False, **submit_kwargs)
+
+    def give_up(c, attempts, errors, trace=None):
+        a, b = bounds[c]
+        failed.append({"chunk": c, "start": a, "stop": b, "attempts": attempts,
+                       "errors": errors, "traceback": trace})
+        warnings.warn(f"chunk {c} (images {a}-{b - 1}) failed {attempts} times, given "
+                      f"up: {errors[-1]}", RuntimeWarning, stacklevel=5)
+
+    try:
+        following = 0  # next chunk to submit
+        for c, (a, b) in enumerate(bounds):  # append the chunks in order
+            while True:
+                if c in suspects:  # alone: once the others in flight are done
+                    wait([f for k, f in futures.items() if k != c])
+                    submit(c)
+                else:
+                    while following < len(bounds) and len(futures) < window:
+                        if following not in futures:
+                            submit(following)
+                        following += 1
+                try:
+                    result = futures[c].result()
+                except Exception as exc:
+                    del futures[c]
+                    if (type(exc).__name__ == "KilledWorker"
+                            and getattr(exc, "task", None) == shipped["est"].key
+                            and reshipped <= RETRIES):
+                        # the workers died while unpickling the extractor (for
+                        # another reason: it is innocent): ship it again
+                        reshipped += 1
+                        shipped["est"].release()
+                        shipped["est"] = ship()
+                        for k, f in list(futures.items()):
+                            if f.status != "finished":  # they needed the lost one
+                                f.cancel()
+                                submit(k)
+                        if c not in suspects:
+                            submit(c)
+                        continue
+                    if type(exc).__name__ == "KilledWorker":
+                        if c in suspects:
+                            give_up(c, 2, [f"KilledWorker: {exc}"])
+                            result = None
+                            break
+                        suspects.add(c)
+                        if verbose:
+                            print(f"[ConvFeatureExtractor] chunk {c + 1}/{len(bounds)} "
+                                  f"(images {a}-{b - 1}): its workers died, running it "
+                                  "again on its own", file=sys.stderr, flush=True)
+                        continue
+                    raise RuntimeError(
+                        f"distributed extraction stopped at chunk {c} (images {a}-{b - 1}) "
+                        f"after {len(indices)} of {n} images: {type(exc).__name__}: {exc}. "
+                        "With cache=<a directory every worker sees>, running it again "
+                        "resumes where it stopped") from exc
+                del futures[c]
+                break
+            if result is None:
+                continue
+            if result[0] == "input":
+                raise _input_error(result, items, portable, a, b, c) from None
+            if result[0] == "failed":
+                give_up(c, retries + 1, result[1], result[2])
+                continue
+            maps, errors = result[1], result[2]
+            del result
+            if errors:
+                warnings.warn(f"chunk {c} (images {a}-{b - 1}) succeeded after "
+                              f"{len(errors)} failed attempt(s): {errors[0]}",
+                              RuntimeWarning, stacklevel=4)
+            if out is None:
+                out = FeatureMaps(scales=maps.scales, layer=maps.layer,
+                                  store=estimator.store, dtype=estimator.dtype)
+            out.extend(maps)
+            indices.extend(range(a, b))
+            del maps
+            if verbose:
+                now = time.perf_counter() - t0
+                done = b
+                rate = len(indices) / max(now, 1e-9)
+                print(f"[ConvFeatureExtractor] chunk {c + 1}/{len(bounds)} "
+                      f"(images {a}-{b - 1}) done: {done}/{n} images, {rate:.1f} img/s, "
+                      f"{(n - done) / max(rate, 1e-9):.0f} s left", file=sys.stderr,
+                      flush=True)
+    finally:
+        if futures:
+            client.cancel(list(futures.values()))
+        shipped["est"].release()
+
+    if out is None:  # every chunk failed
+        out = FeatureMaps(scales=estimator._scales(), layer=estimator.layer_name_,
+                          store=estimator.store, dtype=estimator.dtype)
+    if failed:
+        lost = sum(f["stop"] - f["start"] for f in failed)
+        lines = "; ".join(f"chunk {f['chunk']} (images {f['start']}-{f['stop'] - 1}, "
+                          f"{f['attempts']} attempts): {f['errors'][-1]}" for f in failed)
+        raise DistributedExtractionError(
+            f"{len(failed)} of {len(bounds)} chunks failed ({lost} of {n} images): "
+            f"{lines}. The maps of the other {len(indices)} images are in .maps (their "
+            "positions in .indices); extract the failed images again, or use "
+            "cache=<a directory every worker sees> so that a rerun resumes",
+            failed, out, np.asarray(indices, dtype=np.intp))
+    return out
