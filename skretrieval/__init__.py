@@ -20,6 +20,7 @@ from ._whitening import PCAWhitener
 from ._vlad import VLADEncoder
 from ._retriever import NearestNeighborRetriever
 from ._expansion import QueryExpansionRetriever
+from ._indexing import add_to_index
 from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
 from ._rerank import RegionReranker, cam_boxes
 from .metrics import RetrievalMAP
@@ -57,6 +58,7 @@ __all__ = [
     "SPoCPooler",
     "VLADEncoder",
     "WeightsNotFoundError",
+    "add_to_index",
     "check_images",
     "clear_memory_cache",
     "forward_pass_count",

@@ -5,7 +5,9 @@ Subcommands
 ``index``
     Extract global descriptors of every image of a folder and save the fitted
     retrieval pipeline (extractor, pooler, optional PCA whitening and
-    nearest-neighbour retriever) with joblib.
+    nearest-neighbour retriever) with joblib; ``--append`` adds the images of
+    the folder that a saved index lacks, ``--save-every N`` saves it every
+    ``N`` images (an interrupted run resumes with ``--append``).
 ``search``
     Load a saved pipeline and print the most similar database images of one
     or more query images (optionally restricted to a box).
@@ -120,9 +122,9 @@ def build_parser():
     p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
                    help="PCA-whiten the descriptors to N dimensions, learned on the "
                         "indexed images (default: no whitening)")
-    p.add_argument("--algorithm", choices=("brute", "nndescent"), default="brute",
-                   help="exact (brute) or approximate (nndescent) search "
-                        "(default: %(default)s)")
+    p.add_argument("--algorithm", choices=("brute", "nndescent", "faiss"), default="brute",
+                   help="exact (brute) or approximate (nndescent, or faiss: needs "
+                        "pip install skretrieval[faiss]) search (default: %(default)s)")
     p.add_argument("--device", default="auto",
                    help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
@@ -131,6 +133,19 @@ def build_parser():
     p.add_argument("--skip-bad", action="store_true",
                    help="check every image first and leave out the unreadable ones "
                         "(with a warning) instead of stopping at the first one")
+    p.add_argument("--append", action="store_true",
+                   help="if FILE exists, open it and add the images of FOLDER it does "
+                        "not hold yet (by path relative to FOLDER), with its network, "
+                        "pooling and whitening as saved (their options here are then "
+                        "ignored); also resumes an interrupted --save-every run")
+    p.add_argument("--save-every", type=_positive_int, default=None, metavar="N",
+                   help="index N images at a time and save FILE after each batch, so "
+                        "that an interruption loses at most N images (re-run with "
+                        "--append to resume); a new index learns --pca on its first N "
+                        "images")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="feature-map cache directory: a re-run skips the images whose "
+                        "maps are there (default: none)")
     p.set_defaults(func=_cmd_index)
 
     # -- search ----------------------------------------------------------
@@ -266,7 +281,6 @@ def _format_size(n_bytes):
 # index
 # ---------------------------------------------------------------------------
 def _cmd_index(args):
-    import joblib
     import numpy as np
     from sklearn.pipeline import make_pipeline
 
@@ -290,11 +304,18 @@ def _cmd_index(args):
         if not paths:
             raise CLIError(f"no readable image under {folder!r}")
     n = len(paths)
-    if args.pca is not None and args.pca >= n:
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"cannot write {args.output!r}: folder {out_dir!r} does not exist")
+    if args.append and os.path.exists(args.output):
+        return _append_to_index(args, paths, t0)
+    n_fit = min(n, args.save_every or n)  # the images the pipeline is fitted on
+    if args.pca is not None and args.pca >= n_fit:
         raise CLIError(
-            f"--pca {args.pca} needs more images than components: {n} image(s) "
-            f"give at most {max(n - 1, 0)} principal directions; use --pca "
-            f"{max(n - 1, 1)} or less, or index more images"
+            f"--pca {args.pca} needs more images than components: {n_fit} image(s) "
+            f"give at most {max(n_fit - 1, 0)} principal directions; use --pca "
+            f"{max(n_fit - 1, 1)} or less, or index more images"
+            + (" (or a larger --save-every)" if n_fit < n else "")
         )
     if args.algorithm == "nndescent" and n < 3:
         raise CLIError(f"--algorithm nndescent needs at least 3 images, got {n}")
@@ -303,7 +324,7 @@ def _cmd_index(args):
     extractor = ConvFeatureExtractor(
         args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
         scales=tuple(args.scales), device=args.device, batch_size=args.batch_size,
-        verbose=1,
+        cache=args.cache, verbose=1,
     )
     # Load the network first: unknown backbone / layer and missing weights are
     # reported before any image is read, and the descriptor size is known.
@@ -319,21 +340,22 @@ def _cmd_index(args):
     if args.pca is not None:
         steps.append(PCAWhitener(n_components=args.pca))
     retriever_kwargs = {"algorithm": args.algorithm}
-    if args.algorithm == "nndescent":
+    if args.algorithm != "brute":
         retriever_kwargs["random_state"] = 0
     steps.append(NearestNeighborRetriever(**retriever_kwargs))
     pipe = make_pipeline(*steps)
 
+    # names = ids = paths relative to FOLDER
     labels = np.asarray([os.path.relpath(p, folder) for p in paths])
     _info(f"{PROG}: indexing {n} image(s) of {folder!r} with {args.backbone} "
           f"(layer {extractor.layer_name_}) on {extractor.device_}")
-    pipe.fit(paths, labels)
-    pipe[0].set_params(verbose=0)  # quiet when the saved pipeline is used later
-
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"cannot write {args.output!r}: folder {out_dir!r} does not exist")
-    joblib.dump(pipe, args.output)
+    ids_param = {f"{pipe.steps[-1][0]}__ids": labels[:n_fit]}
+    pipe.fit(paths[:n_fit], labels[:n_fit], **ids_param)
+    _save_index(pipe, args.output)
+    if n_fit < n:
+        _batch_progress(n_fit, n, args.output, t0)
+        _add_in_batches(pipe, paths[n_fit:], labels[n_fit:], True, n_fit, n,
+                        args.save_every, args.output, t0)
     seconds = time.perf_counter() - t0
     retriever = pipe[-1]
     print(f"indexed {retriever.n_samples_fit_} image(s) of {folder}"
@@ -341,6 +363,91 @@ def _cmd_index(args):
     print(f"descriptors: {retriever.n_features_in_} dimensions ({args.backbone} "
           f"layer {extractor.layer_name_}, {pooler.__class__.__name__}"
           + (f", PCA-whitened from {dim}" if args.pca is not None else "") + ")")
+    print(f"saved to {args.output} ({_format_size(os.path.getsize(args.output))}) "
+          f"in {seconds:.1f} s")
+    return 0
+
+
+def _save_index(pipe, path):
+    """Save with joblib, atomically (an interruption leaves the old file)."""
+    import tempfile
+
+    import joblib
+
+    extractor = pipe[0]
+    saved = {k: extractor.get_params()[k] for k in ("verbose", "cache")
+             if k in extractor.get_params()}
+    extractor.set_params(**{k: (0 if k == "verbose" else None) for k in saved})
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".skretrieval-index-", dir=folder)
+    os.close(fd)
+    try:
+        joblib.dump(pipe, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        extractor.set_params(**saved)
+
+
+def _batch_progress(done, total, path, t0):
+    elapsed = time.perf_counter() - t0
+    left = elapsed / max(done, 1) * (total - done)
+    _info(f"{PROG}: {done}/{total} image(s) indexed and saved to {path} "
+          f"({elapsed:.0f} s, about {left:.0f} s left)")
+
+
+def _add_in_batches(pipe, paths, names, str_ids, done, total, every, output, t0):
+    """Add ``paths`` to the index in batches, saving after each."""
+    import numpy as np
+
+    from ._indexing import add_to_index
+
+    step = every or len(paths)
+    for start in range(0, len(paths), step):
+        batch = np.asarray(names[start : start + step])
+        add_to_index(pipe, list(paths[start : start + step]), batch,
+                     ids=batch if str_ids else None)
+        _save_index(pipe, output)
+        done += len(batch)
+        if every is not None:
+            _batch_progress(done, total, output, t0)
+
+
+def _append_to_index(args, paths, t0):
+    """``index --append`` on an existing FILE: add the images it lacks."""
+    import numpy as np
+
+    from ._retriever import _id_kind
+
+    pipe = _load_pipeline(args.output)
+    retriever = pipe[-1]
+    if not hasattr(retriever, "partial_fit"):
+        raise CLIError(f"the retriever of {args.output!r} ({type(retriever).__name__}) "
+                       "cannot grow; index the folder again without --append")
+    folder = args.folder
+    names = [os.path.relpath(p, folder) for p in paths]
+    known = {str(v) for v in retriever.y_}
+    todo = [i for i, name in enumerate(names) if name not in known]
+    n_before = retriever.n_samples_fit_
+    if not todo:
+        print(f"nothing to add: the {len(paths)} image(s) of {folder} are already "
+              f"in {args.output} ({n_before} image(s))")
+        return 0
+    extractor = pipe[0]
+    extractor.set_params(verbose=1)
+    if args.cache is not None:
+        extractor.set_params(cache=args.cache)
+    str_ids = _id_kind(np.asarray(retriever.ids_)) == "str"
+    _info(f"{PROG}: adding {len(todo)} new image(s) of {folder!r} to {args.output} "
+          f"({n_before} image(s))")
+    _add_in_batches(pipe, [paths[i] for i in todo], [names[i] for i in todo], str_ids,
+                    0, len(todo), args.save_every, args.output, t0)
+    seconds = time.perf_counter() - t0
+    print(f"added {len(todo)} image(s) of {folder} to {args.output}: "
+          f"{retriever.n_samples_fit_} image(s) in all")
     print(f"saved to {args.output} ({_format_size(os.path.getsize(args.output))}) "
           f"in {seconds:.1f} s")
     return 0

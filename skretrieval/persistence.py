@@ -73,7 +73,15 @@ What is supported
   would drop them).
 * Not stored: the retriever's pynndescent index (rebuilt with the saved seed
   on the first query, as after unpickling) and the extractor's torch module
-  (stored as its state dict, see above).
+  (stored as its state dict, see above).  A retriever's FAISS index is stored
+  as the uint8 array of :func:`faiss.serialize_index` (attribute
+  ``_faiss_index``), deserialised on the first query by FAISS's own binary
+  reader (it runs no code from the file, but it is C++ parsing the bytes:
+  refit the retriever rather than query a FAISS index from a file you do not
+  trust; the ids it returns are checked against the stored ones); the
+  descriptors of a
+  retriever with a memory-mapped ``store`` are copied into the model and
+  loaded back in memory.
 
 Loading checks the format name and version (a file of another format version
 raises :class:`ModelFormatError`), refuses classes outside the whitelist,
@@ -559,7 +567,8 @@ class _Saver:
                 fname = f"state/{nid:03d}-{cls.__name__}-trunk.npz"
                 _write_npz(self.target, fname, state, self.checksums)
                 node["trunk"] = fname
-        for attr, value in vars(est).items():
+        state = est._persistent_state() if hasattr(est, "_persistent_state") else vars(est)
+        for attr, value in state.items():
             if attr in skip:
                 continue
             if not _storable_attribute(cls, attr):
@@ -741,6 +750,11 @@ class _Loader:
         state.update(_TRANSIENT.get(cls, {}))
         if cls is ConvFeatureExtractor:
             self._restore_trunk(est, node, where)
+        if hasattr(est, "_after_load"):
+            try:
+                est._after_load()
+            except Exception as exc:
+                raise ModelFormatError(f"{where}: inconsistent fitted state: {exc}") from exc
         return est
 
     def _restore_trunk(self, est, node, where):

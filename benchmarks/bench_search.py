@@ -1,0 +1,370 @@
+"""Nearest-neighbour search at scale: exact brute force, FAISS IVF / IVF-PQ, NN-descent.
+
+Builds a :class:`skretrieval.NearestNeighborRetriever` over synthetic global
+descriptors of realistic dimension (clustered, decaying variance spectrum as
+after PCA-whitening, L2-normalised, cosine similarity) and prints, for every
+backend and setting, a Markdown table of:
+
+* **build** time (``fit``: normalisation, copy or store writing, index
+  training and adding), in seconds;
+* **descriptors**: the bytes of the stored descriptors, in RAM or in a
+  memory-mapped file (``store=``), and **index**: the bytes of the
+  approximate index on top of them (FAISS: its serialised size;
+  pynndescent: its arrays);
+* **QPS**: queries per second for a batch of queries at k=10 (the queries
+  and the retriever in one process, all cores), and **ms/query**: the time of
+  one query at a time (median of 3 runs of 20 queries), the online case;
+* **recall@10** and **recall@100** against the exact top-10 / top-100 (the
+  brute-force ranking);
+* **x brute**: the QPS ratio to the exact brute force (batch) of the same
+  collection.
+
+For the brute force itself, the table also gives a bare numpy baseline: the
+same matrix products (the query blocks times the database) without any
+top-k selection, and one query at a time (a matrix-vector product, bound by
+memory bandwidth), with the bandwidth it reaches.
+
+Default collections: 100k x 128, 100k x 512, 100k x 2048, 1M x 128 with
+every backend, and 1M x 512 with the brute force only (``NxD:brute``; float32
+in RAM: 0.05 to 2 GB).  NN-descent runs only where its build is expected to take less than
+``--nndescent-max-seconds`` (default 300 s), estimated from the previous
+collection; pynndescent compiles itself with numba first (about 30 s, not
+counted in its build time).
+
+Run:  python benchmarks/bench_search.py [--quick] [--collections 100000x128 1000000x512:brute]
+          [--queries 1000] [--json results.json]
+"""
+
+import argparse
+import json
+import math
+import os
+
+# FAISS's OpenMP threads spin while they wait: on a machine whose cores are
+# shared with other jobs that made its training 2x slower here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import platform
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from skretrieval import NearestNeighborRetriever
+
+DEFAULT_COLLECTIONS = ["100000x128", "100000x512", "100000x2048", "1000000x128",
+                       "1000000x512:brute"]
+QUICK_COLLECTIONS = ["20000x128", "20000x512"]
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+def make_descriptors(n, d, n_queries, seed=0, points_per_cluster=100, noise=0.8):
+    """``n`` database and ``n_queries`` query descriptors, float32, L2-normalised.
+
+    Cluster centres (one per ``points_per_cluster`` items) and the noise
+    around them share a decaying variance spectrum (the j-th coordinate has
+    standard deviation ``j ** -0.5``, as along the principal axes of CNN
+    descriptors); queries are new points of the same clusters.
+    """
+    rng = np.random.default_rng(seed)
+    spectrum = np.arange(1, d + 1, dtype=np.float32) ** -0.5
+    spectrum /= np.sqrt(np.mean(spectrum**2))
+    n_clusters = max(1, n // points_per_cluster)
+    centers = rng.standard_normal((n_clusters, d), dtype=np.float32) * spectrum
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    out = np.empty((n + n_queries, d), dtype=np.float32)
+    scale = spectrum * np.float32(noise / math.sqrt(d))
+    step = 65536
+    for start in range(0, n + n_queries, step):
+        stop = min(start + step, n + n_queries)
+        block = rng.standard_normal((stop - start, d), dtype=np.float32)
+        block *= scale
+        block += centers[rng.integers(0, n_clusters, stop - start)]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start:stop] = block
+    return out[:n], out[n:]
+
+
+# ---------------------------------------------------------------------------
+# measures
+# ---------------------------------------------------------------------------
+def _arrays_bytes(obj, depth=0):
+    """Bytes of the numpy arrays held by an object (a few levels deep)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if depth > 3:
+        return 0
+    if isinstance(obj, (list, tuple)):
+        return sum(_arrays_bytes(o, depth + 1) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_arrays_bytes(o, depth + 1) for o in obj.values())
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return sum(_arrays_bytes(o, depth + 1) for o in vars(obj).values())
+    if hasattr(obj, "data") and hasattr(obj, "indices"):  # scipy sparse
+        return obj.data.nbytes + obj.indices.nbytes + obj.indptr.nbytes
+    return 0
+
+
+def index_bytes(retriever):
+    index = getattr(retriever, "_index", None)
+    if index is None:
+        return 0
+    if retriever._index_kind == "faiss":
+        import faiss
+
+        return int(faiss.serialize_index(index).nbytes)
+    return _arrays_bytes(index)
+
+
+def recall(found, truth):
+    k = truth.shape[1]
+    hits = [np.intersect1d(a[:k], b, assume_unique=True).size for a, b in zip(found, truth)]
+    return float(np.mean(hits)) / k
+
+
+def timed_search(retriever, Q, k, min_seconds=2.0):
+    """(QPS, neighbours) of the batch ``Q``, repeated to last ``min_seconds``."""
+    t0 = time.perf_counter()
+    ind = retriever.kneighbors(Q, n_neighbors=k, return_distance=False)
+    n_runs, elapsed = 1, time.perf_counter() - t0
+    while elapsed < min_seconds and n_runs < 20:
+        retriever.kneighbors(Q, n_neighbors=k, return_distance=False)
+        n_runs += 1
+        elapsed = time.perf_counter() - t0
+    return n_runs * Q.shape[0] / elapsed, ind
+
+
+def bare_numpy(X, Q, chunk, min_seconds=2.0):
+    """QPS of the bare products ``Q_block @ X.T`` (no selection), and the
+    seconds of one matrix-vector product ``X @ q``."""
+    out = np.empty((min(chunk, Q.shape[0]), X.shape[0]), dtype=np.float32)
+    t0, n_runs = time.perf_counter(), 0
+    while True:
+        for start in range(0, Q.shape[0], chunk):
+            q = Q[start : start + chunk]
+            np.matmul(q, X.T, out=out[: q.shape[0]])
+        n_runs += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds or n_runs >= 20:
+            break
+    qps = n_runs * Q.shape[0] / elapsed
+    t0, n_runs = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 1.0 or n_runs < 3:
+        X @ Q[n_runs % Q.shape[0]]
+        n_runs += 1
+    return qps, (time.perf_counter() - t0) / n_runs
+
+
+def single_query_seconds(retriever, Q, k=10, n_queries=20):
+    """Median over 3 runs of the mean time of ``n_queries`` single queries."""
+    runs = []
+    for run in range(3):
+        t0 = time.perf_counter()
+        for q in Q[run * n_queries : (run + 1) * n_queries]:
+            retriever.kneighbors(q[np.newaxis], n_neighbors=k, return_distance=False)
+        runs.append((time.perf_counter() - t0) / n_queries)
+    return float(np.median(runs))
+
+
+# ---------------------------------------------------------------------------
+# one collection
+# ---------------------------------------------------------------------------
+def run_collection(n, d, n_queries, args, nndescent_rate, tmp, brute_only=False):
+    rows, notes = [], []
+    t0 = time.perf_counter()
+    X, Q = make_descriptors(n, d, n_queries, seed=args.seed)
+    print(f"\n## {n:,} x {d} descriptors ({X.nbytes / 2**20:,.0f} MB float32), "
+          f"{n_queries} queries (generated in {time.perf_counter() - t0:.0f} s)", flush=True)
+
+    def add(backend, setting, retriever, build, qps, ind100, where="RAM"):
+        row = {
+            "n": n, "d": d, "backend": backend, "setting": setting, "build_s": build,
+            "descriptors_mb": retriever.X_fit_.nbytes / 2**20, "where": where,
+            "index_mb": index_bytes(retriever) / 2**20, "qps": qps,
+            "single_ms": 1e3 * single_query_seconds(retriever, Q),
+            "recall10": recall(ind100[:, :10], truth[:, :10]),
+            "recall100": recall(ind100, truth),
+        }
+        row["x_brute"] = qps / rows[0]["qps"] if rows else 1.0
+        rows.append(row)
+        print(_format_row(row), flush=True)
+
+    # exact brute force, float32 in RAM: the ground truth
+    t = time.perf_counter()
+    brute = NearestNeighborRetriever(metric="cosine").fit(X)
+    build = time.perf_counter() - t
+    truth = brute.kneighbors(Q, n_neighbors=100, return_distance=False)
+    qps, _ = timed_search(brute, Q, 10)
+    add("brute", "float32, RAM", brute, build, qps, truth)
+    chunk = brute._chunk_rows()
+    bare_qps, gemv = bare_numpy(brute.X_fit_, Q, chunk)
+    single = rows[0]["single_ms"] / 1e3
+    notes.append(
+        f"brute force, {n_queries} queries in blocks of {chunk}: {rows[0]['qps']:,.0f} QPS "
+        f"against {bare_qps:,.0f} for the bare numpy products alone (ratio "
+        f"{rows[0]['qps'] / bare_qps:.2f}); one query at a time: {single * 1e3:.1f} ms "
+        f"(bare X @ q: {gemv * 1e3:.1f} ms, {X.nbytes / gemv / 1e9:.1f} GB/s), ratio "
+        f"{gemv / single:.2f}")
+    print("  " + notes[-1], flush=True)
+    del brute
+
+    # memory-mapped float16 store
+    store = os.path.join(tmp, "store.f16")
+    t = time.perf_counter()
+    mm = NearestNeighborRetriever(store=store, dtype="float16").fit(X)
+    build = time.perf_counter() - t
+    qps, _ = timed_search(mm, Q, 10)
+    ind = mm.kneighbors(Q, n_neighbors=100, return_distance=False)
+    add("brute", "float16, memory-mapped file", mm, build, qps, ind, where="disk")
+    del mm
+    os.remove(store)
+
+    if brute_only:
+        return rows, notes, nndescent_rate
+
+    # FAISS
+    if not args.no_faiss:
+        nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
+        m = min(d // 8, 64)
+        variants = [("IVF{nlist},Flat", f"IVF{nlist},Flat", [1])]
+        if d <= args.pq_max_dim:
+            variants.append(("IVF{nlist},PQ{m}", f"IVF{nlist},PQ{m} ({m} B/vector)", [1, 4]))
+        for factory, label, k_factors in variants:
+            params = {"factory": factory, "m": m, "nprobe": args.nprobe[0]}
+            t = time.perf_counter()
+            fr = NearestNeighborRetriever(algorithm="faiss", algorithm_params=params,
+                                          random_state=0).fit(X)
+            build = time.perf_counter() - t
+            for k_factor in k_factors:
+                for nprobe in args.nprobe:
+                    fr.set_params(algorithm_params={**params, "nprobe": nprobe,
+                                                    "k_factor": k_factor})
+                    qps, _ = timed_search(fr, Q, 10)
+                    ind = fr.kneighbors(Q, n_neighbors=100, return_distance=False)
+                    setting = f"{label}, nprobe {nprobe}"
+                    if k_factor > 1:
+                        setting += f", re-rank {k_factor}k"
+                    add("faiss", setting, fr, build, qps, ind)
+                    build = float("nan")  # built once, shown on the first row
+            del fr
+
+    # NN-descent, for every degree whose build is expected under the cap
+    # (extrapolated linearly in n x d from the previous collection)
+    nndescent_rate = dict(nndescent_rate or {})
+    for degree in [] if args.no_nndescent else args.nndescent_degrees:
+        expected = nndescent_rate.get(degree, 0.0) * n * d
+        if expected > args.nndescent_max_seconds:
+            notes.append(f"NN-descent degree {degree} skipped: its build would take about "
+                         f"{expected:.0f} s (extrapolated linearly in n x d)")
+            print("  " + notes[-1], flush=True)
+            continue
+        _compile_nndescent()
+        t = time.perf_counter()
+        nr = NearestNeighborRetriever(algorithm="nndescent", random_state=0,
+                                      algorithm_params={"n_neighbors": degree}).fit(X)
+        build = time.perf_counter() - t
+        nndescent_rate[degree] = build / (n * d)
+        for epsilon in args.nndescent_epsilons:
+            nr.set_params(algorithm_params={"n_neighbors": degree, "epsilon": epsilon})
+            qps, _ = timed_search(nr, Q, 10)
+            ind = nr.kneighbors(Q, n_neighbors=100, return_distance=False)
+            add("nndescent", f"degree {degree}, epsilon {epsilon:g}", nr, build, qps, ind)
+            build = float("nan")
+        del nr
+    return rows, notes, nndescent_rate
+
+
+_COMPILED = []
+
+
+def _compile_nndescent():
+    if not _COMPILED:
+        t = time.perf_counter()
+        X, Q = make_descriptors(2000, 32, 10, seed=1)
+        nr = NearestNeighborRetriever(algorithm="nndescent", random_state=0).fit(X)
+        nr.kneighbors(Q, n_neighbors=100)
+        _COMPILED.append(time.perf_counter() - t)
+        print(f"  (pynndescent compiled by numba in {_COMPILED[0]:.0f} s)", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+HEADER = ("| collection | backend | setting | build (s) | descriptors | index (MB) "
+          "| QPS (k=10) | ms/query | recall@10 | recall@100 | x brute |\n"
+          "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+
+
+def _format_row(r):
+    build = "" if math.isnan(r["build_s"]) else f"{r['build_s']:.1f}"
+    return (f"| {r['n']:,} x {r['d']} | {r['backend']} | {r['setting']} | {build} "
+            f"| {r['descriptors_mb']:,.0f} MB {r['where']} | {r['index_mb']:,.0f} "
+            f"| {r['qps']:,.0f} | {r['single_ms']:.1f} | {r['recall10']:.3f} "
+            f"| {r['recall100']:.3f} "
+            f"| {r['x_brute']:.2f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--collections", nargs="+", default=None, metavar="NxD",
+                        help="collections, e.g. 100000x128 (default: %s)"
+                             % " ".join(DEFAULT_COLLECTIONS))
+    parser.add_argument("--quick", action="store_true",
+                        help="small collections only (%s)" % " ".join(QUICK_COLLECTIONS))
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--nndescent-degrees", type=int, nargs="+", default=[30, 60])
+    parser.add_argument("--nndescent-epsilons", type=float, nargs="+", default=[0.1, 0.3])
+    parser.add_argument("--nndescent-max-seconds", type=float, default=300.0)
+    parser.add_argument("--pq-max-dim", type=int, default=512,
+                        help="IVF-PQ only up to this dimension (default: %(default)s)")
+    parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--no-nndescent", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tmp", default=None, help="folder of the memory-mapped store")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    collections = args.collections or (QUICK_COLLECTIONS if args.quick else DEFAULT_COLLECTIONS)
+    plan = []
+    for c in collections:
+        size, _, only = c.lower().partition(":")
+        n, d = (int(v) for v in size.split("x"))
+        plan.append((n, d, only == "brute"))
+
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    print(f"# bench_search: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; load average at start {load0[0]:.1f}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
+    tmp = tempfile.mkdtemp(prefix="bench-search-", dir=args.tmp)
+    all_rows, all_notes, rate = [], [], None
+    try:
+        for n, d, brute_only in plan:
+            rows, notes, rate = run_collection(n, d, args.queries, args, rate, tmp, brute_only)
+            all_rows += rows
+            all_notes += [f"{n:,} x {d}: {note}" for note in notes]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    print("\n" + HEADER)
+    for r in all_rows:
+        print(_format_row(r))
+    print()
+    for note in all_notes:
+        print(f"* {note}")
+    if _COMPILED:
+        print(f"* pynndescent's numba compilation took {_COMPILED[0]:.0f} s (not in build)")
+    load1 = os.getloadavg()
+    print(f"\nTotal {seconds / 60:.1f} min; load average {load0[0]:.1f} at start, "
+          f"{load1[0]:.1f} at the end (other processes share the cores).")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"rows": all_rows, "notes": all_notes, "seconds": seconds,
+                       "load": [load0, load1]}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

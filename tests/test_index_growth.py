@@ -1,0 +1,434 @@
+"""Growing indexes: partial_fit, ids, remove, memory-mapped stores, FAISS, persistence."""
+
+import os
+import pickle
+import sys
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.pipeline import make_pipeline
+
+from skretrieval import NearestNeighborRetriever, PCAWhitener, add_to_index
+from skretrieval.persistence import load_pipeline, save_pipeline
+
+faiss = pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """2,000 clustered 32-d descriptors with labels and path-like ids, and queries."""
+    rng = np.random.RandomState(0)
+    centers = rng.randn(40, 32) * 2
+    labels = rng.randint(0, 40, size=2100)
+    X = (centers[labels] + rng.randn(2100, 32)).astype(np.float32)
+    ids = np.array([f"img/{i:05d}.jpg" for i in range(2000)])
+    return X[:2000], labels[:2000], ids, X[2000:], labels[2000:]
+
+
+def _recall(ind, ind_exact):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ind, ind_exact)])
+
+
+def _grown(X, y, ids, splits=(700, 1500), **params):
+    r = NearestNeighborRetriever(**params)
+    bounds = (0, *splits, X.shape[0])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        r.partial_fit(X[a:b], y[a:b], ids=None if ids is None else ids[a:b])
+    return r
+
+
+# ---------------------------------------------------------------------------
+# partial_fit
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "inner_product"])
+@pytest.mark.parametrize("params", [{}, {"store": True}, {"dtype": "float16"}])
+def test_partial_fit_equals_fit(clustered, metric, params, tmp_path):
+    X, y, ids, Q, y_q = clustered
+    if params.get("store"):
+        params = {"store": tmp_path / "full.f32"}
+    full = NearestNeighborRetriever(n_neighbors=10, metric=metric, **params).fit(X, y, ids=ids)
+    if "store" in params:
+        params = {"store": tmp_path / "grown.f32"}
+    grown = _grown(X, y, ids, n_neighbors=10, metric=metric, **params)
+    assert grown.n_samples_fit_ == 2000
+    assert_array_equal(grown.X_fit_, full.X_fit_)
+    assert grown.X_fit_.dtype == full.X_fit_.dtype
+    assert_array_equal(grown.y_, full.y_)
+    assert_array_equal(grown.ids_, full.ids_)
+    for queries in (Q, None):
+        d_full, i_full = full.kneighbors(queries)
+        d_grown, i_grown = grown.kneighbors(queries)
+        assert_array_equal(i_grown, i_full)
+        assert_array_equal(d_grown, d_full)
+    assert grown.score(Q, y_q) == full.score(Q, y_q)
+    assert grown.score(None, None) == full.score(None, None)
+    if "store" in params:
+        assert isinstance(grown.X_fit_, np.memmap)
+        assert os.path.getsize(params["store"]) == 2000 * 32 * 4
+
+
+def test_default_ids_and_return_ids(clustered):
+    X, y, ids, Q, _ = clustered
+    r = NearestNeighborRetriever(n_neighbors=5).fit(X[:10])
+    assert_array_equal(r.ids_, np.arange(10))
+    r.partial_fit(X[10:15])
+    assert_array_equal(r.ids_, np.arange(15))
+    r.remove([14, 3])
+    r.partial_fit(X[15:17])  # never reuses a removed id
+    assert_array_equal(r.ids_, [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16])
+    dist, ind = r.kneighbors(Q)
+    dist_ids, found = r.kneighbors(Q, return_ids=True)
+    assert_array_equal(found, r.ids_[ind])
+    assert_array_equal(dist_ids, dist)
+    assert_array_equal(r.rows_of([15, 0]), [13, 0])
+    assert r.rows_of(16) == 14
+
+    s = NearestNeighborRetriever(n_neighbors=3).fit(X[:20], y[:20], ids=ids[:20])
+    assert_array_equal(s.kneighbors(X[:2], return_ids=True, return_distance=False)[:, 0],
+                       ids[:2])
+
+
+def test_partial_fit_errors(clustered):
+    X, y, ids, _, _ = clustered
+    r = NearestNeighborRetriever().fit(X[:10], y[:10], ids=ids[:10])
+    with pytest.raises(ValueError, match="fitted with labels"):
+        r.partial_fit(X[10:12])
+    with pytest.raises(ValueError, match="non-integer ids"):
+        r.partial_fit(X[10:12], y[10:12])
+    with pytest.raises(ValueError, match="already in the database"):
+        r.partial_fit(X[10:12], y[10:12], ids=ids[8:10])
+    with pytest.raises(ValueError, match="unique"):
+        r.partial_fit(X[10:12], y[10:12], ids=["a", "a"])
+    with pytest.raises(ValueError, match="kind of ids_"):
+        r.partial_fit(X[10:12], y[10:12], ids=[100, 101])
+    with pytest.raises(ValueError, match="features"):
+        r.partial_fit(X[10:12, :5], y[10:12], ids=["a", "b"])
+    with pytest.raises(ValueError, match="one per item"):
+        r.partial_fit(X[10:12], y[10:12], ids=["a"])
+    assert r.n_samples_fit_ == 10  # failed calls changed nothing
+    unlabelled = NearestNeighborRetriever().fit(X[:10])
+    with pytest.raises(ValueError, match="without labels"):
+        unlabelled.partial_fit(X[10:12], y[10:12])
+    with pytest.raises(ValueError, match="unique"):
+        NearestNeighborRetriever().fit(X[:3], ids=[1, 2, 1])
+
+
+# ---------------------------------------------------------------------------
+# remove
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("store", [False, True])
+def test_remove_equals_fit_on_the_rest(clustered, store, tmp_path):
+    X, y, ids, Q, y_q = clustered
+    params = {"store": tmp_path / "db.f16", "dtype": "float16"} if store else {}
+    r = NearestNeighborRetriever(n_neighbors=10, **params).fit(X, y, ids=ids)
+    gone = ids[::3]
+    r.remove(gone)
+    keep = ~np.isin(ids, gone)
+    ref = NearestNeighborRetriever(n_neighbors=10, dtype=params.get("dtype", "float32")).fit(
+        X[keep], y[keep], ids=ids[keep])
+    assert r.n_samples_fit_ == ref.n_samples_fit_ == keep.sum()
+    assert_array_equal(r.ids_, ids[keep])
+    _, found = r.kneighbors(Q, return_ids=True)
+    assert not np.isin(found, gone).any()
+    assert_array_equal(found, ref.kneighbors(Q, return_ids=True)[1])
+    assert r.score(Q, y_q) == ref.score(Q, y_q)
+    assert r.score(None, None) == ref.score(None, None)
+    if store:
+        assert os.path.getsize(params["store"]) == keep.sum() * 32 * 2  # compacted
+    # partial_fit after removal; an id removed before may come back
+    back = np.array([0, 3, 6])
+    r.partial_fit(X[back], y[back], ids=ids[back])
+    assert r.n_samples_fit_ == keep.sum() + 3
+    assert_array_equal(r.kneighbors(X[back], n_neighbors=1, return_ids=True)[1].ravel(),
+                       ids[back])
+    with pytest.raises(ValueError, match="not in the database"):
+        r.remove(["nope.jpg"])
+    with pytest.raises(ValueError, match="empty"):
+        r.remove(r.ids_)
+
+
+# ---------------------------------------------------------------------------
+# memory-mapped store and persistence
+# ---------------------------------------------------------------------------
+def test_store_pickle_references_the_file_and_reopens(clustered, tmp_path):
+    X, y, ids, Q, _ = clustered
+    store = tmp_path / "descriptors.f32"
+    r = NearestNeighborRetriever(store=store).fit(X[:1500], y[:1500], ids=ids[:1500])
+    expected = r.kneighbors(Q)
+    blob = pickle.dumps(r)
+    in_memory = NearestNeighborRetriever().fit(X[:1500], y[:1500], ids=ids[:1500])
+    # the descriptors stay in the file
+    assert len(blob) < len(pickle.dumps(in_memory)) - 0.99 * X[:1500].nbytes
+    loaded = pickle.loads(blob)
+    assert isinstance(loaded.X_fit_, np.memmap)
+    assert_array_equal(loaded.kneighbors(Q)[1], expected[1])
+    # append to the reopened index, save, reopen
+    loaded.partial_fit(X[1500:], y[1500:], ids=ids[1500:])
+    joblib.dump(loaded, tmp_path / "index.joblib")
+    again = joblib.load(tmp_path / "index.joblib")
+    full = NearestNeighborRetriever().fit(X, y, ids=ids)
+    assert_array_equal(again.kneighbors(Q)[1], full.kneighbors(Q)[1])
+    # save_pipeline copies the descriptors into the model
+    save_pipeline(again, tmp_path / "model.zip")
+    safe = load_pipeline(tmp_path / "model.zip")
+    assert not isinstance(safe.X_fit_, np.memmap)
+    assert_array_equal(safe.kneighbors(Q)[1], full.kneighbors(Q)[1])
+    os.remove(store)
+    with pytest.raises(FileNotFoundError, match="descriptor store"):
+        pickle.loads(blob)
+
+
+def test_persisted_pipeline_append_and_reopen(clustered, tmp_path):
+    X, y, ids, Q, _ = clustered
+    pipe = make_pipeline(PCAWhitener(n_components=16, random_state=0),
+                         NearestNeighborRetriever(n_neighbors=10))
+    pipe.fit(X[:1000], y[:1000], nearestneighborretriever__ids=ids[:1000])
+    components = pipe[0].components_.copy()
+    for path, dump, load in [
+        (tmp_path / "index.joblib", joblib.dump, joblib.load),
+        (tmp_path / "index.zip", save_pipeline, load_pipeline),
+    ]:
+        dump(pipe, path)
+        reopened = load(path)
+        add_to_index(reopened, X[1000:], y[1000:], ids=ids[1000:])
+        if load is load_pipeline:
+            save_pipeline(reopened, path, overwrite=True)
+        else:
+            dump(reopened, path)
+        final = load(path)
+        assert_array_equal(final[0].components_, components)  # whitening not refitted
+        ref = NearestNeighborRetriever(n_neighbors=10).fit(pipe[0].transform(X), y, ids=ids)
+        assert_array_equal(final[-1].ids_, ids)
+        assert_array_equal(final[-1].kneighbors(pipe[0].transform(Q), return_ids=True)[1],
+                           ref.kneighbors(pipe[0].transform(Q), return_ids=True)[1])
+    with pytest.raises(TypeError, match="partial_fit"):
+        add_to_index(make_pipeline(PCAWhitener(n_components=2)).fit(X[:10]), X[:2])
+
+
+def test_retriever_pickled_before_ids_gets_default_ids(clustered):
+    X, y, _, Q, _ = clustered
+    r = NearestNeighborRetriever().fit(X[:50], y[:50])
+    state = r.__getstate__()
+    for key in ("ids_", "_keys", "_n_keys", "_next_id", "_store_path", "_store_dtype",
+                "_index_kind"):
+        state.pop(key)
+    old = NearestNeighborRetriever.__new__(NearestNeighborRetriever)
+    old.__setstate__(state)
+    assert_array_equal(old.ids_, np.arange(50))
+    assert_array_equal(old.kneighbors(Q)[1], r.kneighbors(Q)[1])
+    old.partial_fit(X[50:60], y[50:60])
+    assert_array_equal(old.ids_, np.arange(60))
+
+
+# ---------------------------------------------------------------------------
+# FAISS
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("factory,k_factor", [("IVF{nlist},Flat", 1), ("IVF{nlist},PQ{m}", 4)])
+def test_faiss_agrees_with_brute(clustered, metric, factory, k_factor, tmp_path):
+    X, y, ids, Q, y_q = clustered
+    brute = NearestNeighborRetriever(n_neighbors=10, metric=metric).fit(X, y, ids=ids)
+    params = {"factory": factory, "k_factor": k_factor, "nprobe": 8}
+    r = NearestNeighborRetriever(n_neighbors=10, metric=metric, algorithm="faiss",
+                                 algorithm_params=params, random_state=0).fit(X, y, ids=ids)
+    for queries in (Q, None):
+        dist, ind = r.kneighbors(queries)
+        assert _recall(ind, brute.kneighbors(queries)[1]) >= 0.9
+        assert np.all(np.diff(dist, axis=1) >= 0)
+        if queries is None:
+            assert not np.any(ind == np.arange(2000)[:, None])
+    # distances are the exact ones of the returned items
+    dist, ind = r.kneighbors(Q)
+    exact = brute._keys_to_distances(brute._exact_keys(brute._validate_queries(Q), ind))
+    assert_allclose(dist, exact, atol=1e-5)
+    with pytest.raises(ValueError, match="needs algorithm='brute'"):
+        r.kneighbors(Q, n_neighbors="all")
+
+    # joblib and save_pipeline round trips: identical results, no refit
+    expected = r.kneighbors(Q)
+    loaded = joblib.load(joblib.dump(r, tmp_path / "faiss.joblib")[0])
+    assert loaded._index is None and loaded._faiss_index.dtype == np.uint8
+    got = loaded.kneighbors(Q)
+    assert_array_equal(got[1], expected[1])
+    assert_array_equal(got[0], expected[0])
+    save_pipeline(r, tmp_path / "faiss.zip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        safe = load_pipeline(tmp_path / "faiss.zip")
+    assert_array_equal(safe.kneighbors(Q)[1], expected[1])
+
+
+def test_faiss_partial_fit_and_remove(clustered, tmp_path):
+    X, y, ids, Q, _ = clustered
+    brute = NearestNeighborRetriever(n_neighbors=10).fit(X, y, ids=ids)
+    r = _grown(X, y, ids, n_neighbors=10, algorithm="faiss", random_state=0,
+               store=tmp_path / "db.f32")
+    index = r._index
+    assert index.ntotal == 2000  # one index, grown without retraining
+    _, found = r.kneighbors(Q, return_ids=True)
+    assert _recall(found, brute.kneighbors(Q, return_ids=True)[1]) >= 0.9
+
+    gone = ids[1::2]
+    r.remove(gone)
+    assert r._index is index and index.ntotal == 1000
+    keep = ~np.isin(ids, gone)
+    ref = NearestNeighborRetriever(n_neighbors=10).fit(X[keep], y[keep], ids=ids[keep])
+    for queries in (Q, None):
+        _, found = r.kneighbors(queries, return_ids=True)
+        assert not np.isin(found, gone).any()
+        assert _recall(found, ref.kneighbors(queries, return_ids=True)[1]) >= 0.9
+    back = np.array([1, 3, 5])  # removed above
+    r.partial_fit(X[back], y[back], ids=["a", "b", "c"])
+    assert index.ntotal == 1003
+    assert_array_equal(r.kneighbors(X[back], n_neighbors=1, return_ids=True)[1].ravel(),
+                       ["a", "b", "c"])
+    # nprobe changes without refitting; a tiny nprobe falls back to exact rows
+    r.set_params(algorithm_params={"nprobe": 1})
+    _, found = r.kneighbors(Q, return_ids=True)
+    assert not np.isin(found, gone).any()
+    reloaded = joblib.load(joblib.dump(r, tmp_path / "r.joblib")[0])
+    assert_array_equal(reloaded.kneighbors(Q)[1], r.kneighbors(Q)[1])
+
+
+def test_faiss_missing_gives_install_hint(clustered, monkeypatch):
+    X = clustered[0][:100]
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match=r"pip install skretrieval\[faiss\]"):
+        NearestNeighborRetriever(algorithm="faiss").fit(X)
+
+
+def test_faiss_params_are_checked(clustered):
+    X = clustered[0][:100]
+    with pytest.raises(ValueError, match="takes the keys"):
+        NearestNeighborRetriever(algorithm="faiss", algorithm_params={"nlsit": 4}).fit(X)
+    with pytest.raises(ValueError, match="positive int"):
+        NearestNeighborRetriever(algorithm="faiss", algorithm_params={"nprobe": 0}).fit(X)
+    flat = NearestNeighborRetriever(algorithm="faiss", algorithm_params={"factory": "Flat"},
+                                    n_neighbors=5).fit(X)
+    brute = NearestNeighborRetriever(n_neighbors=5).fit(X)
+    assert_array_equal(flat.kneighbors()[1], brute.kneighbors()[1])
+    flat.remove([0, 1])
+    assert not np.isin(flat.kneighbors(return_ids=True)[1], [0, 1]).any()
+
+
+# ---------------------------------------------------------------------------
+# NN-descent (one small index: numba compiles pynndescent once per process)
+# ---------------------------------------------------------------------------
+@pytest.mark.nndescent
+def test_nndescent_grow_remove_and_pickle(clustered, tmp_path):
+    X, y, ids, Q, _ = clustered
+    X, y, ids = X[:600], y[:600], ids[:600]
+    r = NearestNeighborRetriever(n_neighbors=10, algorithm="nndescent", random_state=0)
+    r.fit(X[:400], y[:400], ids=ids[:400])
+    r.partial_fit(X[400:], y[400:], ids=ids[400:])
+    assert r._index is None  # rebuilt over all the items on the next query
+    brute = NearestNeighborRetriever(n_neighbors=10).fit(X, y, ids=ids)
+    _, found = r.kneighbors(Q, return_ids=True)
+    assert _recall(found, brute.kneighbors(Q, return_ids=True)[1]) >= 0.9
+    gone = ids[::4]
+    r.remove(gone)
+    keep = ~np.isin(ids, gone)
+    ref = NearestNeighborRetriever(n_neighbors=10).fit(X[keep], y[keep], ids=ids[keep])
+    for queries in (Q, None):
+        _, found = r.kneighbors(queries, return_ids=True)
+        assert not np.isin(found, gone).any()
+        assert _recall(found, ref.kneighbors(queries, return_ids=True)[1]) >= 0.9
+    loaded = joblib.load(joblib.dump(r, tmp_path / "nnd.joblib")[0])
+    assert_array_equal(loaded.kneighbors(Q)[1], r.kneighbors(Q)[1])
+
+
+# ---------------------------------------------------------------------------
+# the blocked top-k selection of long rows
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("k,n_cols,levels", [(10, 50_003, 40), (100, 60_000, 5000), (7, 30_000, 0)])
+def test_blocked_top_k_equals_direct_selection(k, n_cols, levels):
+    from skretrieval._retriever import _block_size, _top_k, _top_k_blocked
+
+    rng = np.random.RandomState(k)
+    if levels:  # many exact ties
+        keys = rng.randint(0, levels, size=(9, n_cols)).astype(np.float32)
+    else:
+        keys = rng.randn(9, n_cols).astype(np.float32)
+    keys[np.arange(9), rng.randint(0, n_cols, 9)] = np.nan  # excluded items
+    keys[0, :] = 1.0  # a row of ties only
+    keys[0, 5] = np.nan
+    size = _block_size(k, n_cols)
+    assert size
+    direct = _top_k(keys, k, blocked=False)
+    for s in {size, 16, 1024}:
+        if n_cols // s < k:
+            continue
+        values, cols = _top_k_blocked(keys, k, s)
+        assert_array_equal(cols, direct[1])
+        assert_array_equal(values, direct[0])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, tmp_path,
+                                                           monkeypatch):
+    import skretrieval._retriever as module
+
+    X, y, ids, Q, _ = clustered
+    # blocks of 100 rows: the search merges 20 blocks; k larger than a block too
+    monkeypatch.setattr(module, "_STORE_BLOCK_BYTES", 100 * 4 * 32)
+    monkeypatch.setattr(module, "_STREAMED_QUERY_ROWS", 700)  # X=None: 3 groups
+    ref = NearestNeighborRetriever(metric=metric).fit(X, y)
+    r = NearestNeighborRetriever(metric=metric, store=tmp_path / "x.f32").fit(X, y)
+    for queries in (Q, None):
+        for k in (1, 10, 150):
+            d_ref, i_ref = ref.kneighbors(queries, n_neighbors=k)
+            d, i = r.kneighbors(queries, n_neighbors=k)
+            assert_array_equal(i, i_ref)
+            assert_allclose(d, d_ref, atol=1e-5)
+    assert r.score(Q, y[:100]) == ref.score(Q, y[:100])
+    assert r.score(None, None, n_neighbors=10) == ref.score(None, None, n_neighbors=10)
+
+
+# ---------------------------------------------------------------------------
+# command line: index --save-every, --append
+# ---------------------------------------------------------------------------
+def _write_images(folder, names, seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        arr = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(folder / name)
+
+
+def test_cli_index_save_every_and_append(tmp_path, capsys):
+    from skretrieval.__main__ import main
+
+    fast = ["--backbone", "resnet18", "--weights", "none", "--max-size", "48",
+            "--device", "cpu"]
+    folder, index = tmp_path / "photos", tmp_path / "index.joblib"
+    _write_images(folder, [f"a{i}.png" for i in range(5)], seed=0)
+    assert main(["index", str(folder), "-o", str(index), "--save-every", "2", *fast]) == 0
+    out, err = capsys.readouterr()
+    assert "2/5 image(s) indexed and saved" in err and "indexed 5 image(s)" in out
+    pipe = joblib.load(index)
+    assert_array_equal(pipe[-1].ids_, [f"a{i}.png" for i in range(5)])
+    assert pipe[0].verbose == 0 and pipe[0].cache is None
+
+    _write_images(folder, ["new/b0.png", "new/b1.png", "new/b2.png"], seed=1)
+    assert main(["index", str(folder), "-o", str(index), "--append", "--save-every", "2",
+                 "--cache", str(tmp_path / "cache"), *fast]) == 0
+    out, err = capsys.readouterr()
+    assert "added 3 image(s)" in out and "8 image(s) in all" in out
+    grown = joblib.load(index)
+    assert_array_equal(grown[-1].ids_[5:], ["new/b0.png", "new/b1.png", "new/b2.png"])
+    assert_array_equal(grown[-1].y_, grown[-1].ids_)
+    assert grown[0].cache is None  # the cache option is not saved in the index
+    # the whitening-free pipeline of the first batch transforms the new images
+    Xq = grown[:-1].transform([str(folder / "new" / "b1.png")])
+    assert grown[-1].kneighbors(Xq, n_neighbors=1, return_ids=True)[1][0, 0] == "new/b1.png"
+
+    assert main(["index", str(folder), "-o", str(index), "--append", *fast]) == 0
+    assert "nothing to add" in capsys.readouterr()[0]
+    assert main(["search", str(index), str(folder / "new" / "b2.png"), "-k", "1"]) == 0
+    assert "new/b2.png" in capsys.readouterr()[0]
