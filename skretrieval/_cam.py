@@ -60,6 +60,24 @@ def class_weighted_vectors(maps, cams, channel_weighting=True):
     return out
 
 
+def label_score(estimator, X, y, n_neighbors):
+    """Label mAP of the queries ``X`` of a fitted retriever with database labels
+    ``estimator.y_`` (leave-one-out when ``X`` is None): the shared ``score``."""
+    if estimator.y_ is None:
+        raise ValueError("score needs the database labels: fit with y")
+    if X is None:
+        if y is not None:
+            raise ValueError("y must be None when X is None (leave-one-out)")
+        y = estimator.y_
+    ind = estimator.kneighbors(X, n_neighbors="all" if n_neighbors is None else n_neighbors,
+                               return_distance=False)
+    positives = []
+    for q, label in enumerate(np.asarray(y)):
+        same = np.flatnonzero(estimator.y_ == label)
+        positives.append(same[same != q] if X is None else same)
+    return mean_average_precision(ind, positives)
+
+
 class ClassVectors:
     """Per-image class vectors of an online :class:`CAMWeighter`.
 
@@ -439,19 +457,7 @@ class OnlineCAMRetriever(BaseEstimator):
     def score(self, X=None, y=None, n_neighbors=None):
         """Label mAP of the queries (leave-one-out when ``X`` is None)."""
         check_is_fitted(self, "gram_")
-        if self.y_ is None:
-            raise ValueError("score needs the database labels: fit with y")
-        if X is None:
-            if y is not None:
-                raise ValueError("y must be None when X is None (leave-one-out)")
-            y = self.y_
-        ind = self.kneighbors(X, n_neighbors="all" if n_neighbors is None else n_neighbors,
-                              return_distance=False)
-        positives = []
-        for q, label in enumerate(np.asarray(y)):
-            same = np.flatnonzero(self.y_ == label)
-            positives.append(same[same != q] if X is None else same)
-        return mean_average_precision(ind, positives)
+        return label_score(self, X, y, n_neighbors)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

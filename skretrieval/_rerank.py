@@ -20,11 +20,11 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._cam import label_score
 from ._expansion import _weighted_mean
 from ._maps import FeatureMaps, check_maps
 from ._pooling import region_grid
 from ._retriever import NearestNeighborRetriever
-from .metrics import mean_average_precision
 
 __all__ = ["RegionReranker", "cam_boxes"]
 
@@ -350,19 +350,7 @@ class RegionReranker(BaseEstimator):
     def score(self, X=None, y=None, n_neighbors=None):
         """Label mAP of the queries (leave-one-out when ``X`` is None)."""
         check_is_fitted(self, "region_vectors_")
-        if self.y_ is None:
-            raise ValueError("score needs the database labels: fit with y")
-        if X is None:
-            if y is not None:
-                raise ValueError("y must be None when X is None (leave-one-out)")
-            y = self.y_
-        ind = self.kneighbors(X, n_neighbors="all" if n_neighbors is None else n_neighbors,
-                              return_distance=False)
-        positives = []
-        for q, label in enumerate(np.asarray(y)):
-            same = np.flatnonzero(self.y_ == label)
-            positives.append(same[same != q] if X is None else same)
-        return mean_average_precision(ind, positives)
+        return label_score(self, X, y, n_neighbors)
 
     @property
     def n_samples_fit_(self):
