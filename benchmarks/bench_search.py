@@ -315,7 +315,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="small collections only (%s)" % " ".join(QUICK_COLLECTIONS))
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--nndescent-degrees", type=int, nargs="+", default=[30, 60])
     parser.add_argument("--nndescent-epsilons", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--nndescent-max-seconds", type=float, default=300.0)
