@@ -37,7 +37,7 @@ _NNDESCENT_METRICS = {
 }
 # Budget of one block of database rows read from a memory-mapped or float16
 # store (converted to float32) by the brute-force search, in bytes.
-_STORE_BLOCK_BYTES = 64 * 2**20
+_STORE_BLOCK_BYTES = 8 * 2**20
 # Database items searched at once as queries (kneighbors(None)) when the
 # database is streamed.
 _STREAMED_QUERY_ROWS = 65536
@@ -208,17 +208,22 @@ def _top_k(keys, k, scratch=None, blocked=True):
     )
 
 
-def _as_float32(block):
+def _as_float32(block, buffer=None):
     """A C-contiguous float32 copy of ``block`` (or ``block`` itself).
 
     float16 is converted by torch (a hard dependency), several times faster
-    than numpy's conversion.
+    than numpy's conversion, into the first rows of ``buffer`` if given (a
+    float32 array of at least as many rows, reused from one block to the
+    next: a fresh array of tens of MB costs its page faults at every block).
     """
     if block.dtype != np.float16:
         return np.ascontiguousarray(block, dtype=np.float32)
     import torch
 
-    out = np.empty(block.shape, dtype=np.float32)
+    if buffer is None:
+        out = np.empty(block.shape, dtype=np.float32)
+    else:
+        out = buffer[: block.shape[0]]
     with warnings.catch_warnings():  # a read-only memory map: torch warns
         warnings.simplefilter("ignore", UserWarning)
         source = torch.from_numpy(np.ascontiguousarray(block))
@@ -911,8 +916,16 @@ class NearestNeighborRetriever(BaseEstimator):
             if not isinstance(params.get("factory", ""), str):
                 raise ValueError("algorithm_params['factory'] must be a string.")
 
-    def _float32_rows(self, start, stop):
-        return _as_float32(self.X_fit_[start:stop])
+    def _float32_rows(self, start, stop, buffer=None):
+        return _as_float32(self.X_fit_[start:stop], buffer)
+
+    def _block_buffer(self):
+        """A float32 buffer for :meth:`_float32_rows` of a streamed database
+        (None when its blocks need no conversion)."""
+        if self.X_fit_.dtype == np.float32:
+            return None
+        rows = min(self._store_block_rows(), self.n_samples_fit_)
+        return np.empty((rows, self.n_features_in_), dtype=np.float32)
 
     def _build_index(self):
         """Build and prepare the pynndescent index of ``X_fit_``."""
@@ -1162,10 +1175,10 @@ class NearestNeighborRetriever(BaseEstimator):
         if self._streamed():
             if out is None:
                 out = np.empty((Q.shape[0], self.n_samples_fit_), dtype=np.float32)
-            step = self._store_block_rows()
+            step, buffer = self._store_block_rows(), self._block_buffer()
             for start in range(0, self.n_samples_fit_, step):
                 stop = min(start + step, self.n_samples_fit_)
-                block = self._float32_rows(start, stop)
+                block = self._float32_rows(start, stop, buffer)
                 _products(scaled, block, out[:, start:stop])
             keys = out
         else:
@@ -1183,9 +1196,9 @@ class NearestNeighborRetriever(BaseEstimator):
         if not self._streamed():
             return np.einsum("ij,ij->i", self.X_fit_, self.X_fit_)
         out = np.empty(self.n_samples_fit_, dtype=np.float32)
-        step = self._store_block_rows()
+        step, buffer = self._store_block_rows(), self._block_buffer()
         for start in range(0, self.n_samples_fit_, step):
-            block = self._float32_rows(start, start + step)
+            block = self._float32_rows(start, start + step, buffer)
             out[start : start + step] = np.einsum("ij,ij->i", block, block)
         return out
 
@@ -1245,15 +1258,19 @@ class NearestNeighborRetriever(BaseEstimator):
         if self.metric == "euclidean":
             q_sq = np.einsum("ij,ij->i", queries, queries)[:, np.newaxis]
         keys_out = ind_out = None
+        buffer = self._block_buffer()
+        keys_buffer = np.empty((q_chunk, min(step, n_samples)), dtype=np.float32)
         for start in range(0, n_samples, step):
             stop = min(start + step, n_samples)
-            block = self._float32_rows(start, stop)
+            block = self._float32_rows(start, stop, buffer)
             x_sq = np.einsum("ij,ij->i", block, block) if q_sq is not None else None
             block_keys = np.empty((n_queries, min(k, stop - start)), dtype=np.float32)
             block_ind = np.empty(block_keys.shape, dtype=np.intp)
             for q0 in range(0, n_queries, q_chunk):
                 q1 = min(q0 + q_chunk, n_queries)
-                keys = _products(queries[q0:q1] * scale, block)
+                keys = keys_buffer.reshape(-1)[: (q1 - q0) * (stop - start)]
+                keys = _products(queries[q0:q1] * scale, block,
+                                 keys.reshape(q1 - q0, stop - start))
                 if q_sq is not None:
                     keys += q_sq[q0:q1]
                     keys += x_sq

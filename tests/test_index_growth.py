@@ -366,25 +366,29 @@ def test_blocked_top_k_equals_direct_selection(k, n_cols, levels):
         assert_array_equal(values, direct[0])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, tmp_path,
+def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, dtype, tmp_path,
                                                            monkeypatch):
     import skretrieval._retriever as module
 
     X, y, ids, Q, _ = clustered
-    # blocks of 100 rows: the search merges 20 blocks; k larger than a block too
-    monkeypatch.setattr(module, "_STORE_BLOCK_BYTES", 100 * 4 * 32)
+    # the reference: the same descriptors in RAM (float16 ones read in one block)
+    ref = NearestNeighborRetriever(metric=metric, dtype=dtype).fit(X, y)
+    cases = [(queries, k) for queries in (Q, None) for k in (1, 10, 150)]
+    expected = [ref.kneighbors(queries, n_neighbors=k) for queries, k in cases]
+    scores = ref.score(Q, y[:100]), ref.score(None, None, n_neighbors=10)
+    # blocks of 96 rows: the search merges 21 blocks, the last one shorter (and
+    # float16 blocks are converted into one reused buffer); k larger than a block too
+    monkeypatch.setattr(module, "_STORE_BLOCK_BYTES", 96 * 4 * 32)
     monkeypatch.setattr(module, "_STREAMED_QUERY_ROWS", 700)  # X=None: 3 groups
-    ref = NearestNeighborRetriever(metric=metric).fit(X, y)
-    r = NearestNeighborRetriever(metric=metric, store=tmp_path / "x.f32").fit(X, y)
-    for queries in (Q, None):
-        for k in (1, 10, 150):
-            d_ref, i_ref = ref.kneighbors(queries, n_neighbors=k)
-            d, i = r.kneighbors(queries, n_neighbors=k)
-            assert_array_equal(i, i_ref)
-            assert_allclose(d, d_ref, atol=1e-5)
-    assert r.score(Q, y[:100]) == ref.score(Q, y[:100])
-    assert r.score(None, None, n_neighbors=10) == ref.score(None, None, n_neighbors=10)
+    r = NearestNeighborRetriever(metric=metric, store=tmp_path / "x.store",
+                                 dtype=dtype).fit(X, y)
+    for (queries, k), (d_ref, i_ref) in zip(cases, expected):
+        d, i = r.kneighbors(queries, n_neighbors=k)
+        assert_array_equal(i, i_ref)
+        assert_allclose(d, d_ref, atol=1e-5)
+    assert (r.score(Q, y[:100]), r.score(None, None, n_neighbors=10)) == scores
 
 
 # ---------------------------------------------------------------------------
