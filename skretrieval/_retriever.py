@@ -440,7 +440,7 @@ class NearestNeighborRetriever(BaseEstimator):
 
     **Memory-mapped store.**  With ``store``, :meth:`fit` writes the
     descriptors to the file and maps it; the brute-force search reads it in
-    blocks of about 64 MB (converted to float32), so its memory is bounded
+    blocks of about 8 MB (as float32), so its memory is bounded
     whatever the database size, and its speed is that of the disk when the
     file is not in the page cache.  Pickling (joblib) a retriever with a
     store writes the file's path, not its content: the file must stay where it
