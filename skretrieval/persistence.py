@@ -51,7 +51,10 @@ What is supported
 -----------------
 * A :class:`~sklearn.pipeline.Pipeline` (also nested, with ``"passthrough"``
   steps) or a single estimator of :data:`SUPPORTED_CLASSES`: the skretrieval
-  estimators, :class:`~sklearn.frozen.FrozenEstimator` (e.g. a whitener
+  estimators (extractor, poolers, ``VLADEncoder``, ``CAMWeighter``,
+  ``PCAWhitener``, the retrievers, ``RegionReranker``; not
+  ``RetrievalNetTrainer``, whose trained network joblib saves),
+  :class:`~sklearn.frozen.FrozenEstimator` (e.g. a whitener
   learned on another collection),
   :class:`~sklearn.preprocessing.Normalizer`,
   :class:`~sklearn.preprocessing.StandardScaler` and
@@ -126,9 +129,13 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
+from ._cam import CAMWeighter, OnlineCAMRetriever
+from ._expansion import QueryExpansionRetriever
 from ._extractor import ConvFeatureExtractor, _resolve_device
 from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
+from ._rerank import RegionReranker
 from ._retriever import NearestNeighborRetriever
+from ._vlad import VLADEncoder
 from ._whitening import PCAWhitener
 
 __all__ = [
@@ -152,8 +159,13 @@ SUPPORTED_CLASSES = {
     "skretrieval.MACPooler": MACPooler,
     "skretrieval.RMACPooler": RMACPooler,
     "skretrieval.SPoCPooler": SPoCPooler,
+    "skretrieval.VLADEncoder": VLADEncoder,
+    "skretrieval.CAMWeighter": CAMWeighter,
     "skretrieval.PCAWhitener": PCAWhitener,
     "skretrieval.NearestNeighborRetriever": NearestNeighborRetriever,
+    "skretrieval.QueryExpansionRetriever": QueryExpansionRetriever,
+    "skretrieval.OnlineCAMRetriever": OnlineCAMRetriever,
+    "skretrieval.RegionReranker": RegionReranker,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.frozen.FrozenEstimator": FrozenEstimator,
     "sklearn.preprocessing.Normalizer": Normalizer,
@@ -491,9 +503,13 @@ class _Saver:
                 }}
         elif isinstance(value, BaseEstimator):
             sub = f"{where} > {what} ({type(value).__name__})"
-            # estimators given as parameters are steps that must be fitted;
-            # estimators in fitted attributes (e.g. pca_) are fitted by definition
-            return {"__estimator__": self.node(value, sub, check_fitted=arrays is None)}
+            # Not checked: estimators in fitted attributes (pca_, whitener_) are
+            # fitted by definition, and those given as parameters are either
+            # templates that fit clones (CAMWeighter(whitener=...),
+            # RegionReranker(retriever=...): stored with their parameters, and
+            # their fitted state if any) or a FrozenEstimator's estimator,
+            # checked with the FrozenEstimator itself.
+            return {"__estimator__": self.node(value, sub, check_fitted=False)}
         elif isinstance(value, np.ndarray) and arrays is not None:
             restore = None
             if value.dtype.hasobject:

@@ -21,10 +21,16 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer
 
 from skretrieval import (
+    CAMWeighter,
     ConvFeatureExtractor,
     GeMPooler,
     NearestNeighborRetriever,
+    OnlineCAMRetriever,
     PCAWhitener,
+    QueryExpansionRetriever,
+    RegionReranker,
+    RetrievalNetTrainer,
+    VLADEncoder,
 )
 from skretrieval.persistence import (
     SUPPORTED_CLASSES,
@@ -114,6 +120,60 @@ def test_round_trip_same_rankings(fitted, tmp_path, name):
     # the nested PCA is a working estimator too
     X = pipe[:2].transform(queries)
     np.testing.assert_allclose(loaded[2].pca_.transform(X), pipe[2].pca_.transform(X))
+
+
+def _other_pipelines():
+    """Pipelines of the other aggregators and retrievers (CAMs need cams=K)."""
+    cams = ConvFeatureExtractor("resnet18", weights=None, max_size=64, device="cpu", cams=4)
+    return {
+        "vlad": make_pipeline(_extractor(), VLADEncoder(n_clusters=4, random_state=0),
+                              PCAWhitener(n_components=8), NearestNeighborRetriever()),
+        # a template whitener (cloned by fit, unfitted in the parameters) and DBA + QE
+        "cam_qe": make_pipeline(cams, CAMWeighter(n_classes=4, whitener=PCAWhitener(8)),
+                                QueryExpansionRetriever(NearestNeighborRetriever(),
+                                                        qe_k=2, dba_k=2)),
+        "cam_online": make_pipeline(cams, CAMWeighter(n_classes=4, aggregation="online"),
+                                    OnlineCAMRetriever()),
+        "rerank": make_pipeline(cams, RegionReranker(GeMPooler(), NearestNeighborRetriever(),
+                                                     n_rerank=6, proposals="both", qe_k=2)),
+    }
+
+
+@pytest.mark.parametrize("name", ["vlad", "cam_qe", "cam_online", "rerank"])
+def test_round_trip_of_the_other_aggregators_and_retrievers(tmp_path, name):
+    pipe = _other_pipelines()[name]
+    images = _images(16, seed=2)
+    labels = np.arange(16) % 4
+    queries = _images(3, seed=3)
+    pipe.fit(images, labels)
+    save_pipeline(pipe, tmp_path / "m.zip")
+    loaded = _strict_load(tmp_path / "m.zip")
+    assert [type(s) for _, s in loaded.steps] == [type(s) for _, s in pipe.steps]
+    a, b = _rankings(pipe, queries), _rankings(loaded, queries)
+    _assert_same_rankings(a, b)
+    assert loaded.score(images[:4], labels[:4]) == pipe.score(images[:4], labels[:4])
+
+
+def test_template_and_frozen_estimator_parameters(tmp_path):
+    # a template parameter (cloned by fit) is stored unfitted and stays a template
+    pipe = _other_pipelines()["cam_qe"].fit(_images(12, seed=2), np.arange(12) % 4)
+    save_pipeline(pipe, tmp_path / "t")
+    node = _manifest(tmp_path / "t")["estimator"]["steps"][1]["estimator"]
+    template = node["params"]["whitener"]["__estimator__"]
+    assert template["class"] == "skretrieval.PCAWhitener" and template["attributes"] == {}
+    assert node["attributes"]["whitener_"]["__estimator__"]["attributes"]  # the fitted one
+    loaded = _strict_load(tmp_path / "t")
+    assert not hasattr(loaded[1].whitener, "pca_") and hasattr(loaded[1].whitener_, "pca_")
+    # a frozen estimator is used as it is: it must be fitted
+    frozen = make_pipeline(FrozenEstimator(PCAWhitener(n_components=2)),
+                           NearestNeighborRetriever())
+    with pytest.raises(NotFittedError, match="FrozenEstimator.*not fitted"):
+        save_pipeline(frozen, tmp_path / "f")
+
+
+def test_retrieval_net_trainer_is_refused_by_name(tmp_path):
+    with pytest.raises(TypeError, match="RetrievalNetTrainer is not supported"):
+        save_pipeline(RetrievalNetTrainer(), tmp_path / "m")
 
 
 _CHILD = textwrap.dedent("""
