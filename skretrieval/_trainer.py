@@ -951,6 +951,24 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.network_ = net.to(device).to(memory_format=torch.channels_last)
         del self._network_state
 
+    def _after_load(self, device=None):
+        """Rebuild the network from a state loaded by
+        :func:`skretrieval.persistence.load_pipeline` (on ``device`` if given):
+        a state that does not fit the architecture fails here, not at the first
+        transform."""
+        state = vars(self).get("_network_state")
+        if not isinstance(state, dict) or not all(
+                isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in state.values()):
+            raise ValueError("the network's weights are missing or not numeric")
+        if device is not None:
+            self.device_ = device
+        self._ensure_network()
+
+    def _persistent_state(self):
+        """What :func:`skretrieval.persistence.save_pipeline` stores: the
+        pickled state (the network as a numpy state dict, rebuilt on first use)."""
+        return self.__getstate__()
+
     def __getstate__(self):
         state = self.__dict__.copy()
         net = state.get("network_")

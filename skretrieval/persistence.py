@@ -52,8 +52,8 @@ What is supported
 * A :class:`~sklearn.pipeline.Pipeline` (also nested, with ``"passthrough"``
   steps) or a single estimator of :data:`SUPPORTED_CLASSES`: the skretrieval
   estimators (extractor, poolers, ``VLADEncoder``, ``CAMWeighter``,
-  ``PCAWhitener``, the retrievers, ``RegionReranker``; not
-  ``RetrievalNetTrainer``, whose trained network joblib saves),
+  ``PCAWhitener``, the retrievers, ``RegionReranker``,
+  ``RetrievalNetTrainer``),
   :class:`~sklearn.frozen.FrozenEstimator` (e.g. a whitener
   learned on another collection),
   :class:`~sklearn.preprocessing.Normalizer`,
@@ -75,16 +75,17 @@ What is supported
   type.  Strings ending with NUL characters are refused (``'U'`` arrays
   would drop them).
 * Not stored: the retriever's pynndescent index (rebuilt with the saved seed
-  on the first query, as after unpickling) and the extractor's torch module
-  (stored as its state dict, see above).  A retriever's FAISS index is stored
-  as the uint8 array of :func:`faiss.serialize_index` (attribute
-  ``_faiss_index``), deserialised on the first query by FAISS's own binary
-  reader (it runs no code from the file, but it is C++ parsing the bytes:
-  refit the retriever rather than query a FAISS index from a file you do not
-  trust; the ids it returns are checked against the stored ones); the
-  descriptors of a
-  retriever with a memory-mapped ``store`` are copied into the model and
-  loaded back in memory.
+  on the first query, as after unpickling) and the torch modules: the
+  extractor's is stored as its state dict (see above), a
+  ``RetrievalNetTrainer``'s too (attribute ``_network_state``, one array per
+  tensor), rebuilt from its architecture when loaded.  A retriever's FAISS
+  index is stored as the uint8 array of :func:`faiss.serialize_index`
+  (attribute ``_faiss_index``), deserialised on the first query by FAISS's
+  own binary reader (it runs no code from the file, but it is C++ parsing
+  the bytes: refit the retriever rather than query a FAISS index from a file
+  you do not trust; the ids it returns are checked against the stored ones);
+  the descriptors of a retriever with a memory-mapped ``store`` are copied
+  into the model and loaded back in memory.
 
 Loading checks the format name and version (a file of another format version
 raises :class:`ModelFormatError`), refuses classes outside the whitelist,
@@ -135,6 +136,7 @@ from ._extractor import ConvFeatureExtractor, _resolve_device
 from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
 from ._rerank import RegionReranker
 from ._retriever import NearestNeighborRetriever
+from ._trainer import RetrievalNetTrainer
 from ._vlad import VLADEncoder
 from ._whitening import PCAWhitener
 
@@ -166,6 +168,7 @@ SUPPORTED_CLASSES = {
     "skretrieval.QueryExpansionRetriever": QueryExpansionRetriever,
     "skretrieval.OnlineCAMRetriever": OnlineCAMRetriever,
     "skretrieval.RegionReranker": RegionReranker,
+    "skretrieval.RetrievalNetTrainer": RetrievalNetTrainer,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.frozen.FrozenEstimator": FrozenEstimator,
     "sklearn.preprocessing.Normalizer": Normalizer,
@@ -743,7 +746,7 @@ class _Loader:
                     est = self.node(est, f"{where} > step {step['name']!r}")
                 built.append((step["name"], est))
             params["steps"] = built
-        if cls is ConvFeatureExtractor and self.device is not None:
+        if cls in (ConvFeatureExtractor, RetrievalNetTrainer) and self.device is not None:
             params["device"] = self.device
         try:
             est = cls(**params)
@@ -768,7 +771,10 @@ class _Loader:
             self._restore_trunk(est, node, where)
         if hasattr(est, "_after_load"):
             try:
-                est._after_load()
+                if cls is RetrievalNetTrainer:
+                    est._after_load(self.resolved_device)
+                else:
+                    est._after_load()
             except Exception as exc:
                 raise ModelFormatError(f"{where}: inconsistent fitted state: {exc}") from exc
         return est

@@ -171,9 +171,27 @@ def test_template_and_frozen_estimator_parameters(tmp_path):
         save_pipeline(frozen, tmp_path / "f")
 
 
-def test_retrieval_net_trainer_is_refused_by_name(tmp_path):
-    with pytest.raises(TypeError, match="RetrievalNetTrainer is not supported"):
-        save_pipeline(RetrievalNetTrainer(), tmp_path / "m")
+def test_retrieval_net_trainer_round_trip(tmp_path):
+    from test_trainer import TINY, gratings
+
+    X, y = gratings(seed=0)
+    trainer = RetrievalNetTrainer(**TINY, batch_size=16, images_per_label=4, n_negatives=2,
+                                  n_epochs=1, dim=16, random_state=0)
+    pipe = make_pipeline(trainer, NearestNeighborRetriever()).fit(X, y)
+    save_pipeline(pipe, tmp_path / "m")
+    node = _manifest(tmp_path / "m")["estimator"]["steps"][0]["estimator"]
+    assert node["attributes"]["network_"] is None  # weights as arrays, no module
+    loaded = _strict_load(tmp_path / "m", device="cpu")
+    assert isinstance(loaded[0].network_, torch.nn.Module)  # rebuilt when loaded
+    _assert_same_rankings(_rankings(pipe, X[:6]), _rankings(loaded, X[:6]))
+    assert repr(loaded[0].history_) == repr(pipe[0].history_)  # NaN val_map: no eval set
+    # weights that do not fit the architecture are refused when loading
+    manifest = _manifest(tmp_path / "m")
+    weights = manifest["estimator"]["steps"][0]["estimator"]["attributes"]["_network_state"]
+    del weights["__dict__"][sorted(weights["__dict__"])[0]]
+    _write_manifest(tmp_path / "m", manifest)
+    with pytest.raises(ModelFormatError, match="inconsistent fitted state"):
+        load_pipeline(tmp_path / "m")
 
 
 _CHILD = textwrap.dedent("""
