@@ -966,7 +966,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _persistent_state(self):
         """What :func:`skretrieval.persistence.save_pipeline` stores: the
-        pickled state (the network as a numpy state dict, rebuilt on first use)."""
+        pickled state (the network as a numpy state dict, rebuilt when loaded)."""
         return self.__getstate__()
 
     def __getstate__(self):
