@@ -19,8 +19,8 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._maps import FeatureMaps, check_maps
+from ._expansion import label_score
 from ._pooling import CroWPooler
-from .metrics import mean_average_precision
 
 __all__ = ["CAMWeighter", "ClassVectors", "OnlineCAMRetriever"]
 
@@ -58,24 +58,6 @@ def class_weighted_vectors(maps, cams, channel_weighting=True):
             V *= CroWPooler._channel_weights(flat).astype(np.float32)
         out = V if out is None else out + V
     return out
-
-
-def label_score(estimator, X, y, n_neighbors):
-    """Label mAP of the queries ``X`` of a fitted retriever with database labels
-    ``estimator.y_`` (leave-one-out when ``X`` is None): the shared ``score``."""
-    if estimator.y_ is None:
-        raise ValueError("score needs the database labels: fit with y")
-    if X is None:
-        if y is not None:
-            raise ValueError("y must be None when X is None (leave-one-out)")
-        y = estimator.y_
-    ind = estimator.kneighbors(X, n_neighbors="all" if n_neighbors is None else n_neighbors,
-                               return_distance=False)
-    positives = []
-    for q, label in enumerate(np.asarray(y)):
-        same = np.flatnonzero(estimator.y_ == label)
-        positives.append(same[same != q] if X is None else same)
-    return mean_average_precision(ind, positives)
 
 
 class ClassVectors:

@@ -34,6 +34,24 @@ def _weighted_mean(V, X, ind, sims, alpha, self_weight=True):
     return _l2(out).astype(np.float32)
 
 
+def label_score(estimator, X, y, n_neighbors):
+    """Label mAP of the queries ``X`` of a fitted retriever with database labels
+    ``estimator.y_`` (leave-one-out when ``X`` is None): the shared ``score``."""
+    if estimator.y_ is None:
+        raise ValueError("score needs the database labels: fit with y")
+    if X is None:
+        if y is not None:
+            raise ValueError("y must be None when X is None (leave-one-out)")
+        y = estimator.y_
+    ind = estimator.kneighbors(X, n_neighbors="all" if n_neighbors is None else n_neighbors,
+                               return_distance=False)
+    positives = []
+    for q, label in enumerate(np.asarray(y)):
+        same = np.flatnonzero(estimator.y_ == label)
+        positives.append(same[same != q] if X is None else same)
+    return mean_average_precision(ind, positives)
+
+
 class QueryExpansionRetriever(BaseEstimator):
     """A retriever with query expansion and database-side augmentation.
 
@@ -230,20 +248,7 @@ class QueryExpansionRetriever(BaseEstimator):
         score : float
         """
         check_is_fitted(self, "retriever_")
-        if self.y_ is None:
-            raise ValueError("score needs the database labels: fit with y")
-        if X is None:
-            if y is not None:
-                raise ValueError("y must be None when X is None (leave-one-out)")
-            y = self.y_
-        y = np.asarray(y)
-        ind = self.kneighbors(X, n_neighbors="all" if n_neighbors is None else n_neighbors,
-                              return_distance=False)
-        positives = []
-        for q, label in enumerate(y):
-            same = np.flatnonzero(self.y_ == label)
-            positives.append(same[same != q] if X is None else same)
-        return mean_average_precision(ind, positives)
+        return label_score(self, X, y, n_neighbors)
 
     @property
     def n_samples_fit_(self):

@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._cam import label_score
+from ._expansion import label_score
 from ._expansion import _weighted_mean
 from ._maps import FeatureMaps, check_maps
 from ._pooling import region_grid

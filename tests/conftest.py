@@ -45,3 +45,16 @@ def coil100_subset(shared_data):
                 paths.append(str(p))
                 labels.append(obj)
     return paths, labels
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: tiny networks gain nothing from two,
+    on a CPU shared with other jobs threads waiting for each other cost several
+    times the work, and dask workers run one thread per task too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

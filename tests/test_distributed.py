@@ -56,16 +56,7 @@ class FaultyExtractor(ConvFeatureExtractor):
         return super().transform(X)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # as on the workers (dask starts them with OMP_NUM_THREADS=1); it also
-    # keeps this process's own extractions fast when other jobs share the cores
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,18 @@ def _recall(ind, ind_exact):
     return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ind, ind_exact)])
 
 
+def _assert_removed_and_recall(r, X, y, ids, Q, gone):
+    """After ``r.remove(gone)``: no removed id is returned, and recall@10 against
+    an exact search of the remaining items is at least 0.9 (queries and
+    leave-one-out)."""
+    keep = ~np.isin(ids, gone)
+    ref = NearestNeighborRetriever(n_neighbors=10).fit(X[keep], y[keep], ids=ids[keep])
+    for queries in (Q, None):
+        _, found = r.kneighbors(queries, return_ids=True)
+        assert not np.isin(found, gone).any()
+        assert _recall(found, ref.kneighbors(queries, return_ids=True)[1]) >= 0.9
+
+
 def _grown(X, y, ids, splits=(700, 1500), **params):
     r = NearestNeighborRetriever(**params)
     bounds = (0, *splits, X.shape[0])
@@ -274,12 +286,7 @@ def test_faiss_partial_fit_and_remove(clustered, tmp_path):
     gone = ids[1::2]
     r.remove(gone)
     assert r._index is index and index.ntotal == 1000
-    keep = ~np.isin(ids, gone)
-    ref = NearestNeighborRetriever(n_neighbors=10).fit(X[keep], y[keep], ids=ids[keep])
-    for queries in (Q, None):
-        _, found = r.kneighbors(queries, return_ids=True)
-        assert not np.isin(found, gone).any()
-        assert _recall(found, ref.kneighbors(queries, return_ids=True)[1]) >= 0.9
+    _assert_removed_and_recall(r, X, y, ids, Q, gone)
     back = np.array([1, 3, 5])  # removed above
     r.partial_fit(X[back], y[back], ids=["a", "b", "c"])
     assert index.ntotal == 1003
@@ -330,12 +337,7 @@ def test_nndescent_grow_remove_and_pickle(clustered, tmp_path):
     assert _recall(found, brute.kneighbors(Q, return_ids=True)[1]) >= 0.9
     gone = ids[::4]
     r.remove(gone)
-    keep = ~np.isin(ids, gone)
-    ref = NearestNeighborRetriever(n_neighbors=10).fit(X[keep], y[keep], ids=ids[keep])
-    for queries in (Q, None):
-        _, found = r.kneighbors(queries, return_ids=True)
-        assert not np.isin(found, gone).any()
-        assert _recall(found, ref.kneighbors(queries, return_ids=True)[1]) >= 0.9
+    _assert_removed_and_recall(r, X, y, ids, Q, gone)
     loaded = joblib.load(joblib.dump(r, tmp_path / "nnd.joblib")[0])
     assert_array_equal(loaded.kneighbors(Q)[1], r.kneighbors(Q)[1])
 

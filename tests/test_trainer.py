@@ -48,15 +48,7 @@ def gratings(n_classes=4, per=8, size=32, seed=0):
     return images, np.array(labels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tiny networks gain nothing from two, and on a
-    CPU shared with other jobs threads waiting for each other cost several
-    times the work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
