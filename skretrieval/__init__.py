@@ -20,7 +20,16 @@ from ._whitening import PCAWhitener
 from ._vlad import VLADEncoder
 from ._retriever import NearestNeighborRetriever
 from ._expansion import QueryExpansionRetriever
-from ._indexing import add_to_index
+from ._files import IndexLockedError
+from ._indexing import (
+    IndexFile,
+    IndexUpdate,
+    add_to_index,
+    edit_index,
+    item_fingerprint,
+    load_index,
+    save_index,
+)
 from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
 from ._rerank import RegionReranker, cam_boxes
 from .metrics import RetrievalMAP
@@ -48,6 +57,9 @@ __all__ = [
     "FeatureMaps",
     "GeMPooler",
     "ImageLoadError",
+    "IndexFile",
+    "IndexLockedError",
+    "IndexUpdate",
     "MACPooler",
     "NearestNeighborRetriever",
     "PCAWhitener",
@@ -61,10 +73,14 @@ __all__ = [
     "add_to_index",
     "check_images",
     "clear_memory_cache",
+    "edit_index",
     "forward_pass_count",
+    "item_fingerprint",
     "layer_names",
     "list_images",
     "load_image",
+    "load_index",
     "region_grid",
+    "save_index",
     "weights_search_dirs",
 ]

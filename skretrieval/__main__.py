@@ -135,14 +135,22 @@ def build_parser():
                         "(with a warning) instead of stopping at the first one")
     p.add_argument("--append", action="store_true",
                    help="if FILE exists, open it and add the images of FOLDER it does "
-                        "not hold yet (by path relative to FOLDER), with its network, "
-                        "pooling and whitening as saved (their options here are then "
-                        "ignored); also resumes an interrupted --save-every run")
+                        "not hold yet (by path relative to FOLDER) and extract again "
+                        "those whose content changed since (by content hash), with its "
+                        "network, pooling and whitening as saved (their options here "
+                        "are then ignored); also resumes an interrupted --save-every run")
     p.add_argument("--save-every", type=_positive_int, default=None, metavar="N",
                    help="index N images at a time and save FILE after each batch, so "
                         "that an interruption loses at most N images (re-run with "
                         "--append to resume); a new index learns --pca on its first N "
                         "images")
+    p.add_argument("--prune", action="store_true",
+                   help="with --append: remove from FILE the images whose files are no "
+                        "longer under FOLDER")
+    p.add_argument("--lock-timeout", type=_positive_float, default=None,
+                   metavar="SECONDS",
+                   help="while another 'skretrieval index' writes FILE, wait at most "
+                        "this long for it, then fail (default: wait until it is done)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="feature-map cache directory: a re-run skips the images whose "
                         "maps are there (default: none)")
@@ -281,34 +289,58 @@ def _format_size(n_bytes):
 # index
 # ---------------------------------------------------------------------------
 def _cmd_index(args):
+    from ._indexing import IndexFile
+
+    t0 = time.perf_counter()
+    folder = args.folder
+    paths, n_found = _list_images_checked(folder, args.skip_bad)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"cannot write {args.output!r}: folder {out_dir!r} does not exist")
+    if args.prune and not args.append:
+        raise CLIError("--prune applies to --append (it removes the indexed images "
+                       "whose files are gone)")
+    # One writer at a time: a second 'index' of the same FILE waits here; the
+    # existence check is made under the lock, so two concurrent --append runs
+    # on a new FILE create it once and both add their images.
+    with IndexFile(args.output, timeout=args.lock_timeout) as index_file:
+        if args.append and index_file.exists():
+            return _append_to_index(args, index_file, paths, t0)
+        return _new_index(args, index_file, paths, n_found, t0)
+
+
+def _list_images_checked(folder, skip_bad):
+    """The images of FOLDER (the unreadable ones left out with ``--skip-bad``)
+    and the number found."""
+    from ._images import check_images, list_images
+
+    paths = list_images(folder)  # FileNotFoundError / NotADirectoryError / ValueError
+    n_found = len(paths)
+    if skip_bad:
+        problems = check_images(paths, n_jobs=min(8, os.cpu_count() or 1))
+        if problems:
+            bad = {i for i, _, _ in problems}
+            lines = "\n".join(f"  {msg}" for _, _, msg in problems)
+            _warn(f"leaving out {len(problems)} unreadable image(s) of {len(paths)}:\n"
+                  f"{lines}")
+            paths = [p for i, p in enumerate(paths) if i not in bad]
+        if not paths:
+            raise CLIError(f"no readable image under {folder!r}")
+    return paths, n_found
+
+
+def _new_index(args, index_file, paths, n_found, t0):
     import numpy as np
     from sklearn.pipeline import make_pipeline
 
     from . import _pooling
     from ._extractor import ConvFeatureExtractor
-    from ._images import check_images, list_images
+    from ._indexing import item_fingerprint
     from ._retriever import NearestNeighborRetriever
     from ._whitening import PCAWhitener
 
-    t0 = time.perf_counter()
     folder = args.folder
-    paths = list_images(folder)  # FileNotFoundError / NotADirectoryError / ValueError
-    n_found = len(paths)
-    if args.skip_bad:
-        problems = check_images(paths, n_jobs=min(8, os.cpu_count() or 1))
-        if problems:
-            bad = {i for i, _, _ in problems}
-            lines = "\n".join(f"  {msg}" for _, _, msg in problems)
-            _warn(f"leaving out {len(problems)} unreadable image(s) of {n_found}:\n{lines}")
-            paths = [p for i, p in enumerate(paths) if i not in bad]
-        if not paths:
-            raise CLIError(f"no readable image under {folder!r}")
     n = len(paths)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"cannot write {args.output!r}: folder {out_dir!r} does not exist")
-    if args.append and os.path.exists(args.output):
-        return _append_to_index(args, paths, t0)
     n_fit = min(n, args.save_every or n)  # the images the pipeline is fitted on
     if args.pca is not None and args.pca >= n_fit:
         raise CLIError(
@@ -345,17 +377,22 @@ def _cmd_index(args):
     steps.append(NearestNeighborRetriever(**retriever_kwargs))
     pipe = make_pipeline(*steps)
 
-    # names = ids = paths relative to FOLDER
+    # names = ids = paths relative to FOLDER; fingerprints = content hashes
     labels = np.asarray([os.path.relpath(p, folder) for p in paths])
     _info(f"{PROG}: indexing {n} image(s) of {folder!r} with {args.backbone} "
           f"(layer {extractor.layer_name_}) on {extractor.device_}")
-    ids_param = {f"{pipe.steps[-1][0]}__ids": labels[:n_fit]}
-    pipe.fit(paths[:n_fit], labels[:n_fit], **ids_param)
-    _save_index(pipe, args.output)
+    retriever_name = pipe.steps[-1][0]
+    fit_params = {
+        f"{retriever_name}__ids": labels[:n_fit],
+        f"{retriever_name}__fingerprints": [item_fingerprint(p) for p in paths[:n_fit]],
+    }
+    with _numbered_errors(range(n_fit), n):
+        pipe.fit(paths[:n_fit], labels[:n_fit], **fit_params)
+    index_file.save(pipe)
     if n_fit < n:
         _batch_progress(n_fit, n, args.output, t0)
-        _add_in_batches(pipe, paths[n_fit:], labels[n_fit:], True, n_fit, n,
-                        args.save_every, args.output, t0)
+        _add_in_batches(pipe, index_file, paths, labels, list(range(n_fit, n)), True,
+                        n_fit, n, args.save_every, t0)
     seconds = time.perf_counter() - t0
     retriever = pipe[-1]
     print(f"indexed {retriever.n_samples_fit_} image(s) of {folder}"
@@ -368,28 +405,29 @@ def _cmd_index(args):
     return 0
 
 
-def _save_index(pipe, path):
-    """Save with joblib, atomically (an interruption leaves the old file)."""
-    import tempfile
+class _numbered_errors:
+    """Re-number an ImageLoadError of a batch by the image's place in the folder."""
 
-    import joblib
+    def __init__(self, positions, total):
+        self.positions = list(positions)
+        self.total = total
 
-    extractor = pipe[0]
-    saved = {k: extractor.get_params()[k] for k in ("verbose", "cache")
-             if k in extractor.get_params()}
-    extractor.set_params(**{k: (0 if k == "verbose" else None) for k in saved})
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".skretrieval-index-", dir=folder)
-    os.close(fd)
-    try:
-        joblib.dump(pipe, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        extractor.set_params(**saved)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        from ._images import ImageLoadError
+
+        if not isinstance(exc, ImageLoadError) or exc.index is None:
+            return False
+        if not 0 <= exc.index < len(self.positions):
+            return False
+        where = self.positions[exc.index]
+        reason = exc.reason or str(exc)
+        raise ImageLoadError(
+            f"image {where} of {self.total} in the folder listing: {exc} "
+            "(use --skip-bad to leave unreadable images out)",
+            index=where, reason=reason) from exc
 
 
 def _batch_progress(done, total, path, t0):
@@ -399,28 +437,31 @@ def _batch_progress(done, total, path, t0):
           f"({elapsed:.0f} s, about {left:.0f} s left)")
 
 
-def _add_in_batches(pipe, paths, names, str_ids, done, total, every, output, t0):
-    """Add ``paths`` to the index in batches, saving after each."""
+def _add_in_batches(pipe, index_file, paths, names, todo, str_ids, done, total, every,
+                    t0):
+    """Add ``paths[todo]`` to the index in batches, saving after each."""
     import numpy as np
 
     from ._indexing import add_to_index
 
-    step = every or len(paths)
-    for start in range(0, len(paths), step):
-        batch = np.asarray(names[start : start + step])
-        add_to_index(pipe, list(paths[start : start + step]), batch,
-                     ids=batch if str_ids else None)
-        _save_index(pipe, output)
+    step = every or len(todo)
+    for start in range(0, len(todo), step):
+        rows = todo[start : start + step]
+        batch = np.asarray([names[i] for i in rows])
+        with _numbered_errors(rows, len(paths)):
+            add_to_index(pipe, [paths[i] for i in rows], batch,
+                         ids=batch if str_ids else None, on_existing="update")
+        index_file.save(pipe)
         done += len(batch)
         if every is not None:
-            _batch_progress(done, total, output, t0)
+            _batch_progress(done, total, index_file.path, t0)
 
 
-def _append_to_index(args, paths, t0):
-    """``index --append`` on an existing FILE: add the images it lacks."""
+def _append_to_index(args, index_file, paths, t0):
+    """``index --append`` on an existing FILE: add the new and the changed images."""
     import numpy as np
 
-    from ._retriever import _id_kind
+    from ._indexing import item_fingerprint
 
     pipe = _load_pipeline(args.output)
     retriever = pipe[-1]
@@ -429,25 +470,61 @@ def _append_to_index(args, paths, t0):
                        "cannot grow; index the folder again without --append")
     folder = args.folder
     names = [os.path.relpath(p, folder) for p in paths]
-    known = {str(v) for v in retriever.y_}
-    todo = [i for i, name in enumerate(names) if name not in known]
+    indexed = [str(v) for v in retriever.y_]
+    row_of = {name: row for row, name in enumerate(indexed)}
+    stored = getattr(retriever, "fingerprints_", None)
     n_before = retriever.n_samples_fit_
-    if not todo:
+    new, changed, unknown = [], [], 0
+    for i, (path, name) in enumerate(zip(paths, names)):
+        row = row_of.get(name)
+        if row is None:
+            new.append(i)
+        elif stored is None or stored[row] == "":
+            unknown += 1
+        elif stored[row] != item_fingerprint(path):
+            changed.append(i)
+    ids = np.asarray(retriever.ids_)
+    str_ids = ids.dtype.kind in "US" or (ids.dtype.kind == "O" and isinstance(ids[0], str))
+    if changed and not str_ids:
+        raise CLIError(f"{args.output!r} has integer ids: it cannot replace changed images; "
+                       "index the folder again without --append")
+    if unknown:
+        _warn(f"{unknown} image(s) of {args.output} were indexed without a content hash "
+              "(by an older version): kept as they are, edits to them are not "
+              "detected; index the folder again without --append to check them")
+    listed = set(names)
+    gone = [name for name in indexed if name not in listed
+            and not os.path.exists(os.path.join(folder, name))]
+    if gone and not args.prune:
+        _warn(f"{len(gone)} image(s) of {args.output} are no longer under {folder!r} "
+              f"(e.g. {gone[0]!r}); they stay in the index (--prune removes them)")
+    if changed:
+        _info(f"{PROG}: {len(changed)} image(s) changed since they were indexed (e.g. "
+              f"{names[changed[0]]!r}): extracted again, their entries replaced")
+    todo = sorted(new + changed)
+    pruned = len(gone) if args.prune else 0
+    if not todo and not pruned:
         print(f"nothing to add: the {len(paths)} image(s) of {folder} are already "
               f"in {args.output} ({n_before} image(s))")
         return 0
-    extractor = pipe[0]
-    extractor.set_params(verbose=1)
-    if args.cache is not None:
-        extractor.set_params(cache=args.cache)
-    str_ids = _id_kind(np.asarray(retriever.ids_)) == "str"
-    _info(f"{PROG}: adding {len(todo)} new image(s) of {folder!r} to {args.output} "
-          f"({n_before} image(s))")
-    _add_in_batches(pipe, [paths[i] for i in todo], [names[i] for i in todo], str_ids,
-                    0, len(todo), args.save_every, args.output, t0)
+    if todo:
+        extractor = pipe[0]
+        extractor.set_params(verbose=1)
+        if args.cache is not None:
+            extractor.set_params(cache=args.cache)
+        _info(f"{PROG}: adding {len(new)} new and {len(changed)} changed image(s) of "
+              f"{folder!r} to {args.output} ({n_before} image(s))")
+        _add_in_batches(pipe, index_file, paths, names, todo, str_ids, 0, len(todo),
+                        args.save_every, t0)
+    if pruned:
+        # after the additions: the folder has images, so the index never empties
+        retriever.remove(ids[[row_of[g] for g in gone]])
+        index_file.save(pipe)
     seconds = time.perf_counter() - t0
-    print(f"added {len(todo)} image(s) of {folder} to {args.output}: "
-          f"{retriever.n_samples_fit_} image(s) in all")
+    done = ([f"added {len(new)} image(s) of {folder}"] if todo else []) + (
+        [f"replaced {len(changed)} changed one(s)"] if changed else []) + (
+        [f"removed {pruned} image(s) whose files are gone"] if pruned else [])
+    print(f"{', '.join(done)} ({args.output}): {retriever.n_samples_fit_} image(s) in all")
     print(f"saved to {args.output} ({_format_size(os.path.getsize(args.output))}) "
           f"in {seconds:.1f} s")
     return 0
@@ -457,22 +534,14 @@ def _append_to_index(args, paths, t0):
 # search
 # ---------------------------------------------------------------------------
 def _load_pipeline(path):
-    import joblib
-    from sklearn.pipeline import Pipeline
+    from ._indexing import load_index
 
     if not os.path.exists(path):
         raise CLIError(f"index file not found: {path!r}")
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "manifest.json")):
         raise CLIError(f"{path!r} is a folder; expected a file written by 'skretrieval index'")
-    try:
-        pipe = joblib.load(path)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure
-        raise CLIError(
-            f"cannot load {path!r} ({type(exc).__name__}: {exc}); expected a file "
-            "written by 'skretrieval index'"
-        ) from exc
-    if not (isinstance(pipe, Pipeline) and hasattr(pipe[-1], "kneighbors")
-            and getattr(pipe[-1], "y_", None) is not None and len(pipe) >= 2):
+    pipe = load_index(path)  # ValueError with the loader to use
+    if getattr(pipe[-1], "y_", None) is None:
         raise CLIError(
             f"{path!r} does not hold a retrieval pipeline with a fitted retriever; "
             "expected a file written by 'skretrieval index'"

@@ -3,7 +3,6 @@
 import contextlib
 import math
 import os
-import tempfile
 import warnings
 from numbers import Integral
 
@@ -20,6 +19,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._files import atomic_write, file_lock, remove_stale_temps
 from .metrics import average_precision_from_relevance
 
 __all__ = ["NearestNeighborRetriever"]
@@ -369,6 +369,12 @@ class NearestNeighborRetriever(BaseEstimator):
         ``kneighbors(..., return_ids=True)`` returns them instead of row
         numbers, and :meth:`remove` takes them.
 
+    fingerprints_ : ndarray of str of shape (n_samples_fit_,) or None
+        Content fingerprints of the items, given to :meth:`fit` or
+        :meth:`partial_fit` (:func:`skretrieval.add_to_index` gives the
+        hashes of the images), ``""`` where unknown; ``None`` when none was
+        ever given.
+
     n_samples_fit_ : int
         Number of database items.
 
@@ -502,7 +508,7 @@ class NearestNeighborRetriever(BaseEstimator):
     # fitting
     # ------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, ids=None):
+    def fit(self, X, y=None, ids=None, fingerprints=None):
         """Store the database descriptors (and labels) and build the index.
 
         Parameters
@@ -519,6 +525,13 @@ class NearestNeighborRetriever(BaseEstimator):
             paths), returned by ``kneighbors(..., return_ids=True)`` and taken
             by :meth:`remove`.  ``None`` numbers the items ``0, 1, ...``.
 
+        fingerprints : array-like of str of shape (n_samples,), default=None
+            Content fingerprints of the items (e.g. hashes of the image
+            files, see :func:`skretrieval.item_fingerprint`), kept in
+            ``fingerprints_`` beside the ids so that
+            :func:`skretrieval.add_to_index` can tell an unchanged image from
+            an edited one.  ``None`` stores none.
+
         Returns
         -------
         self : object
@@ -532,6 +545,7 @@ class NearestNeighborRetriever(BaseEstimator):
         n_samples = X.shape[0]
         # checks before any state changes
         ids = self._new_ids(ids, n_samples, reset=True)
+        fingerprints = self._check_fingerprints(fingerprints, n_samples)
         self._set_labels(y)
         X = self._prepare_rows(X, np.dtype(self.dtype))
         if self.metric == "inner_product" and self.algorithm == "nndescent":
@@ -549,6 +563,7 @@ class NearestNeighborRetriever(BaseEstimator):
                     stacklevel=2,
                 )
         self.ids_ = ids
+        self.fingerprints_ = fingerprints
         if ids.dtype.kind in "iu":
             self._next_id = int(ids.max()) + 1
         else:
@@ -573,7 +588,7 @@ class NearestNeighborRetriever(BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None, ids=None):
+    def partial_fit(self, X, y=None, ids=None, fingerprints=None):
         """Add items to the database without rebuilding it.
 
         The first call (on an unfitted retriever) is a :meth:`fit`.  Later
@@ -597,13 +612,19 @@ class NearestNeighborRetriever(BaseEstimator):
             (int or str) as ``ids_``.  ``None`` continues the integer
             numbering (after the largest integer id seen so far).
 
+        fingerprints : array-like of str of shape (n_samples,), default=None
+            Their content fingerprints (see :meth:`fit`); the items of a
+            database with fingerprints that are added without get ``""``
+            (unknown), and so do the earlier items when fingerprints are
+            first given here.
+
         Returns
         -------
         self : object
             The retriever.
         """
         if not hasattr(self, "n_samples_fit_"):
-            return self.fit(X, y, ids=ids)
+            return self.fit(X, y, ids=ids, fingerprints=fingerprints)
         self._check_algorithm_params()
         if (y is None) != (self.y_ is None):
             raise ValueError(
@@ -617,6 +638,13 @@ class NearestNeighborRetriever(BaseEstimator):
             X, y = validate_data(self, X, y, dtype=np.float32, reset=False)
         n_new = X.shape[0]
         ids = self._new_ids(ids, n_new, reset=False)
+        fingerprints = self._check_fingerprints(fingerprints, n_new)
+        old_prints = getattr(self, "fingerprints_", None)
+        if fingerprints is not None or old_prints is not None:
+            fingerprints = np.concatenate([
+                np.full(self.n_samples_fit_, "") if old_prints is None else old_prints,
+                np.full(n_new, "") if fingerprints is None else fingerprints,
+            ])
         if y is not None:
             y_all = self._concatenate_labels(y)
         X = self._prepare_rows(X, self.X_fit_.dtype)
@@ -632,6 +660,7 @@ class NearestNeighborRetriever(BaseEstimator):
         else:
             self.X_fit_ = np.concatenate([self.X_fit_, X])
         self.ids_ = np.concatenate([self.ids_, ids])
+        self.fingerprints_ = fingerprints
         if ids.dtype.kind in "iu":
             self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._keys = np.concatenate([self._keys, keys])
@@ -690,6 +719,8 @@ class NearestNeighborRetriever(BaseEstimator):
         if self.y_ is not None:
             self._set_labels(self.y_[keep])
         self.ids_ = self.ids_[keep]
+        if getattr(self, "fingerprints_", None) is not None:
+            self.fingerprints_ = self.fingerprints_[keep]
         self._keys = self._keys[keep]
         self.n_samples_fit_ = n_kept
         return self
@@ -811,6 +842,21 @@ class NearestNeighborRetriever(BaseEstimator):
                 )
         return ids
 
+    @staticmethod
+    def _check_fingerprints(fingerprints, n_samples):
+        """Validated fingerprints (a str array) of ``n_samples`` items, or None."""
+        if fingerprints is None:
+            return None
+        values = np.asarray(fingerprints)
+        if values.ndim != 1 or values.shape[0] != n_samples:
+            raise ValueError(
+                f"fingerprints must be a 1-d array of {n_samples} strings (one per "
+                f"item), got shape {values.shape}."
+            )
+        if values.shape[0] and not all(isinstance(v, str) for v in values.tolist()):
+            raise ValueError("fingerprints must be strings (e.g. content hashes).")
+        return values.astype(str)
+
     def _prepare_rows(self, X, dtype):
         """Normalised (cosine) rows of ``X`` in the storage dtype."""
         if self.metric == "cosine":
@@ -835,45 +881,34 @@ class NearestNeighborRetriever(BaseEstimator):
 
     def _write_store(self, X):
         path = os.path.abspath(os.fspath(self.store))
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".skretrieval-store-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with file_lock(path):
+            remove_stale_temps(path)
+            with atomic_write(path) as fh:
                 np.ascontiguousarray(X).tofile(fh)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
         self._store_path = path
         self._store_dtype = X.dtype.name
         return self._open_store(X.shape[0])
 
     def _append_store(self, X):
         row_bytes = self.n_features_in_ * np.dtype(self._store_dtype).itemsize
-        self._open_store(self.n_samples_fit_)  # checks the file first
-        with open(self._store_path, "r+b") as fh:
-            fh.seek(self.n_samples_fit_ * row_bytes)
-            np.ascontiguousarray(X, dtype=self._store_dtype).tofile(fh)
-            fh.truncate()
+        with file_lock(self._store_path):
+            self._open_store(self.n_samples_fit_)  # checks the file first
+            with open(self._store_path, "r+b") as fh:
+                fh.seek(self.n_samples_fit_ * row_bytes)
+                np.ascontiguousarray(X, dtype=self._store_dtype).tofile(fh)
+                fh.truncate()
         return self._open_store(self.n_samples_fit_ + X.shape[0])
 
     def _compact_store(self, keep):
         path = self._store_path
-        fd, tmp = tempfile.mkstemp(prefix=".skretrieval-store-",
-                                   dir=os.path.dirname(path))
         step = self._store_block_rows()
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        with file_lock(path):
+            remove_stale_temps(path)
+            with atomic_write(path) as fh:
                 for start in range(0, self.n_samples_fit_, step):
                     block = self.X_fit_[start : start + step]
                     np.ascontiguousarray(block[keep[start : start + step]]).tofile(fh)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
         return self._open_store(int(np.count_nonzero(keep)))
 
     def _store_block_rows(self):
