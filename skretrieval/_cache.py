@@ -10,14 +10,22 @@ grid search that differ only downstream of the extractor, or a second
 a directory path is a store of ``.npy`` files shared by processes (joblib
 workers of ``GridSearchCV(n_jobs=...)``), written atomically so that two
 processes filling it at once never see a partial file.
+
+A disk cache owns its directory: it tags it with a ``CACHEDIR.TAG`` file
+(the Cache Directory Tagging Specification, https://bford.info/cachedir/,
+which backup tools honour) naming skretrieval and the format, refuses a
+non-empty directory it did not tag, and only ever deletes files of its own
+naming scheme in it (``<2 hex>/<40 hex>.npy`` and its own temporary files).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -81,6 +89,104 @@ def _disk_budget():
     return int(float(value)) if value else _DEFAULT_DISK_BYTES
 
 
+#: The tag file of a cache directory and its first line (the Cache Directory
+#: Tagging Specification, https://bford.info/cachedir/).
+CACHE_TAG = "CACHEDIR.TAG"
+_TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
+#: Version of the layout of a disk cache, written in its tag.
+CACHE_FORMAT = 1
+_TAG_TEXT = (
+    f"{_TAG_SIGNATURE}\n"
+    "# This file is a cache directory tag created by skretrieval.\n"
+    f"# skretrieval feature cache, format {CACHE_FORMAT}\n"
+    "# Its feature maps (<2 hex>/<40 hex>.npy) are deleted, least recently used\n"
+    "# first, to stay within $SKRETRIEVAL_DISK_CACHE_BYTES, and recomputed when\n"
+    "# needed; the folder may be deleted as a whole.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+_TAG_FORMAT = re.compile(r"^# skretrieval feature cache, format (\d+)$", re.MULTILINE)
+# The naming scheme of the files a disk cache writes, and so may delete:
+# <2 hex>/<40 hex>.npy, the temporary files of a write (<40 hex>.<random>.tmp,
+# tmp<random>.tmp before format 1) and those of the tag (.CACHEDIR.TAG.<random>.tmp).
+_SUBDIR = re.compile(r"[0-9a-f]{2}")
+_ENTRY = re.compile(r"([0-9a-f]{40})\.npy")
+_ENTRY_TMP = re.compile(r"(?:[0-9a-f]{40}\.|tmp)[a-z0-9_]+\.tmp")
+_TAG_TMP = re.compile(r"\.CACHEDIR\.TAG\.[a-z0-9_]+\.tmp")
+#: A temporary file of the cache older than this (seconds) is a leftover of
+#: an interrupted write, deleted by the next scan.
+STALE_TMP_SECONDS = 3600
+
+
+def _file_key(key):
+    """The file name of ``key``: itself if 40 hex characters, else its hash."""
+    if re.fullmatch(r"[0-9a-f]{40}", key):
+        return key
+    return make_key(key)
+
+
+def _read_tag(directory):
+    """The format of the skretrieval tag of ``directory``; None: no tag file;
+    -1: a tag file that is not skretrieval's (another program's cache)."""
+    try:
+        with open(os.path.join(directory, CACHE_TAG), encoding="utf-8",
+                  errors="replace") as fh:
+            text = fh.read(4096)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return -1
+    match = _TAG_FORMAT.search(text)
+    if not text.startswith(_TAG_SIGNATURE) or match is None:
+        return -1
+    return int(match.group(1))
+
+
+def _write_tag(directory):
+    """Write the tag atomically: concurrent creators each rename a complete
+    file of the same content over it, so a reader never sees a partial tag."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + CACHE_TAG + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(_TAG_TEXT)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(directory, CACHE_TAG))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _old_style_entries_only(directory, names):
+    """Whether ``names`` (the entries of ``directory``) are a cache of the
+    previous, untagged layout: only ``<2 hex>/`` folders holding only
+    ``<2 hex><38 hex>.npy`` files (and temporary files of the cache)."""
+    for name in names:
+        if _TAG_TMP.fullmatch(name):
+            continue
+        path = os.path.join(directory, name)
+        if not _SUBDIR.fullmatch(name) or os.path.islink(path) or not os.path.isdir(path):
+            return False
+        with os.scandir(path) as it:
+            for f in it:
+                if not f.is_file(follow_symlinks=False):
+                    return False
+                m = _ENTRY.fullmatch(f.name)
+                if m is None and not _ENTRY_TMP.fullmatch(f.name):
+                    return False
+                if m is not None and not m.group(1).startswith(name):
+                    return False
+    return True
+
+
+def _not_a_cache_error(directory, reason):
+    return ValueError(
+        f"cache={directory!r} is not a skretrieval cache folder ({reason}). The disk "
+        "cache deletes its least recently used files to stay within "
+        "$SKRETRIEVAL_DISK_CACHE_BYTES, so it only uses a folder of its own: give "
+        f"cache= an empty or new folder, e.g. {os.path.join(directory, 'skretrieval-cache')!r}."
+    )
+
+
 class DiskCache:
     """A directory of ``<key>.npy`` files, safe for concurrent writers.
 
@@ -90,33 +196,107 @@ class DiskCache:
     (oldest modification time) are deleted until it is under 90% of it.
     Another process reading a file being evicted either has it open (POSIX
     keeps it readable) or misses and recomputes the map.
+
+    The directory is the cache's own.  A new or empty directory is tagged
+    with a ``CACHEDIR.TAG`` file (naming skretrieval and the cache format);
+    a tagged one is reused; an untagged one holding only the files of an
+    untagged cache of skretrieval < format 1 (``<2 hex>/<40 hex>.npy``) is
+    adopted (tagged); any other non-empty directory is refused with a
+    ValueError, so that eviction never deletes a file the cache did not
+    write.  Only files of the cache's naming scheme are ever deleted:
+    ``<2 hex>/<40 hex>.npy`` maps, and the cache's own temporary files once
+    older than :data:`STALE_TMP_SECONDS` (leftovers of interrupted writes).
+
+    Raises
+    ------
+    ValueError
+        When ``directory`` is a file, a non-empty folder without the tag of
+        a skretrieval cache, another program's cache (a foreign
+        ``CACHEDIR.TAG``), or the cache of a newer skretrieval format.
     """
 
     def __init__(self, directory):
         self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ValueError(f"cache={self.directory!r} is a file, not a folder: give "
+                             "cache= an empty or new folder.")
         os.makedirs(self.directory, exist_ok=True)
+        self._claim()
         self._bytes = None  # running estimate of the directory size
         self._lock = threading.Lock()
 
+    def _claim(self):
+        """Check that the directory is this cache's, tagging it if it is new."""
+        fmt = _read_tag(self.directory)
+        if fmt is None:
+            names = [n for n in os.listdir(self.directory) if n != CACHE_TAG]
+            if any(not _TAG_TMP.fullmatch(n) for n in names):
+                # another process may have tagged it, then written, meanwhile
+                fmt = _read_tag(self.directory)
+                if fmt is None and not _old_style_entries_only(self.directory, names):
+                    shown = sorted(n for n in names if not _TAG_TMP.fullmatch(n))
+                    raise _not_a_cache_error(
+                        self.directory,
+                        f"it has no {CACHE_TAG} of skretrieval and holds other files: "
+                        + ", ".join(repr(n) for n in shown[:3])
+                        + (", ..." if len(shown) > 3 else ""))
+            if fmt is None:  # empty, or an untagged cache of the previous layout
+                _write_tag(self.directory)
+                fmt = CACHE_FORMAT
+        if fmt == -1:
+            raise _not_a_cache_error(
+                self.directory, f"its {CACHE_TAG} was written by another program")
+        if fmt > CACHE_FORMAT:
+            raise ValueError(
+                f"cache={self.directory!r} is a skretrieval cache of format {fmt}, "
+                f"written by a newer skretrieval (this one reads format {CACHE_FORMAT}): "
+                "upgrade skretrieval or give cache= another folder.")
+
     def _path(self, key):
+        key = _file_key(key)
         return os.path.join(self.directory, key[:2], key + ".npy")
 
-    def _entries(self):
-        """(mtime, size, path) of every cached file."""
+    def _entries(self, clean=False):
+        """(mtime, size, path) of every cached file (of the naming scheme only).
+
+        With ``clean``, the cache's temporary files older than
+        :data:`STALE_TMP_SECONDS` are deleted on the way.
+        """
         out = []
         if not os.path.isdir(self.directory):
             return out
+        stale = time.time() - STALE_TMP_SECONDS
+        if clean:
+            for f in os.scandir(self.directory):
+                if _TAG_TMP.fullmatch(f.name):
+                    self._remove_stale(f, stale)
         for sub in os.scandir(self.directory):
-            if not sub.is_dir():
+            if not _SUBDIR.fullmatch(sub.name) or not sub.is_dir(follow_symlinks=False):
                 continue
             for f in os.scandir(sub.path):
-                if f.name.endswith(".npy"):
-                    try:
-                        st = f.stat()
-                    except FileNotFoundError:
+                m = _ENTRY.fullmatch(f.name)
+                if m is None or not m.group(1).startswith(sub.name):
+                    if clean and _ENTRY_TMP.fullmatch(f.name):
+                        self._remove_stale(f, stale)
+                    continue
+                try:
+                    if not f.is_file(follow_symlinks=False):
                         continue
-                    out.append((st.st_mtime_ns, st.st_size, f.path))
+                    st = f.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                out.append((st.st_mtime_ns, st.st_size, f.path))
         return out
+
+    @staticmethod
+    def _remove_stale(entry, before):
+        """Delete the temporary file ``entry`` if last modified before ``before``."""
+        try:
+            if (entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < before):
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
     @property
     def nbytes(self):
@@ -136,7 +316,7 @@ class DiskCache:
         return arr
 
     def _evict(self, budget):
-        entries = sorted(self._entries())
+        entries = sorted(self._entries(clean=True))
         total = sum(size for _, size, _ in entries)
         target = 0.9 * budget
         for _, size, path in entries:
@@ -152,7 +332,10 @@ class DiskCache:
     def put(self, key, arr):
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        # <key>.<random>.tmp: a name of the cache's scheme (a leftover of an
+        # interrupted write is deleted by a later scan)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
+                                   prefix=os.path.basename(path)[:-4] + ".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
@@ -164,9 +347,14 @@ class DiskCache:
         budget = _disk_budget()
         with self._lock:
             if self._bytes is None:
-                self._bytes = self.nbytes
+                # the first write of this process: a full scan (which also
+                # deletes stale temporary files)
+                self._bytes = sum(size for _, size, _ in self._entries(clean=True))
             else:
-                self._bytes += os.path.getsize(path)
+                try:
+                    self._bytes += os.path.getsize(path)
+                except FileNotFoundError:  # evicted by another process meanwhile
+                    pass
             if self._bytes > budget:
                 self._bytes = self._evict(budget)
 

@@ -34,16 +34,17 @@ class IndexLockedError(TimeoutError):
 
 
 def _umask():
-    # os.umask can only be read by setting it; do it once per process.
-    global _UMASK
-    if _UMASK is None:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        _UMASK = mask
-    return _UMASK
-
-
-_UMASK = None
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere it can only be read by setting it
+    os.umask(mask)
+    return mask
 
 
 def _temp_prefix(path):

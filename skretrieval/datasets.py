@@ -613,23 +613,70 @@ class _GroundTruthUnpickler(pickle.Unpickler):
 
 
 def _read_gnd(path):
+    """revisitop's ``cfg`` dict of ``path``, checked.
+
+    Raises
+    ------
+    DatasetError
+        Naming ``path``, for any content that is not a well-formed revisitop
+        ground truth: a corrupt or truncated pickle, a callable the
+        unpickler refuses, an allowed one (numpy's dtype, array
+        reconstruction) given bad arguments, or a dict of the wrong shape
+        (names that are not strings, indices that are not integers into
+        ``imlist``, boxes that are not 4 finite numbers).
+    """
     with open(path, "rb") as fh:
         try:
             cfg = _GroundTruthUnpickler(fh, encoding="latin1").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-            raise DatasetError(f"{path}: not a revisitop ground-truth file ({exc})") from exc
+        except OSError:
+            raise  # reading the file failed: not a matter of its content
+        except Exception as exc:  # noqa: BLE001 - whatever malformed content raises
+            # (UnpicklingError, EOFError, and the TypeError, ValueError,
+            # AttributeError... of an allowed callable given bad arguments)
+            raise DatasetError(
+                f"{path}: not a revisitop ground-truth file ({type(exc).__name__}: {exc})"
+            ) from exc
     if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
         raise DatasetError(
             f"{path}: a revisitop ground-truth file is a dict with keys 'imlist', "
             "'qimlist' and 'gnd'"
         )
+    for key in ("imlist", "qimlist"):
+        names = cfg[key]
+        if not isinstance(names, (list, tuple, np.ndarray)) or not all(
+                isinstance(n, str) for n in names):
+            raise DatasetError(f"{path}: {key!r} must be a list of image names (strings)")
+    if not isinstance(cfg["gnd"], (list, tuple)):
+        raise DatasetError(f"{path}: 'gnd' must be a list of dicts, one per query, got "
+                           f"{type(cfg['gnd']).__name__}")
     if len(cfg["gnd"]) != len(cfg["qimlist"]):
         raise DatasetError(f"{path}: {len(cfg['gnd'])} 'gnd' entries for "
                            f"{len(cfg['qimlist'])} queries")
+    n_images = len(cfg["imlist"])
     for i, g in enumerate(cfg["gnd"]):
+        if not isinstance(g, dict):
+            raise DatasetError(f"{path}: gnd[{i}] must be a dict, got {type(g).__name__}")
         lacking = {"bbx", "easy", "hard", "junk"} - set(g)
         if lacking:
             raise DatasetError(f"{path}: gnd[{i}] lacks {sorted(lacking)}")
+        for key in ("easy", "hard", "junk"):
+            try:
+                ids = np.asarray(g[key]).ravel()
+            except Exception as exc:  # noqa: BLE001 - e.g. ragged nested lists
+                raise DatasetError(f"{path}: gnd[{i}][{key!r}] is not a list of image "
+                                   f"indices ({exc})") from exc
+            if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0
+                             or ids.max() >= n_images):
+                raise DatasetError(
+                    f"{path}: gnd[{i}][{key!r}] must hold indices into 'imlist' "
+                    f"(integers from 0 to {n_images - 1})")
+        try:
+            box = np.asarray(g["bbx"], dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001
+            raise DatasetError(f"{path}: gnd[{i}]['bbx'] is not a box ({exc})") from exc
+        if box.shape != (4,) or not np.all(np.isfinite(box)):
+            raise DatasetError(f"{path}: gnd[{i}]['bbx'] must be 4 finite numbers "
+                               "(x1, y1, x2, y2)")
     return cfg
 
 

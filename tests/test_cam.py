@@ -25,6 +25,8 @@ from skretrieval import (
 )
 from skretrieval._backbones import load_backbone
 
+from _helpers import assert_rankings_equivalent
+
 
 def _images(n, seed=0):
     rng = np.random.default_rng(seed)
@@ -92,10 +94,15 @@ def test_cams_match_a_direct_computation_from_the_classifier(images, layer, node
     assert ext.cam_node_ == "layer4" and ext.n_classes_ == 1000
     for i, (top, probs, cams) in enumerate(_reference_cams(images[:4], node, 5)):
         act = maps.class_activations(i)
-        np.testing.assert_array_equal(act.classes, top)
-        np.testing.assert_allclose(act.scores, probs, rtol=1e-4)
+        # float32 against the float64 head of the reference: the probabilities of
+        # a random network are close to each other, and near-tied classes may swap
+        assert_rankings_equivalent(act.scores, act.classes, probs, top, rtol=1e-4,
+                                   atol=1e-7)
         assert act.maps[0].shape == (5,) + maps[i][0].shape[1:]
-        np.testing.assert_allclose(act.maps[0], cams, atol=1e-4)
+        reference = dict(zip(top.tolist(), cams))
+        for c, cam in zip(act.classes.tolist(), act.maps[0]):
+            if c in reference:  # (not a near-tied class cut from the reference's top 5)
+                np.testing.assert_allclose(cam, reference[c], atol=1e-4)
         assert act.maps[0].min() >= 0 and act.maps[0].max() <= 1
 
 
@@ -230,8 +237,9 @@ def test_reranking_only_reorders_the_short_list(cam_maps, proposals):
     R = 5
     rr = RegionReranker(agg, n_rerank=R, proposals=proposals).fit(cam_maps, y)
     queries = cam_maps[:6]
-    d_glob, i_glob = rr.retriever_.kneighbors(rr.aggregator_.transform(queries) /
-                                              1.0, n_neighbors=12)
+    # the global search of the re-ranker itself (the same query vectors, the same
+    # code path: the same results, ties included)
+    d_glob, i_glob = rr.retriever_.kneighbors(rr._queries(queries)[0], n_neighbors=12)
     dist, ind = rr.kneighbors(queries, n_neighbors="all")
     assert ind.shape == (6, 12)
     for j in range(6):

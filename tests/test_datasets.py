@@ -318,6 +318,65 @@ def test_revisited_refuses_code_in_the_pickle_and_names_missing_files(tmp_path):
         D.load_revisited("roxford5k", tmp_path)
 
 
+class _Call:
+    """Pickles as a call of ``func(*args)`` (an allowed callable, bad arguments)."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _entry(**changes):
+    entry = {"bbx": [1.0, 2.0, 30.0, 40.0], "easy": [0, 1], "hard": [2], "junk": []}
+    entry.update(changes)
+    return entry
+
+
+_GOOD_CFG = {"imlist": ["img_000", "img_001", "img_002"], "qimlist": ["q0"]}
+
+
+@pytest.mark.parametrize("content, message", [
+    # an allowed callable given a bad argument: raised a raw TypeError before
+    (pickle.dumps({**_GOOD_CFG, "gnd": [_entry(easy=_Call(np.dtype, "not-a-dtype"))]}),
+     r"not a revisitop ground-truth file \(TypeError: data type 'not-a-dtype'"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": [_Call(np.ndarray, "bad")]}),
+     "not a revisitop ground-truth file"),
+    # raw opcodes: REDUCE applied to a list
+    (b"\x80\x02]q\x00K\x01\x85R.", r"not a revisitop ground-truth file \(TypeError"),
+    (b"\x80\x02h\x05.", "not a revisitop ground-truth file"),        # a missing memo entry
+    (pickle.dumps(_GOOD_CFG)[:-5], "not a revisitop ground-truth file"),  # truncated
+    # well-formed pickles of the wrong shape
+    (pickle.dumps([1, 2]), "is a dict with keys"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": 5}), "'gnd' must be a list of dicts"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": [5]}), r"gnd\[0\] must be a dict"),
+    (pickle.dumps({**_GOOD_CFG, "imlist": [1, 2], "gnd": [_entry()]}), "'imlist' must be"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": [_entry(easy=["a", "b"])]}),
+     r"gnd\[0\]\['easy'\] must hold indices"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": [_entry(hard=[7])]}),
+     r"gnd\[0\]\['hard'\] must hold indices into 'imlist' \(integers from 0 to 2\)"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": [_entry(junk=[[0], [1, 2]])]}),
+     r"gnd\[0\]\['junk'\] is not a list of image indices"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": [_entry(bbx=[1, 2, 3])]}),
+     r"gnd\[0\]\['bbx'\] must be 4 finite numbers"),
+    (pickle.dumps({**_GOOD_CFG, "gnd": [_entry(bbx="abcd")]}), r"gnd\[0\]\['bbx'\] is not a box"),
+])
+def test_malformed_revisited_ground_truth_raises_dataset_error_naming_the_file(
+        tmp_path, content, message):
+    place = tmp_path / "roxford5k"
+    (place / "jpg").mkdir(parents=True)
+    path = place / "gnd_roxford5k.pkl"
+    path.write_bytes(content)
+    with pytest.raises(D.DatasetError, match=message) as info:
+        D.load_revisited("roxford5k", tmp_path)
+    assert str(info.value).startswith(str(path))
+    # a well-formed one of the same shape loads (the images aside)
+    path.write_bytes(pickle.dumps({**_GOOD_CFG, "gnd": [_entry()]}))
+    with pytest.raises(D.DatasetError, match="missing"):
+        D.load_revisited("roxford5k", tmp_path)
+
+
 # ---------------------------------------------------------------------------
 # Holidays, UKBench, COIL
 # ---------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from skretrieval import (  # noqa: E402
     ImageLoadError, forward_pass_count)
 from skretrieval._distributed import distributed_backend  # noqa: E402
 
+from _helpers import assert_rankings_equivalent  # noqa: E402
+
 N_IMAGES = 20
 
 
@@ -165,10 +167,15 @@ def test_dask_path_with_scales_float16_disk_store_cams_and_any_item(
         assert maps.has_cams
         for i in range(len(items)):
             a, b = maps.class_activations(i), local.class_activations(i)
-            np.testing.assert_array_equal(a.classes, b.classes)
-            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4)
+            # the class probabilities of a random network are close to each other:
+            # computed in another process, near-tied classes may swap
+            assert_rankings_equivalent(a.scores, a.classes, b.scores, b.classes,
+                                       rtol=1e-4, atol=1e-7)
             for u, v in zip(a.maps, b.maps):
-                np.testing.assert_allclose(u, v, atol=1e-3)
+                local_cam = dict(zip(b.classes.tolist(), v))
+                for c, cam in zip(a.classes.tolist(), u):
+                    if c in local_cam:  # (not a near-tied class cut from the other top)
+                        np.testing.assert_allclose(cam, local_cam[c], atol=1e-3)
 
 
 def test_shared_cache_directory_resumes(client, paths, tmp_path):

@@ -14,6 +14,8 @@ from sklearn.pipeline import make_pipeline
 from skretrieval import NearestNeighborRetriever, PCAWhitener, add_to_index
 from skretrieval.persistence import load_pipeline, save_pipeline
 
+from _helpers import FLOAT32_RTOL, assert_rankings_equivalent
+
 faiss = pytest.importorskip("faiss")
 
 
@@ -182,7 +184,8 @@ def test_store_pickle_references_the_file_and_reopens(clustered, tmp_path):
     joblib.dump(loaded, tmp_path / "index.joblib")
     again = joblib.load(tmp_path / "index.joblib")
     full = NearestNeighborRetriever().fit(X, y, ids=ids)
-    assert_array_equal(again.kneighbors(Q)[1], full.kneighbors(Q)[1])
+    # a streamed search (the store) against a search in memory: ties may swap
+    assert_rankings_equivalent(*again.kneighbors(Q), *full.kneighbors(Q))
     # save_pipeline copies the descriptors into the model
     save_pipeline(again, tmp_path / "model.zip")
     safe = load_pipeline(tmp_path / "model.zip")
@@ -214,8 +217,10 @@ def test_persisted_pipeline_append_and_reopen(clustered, tmp_path):
         assert_array_equal(final[0].components_, components)  # whitening not refitted
         ref = NearestNeighborRetriever(n_neighbors=10).fit(pipe[0].transform(X), y, ids=ids)
         assert_array_equal(final[-1].ids_, ids)
-        assert_array_equal(final[-1].kneighbors(pipe[0].transform(Q), return_ids=True)[1],
-                           ref.kneighbors(pipe[0].transform(Q), return_ids=True)[1])
+        # the database transformed in two batches against one: ties may swap
+        assert_rankings_equivalent(
+            *final[-1].kneighbors(pipe[0].transform(Q), return_ids=True),
+            *ref.kneighbors(pipe[0].transform(Q), return_ids=True))
     with pytest.raises(TypeError, match="partial_fit"):
         add_to_index(make_pipeline(PCAWhitener(n_components=2)).fit(X[:10]), X[:2])
 
@@ -255,7 +260,7 @@ def test_faiss_agrees_with_brute(clustered, metric, factory, k_factor, tmp_path)
     # distances are the exact ones of the returned items
     dist, ind = r.kneighbors(Q)
     exact = brute._keys_to_distances(brute._exact_keys(brute._validate_queries(Q), ind))
-    assert_allclose(dist, exact, atol=1e-5)
+    assert_allclose(dist, exact, rtol=FLOAT32_RTOL, atol=1e-5)
     with pytest.raises(ValueError, match="needs algorithm='brute'"):
         r.kneighbors(Q, n_neighbors="all")
 
@@ -316,7 +321,7 @@ def test_faiss_params_are_checked(clustered):
     flat = NearestNeighborRetriever(algorithm="faiss", algorithm_params={"factory": "Flat"},
                                     n_neighbors=5).fit(X)
     brute = NearestNeighborRetriever(n_neighbors=5).fit(X)
-    assert_array_equal(flat.kneighbors()[1], brute.kneighbors()[1])
+    assert_rankings_equivalent(*flat.kneighbors(), *brute.kneighbors())
     flat.remove([0, 1])
     assert not np.isin(flat.kneighbors(return_ids=True)[1], [0, 1]).any()
 
@@ -387,10 +392,13 @@ def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, dt
     r = NearestNeighborRetriever(metric=metric, store=tmp_path / "x.store",
                                  dtype=dtype).fit(X, y)
     for (queries, k), (d_ref, i_ref) in zip(cases, expected):
-        d, i = r.kneighbors(queries, n_neighbors=k)
-        assert_array_equal(i, i_ref)
-        assert_allclose(d, d_ref, atol=1e-5)
-    assert (r.score(Q, y[:100]), r.score(None, None, n_neighbors=10)) == scores
+        # blocks of another shape than the whole database: BLAS may sum in
+        # another order, and items tied to float32 precision may swap
+        assert_rankings_equivalent(*r.kneighbors(queries, n_neighbors=k), d_ref, i_ref,
+                                   err_msg=f"k={k}, queries={queries is not None}")
+    # a swap of two tied items of different labels moves an AP a little
+    assert (r.score(Q, y[:100]), r.score(None, None, n_neighbors=10)) == pytest.approx(
+        scores, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------

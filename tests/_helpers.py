@@ -1,0 +1,103 @@
+"""Comparisons of floating-point search results shared by the test modules.
+
+Two code paths that compute the same distances (BLAS against a blocked or
+streamed search, float32 against float16 storage, numpy against faiss or
+torch, one thread against several) do not sum in the same order: their
+float32 results agree to a few units in the last place only, and which
+kernel a BLAS library picks depends on the CPU (AVX-512 or not...).  Items
+whose distances agree to that precision may then come in either order, and
+one of them may be cut from a top-``k`` that the other keeps.
+
+:func:`assert_rankings_equivalent` is the comparison for such results:
+distances close with a relative tolerance suited to float32, rankings equal
+up to swaps within ties.  The same code path run twice (a joblib round trip,
+a second call) is still compared exactly, with ``assert_array_equal``.
+"""
+
+import numpy as np
+from numpy.testing import assert_allclose
+
+__all__ = ["FLOAT32_RTOL", "FLOAT32_ATOL", "assert_rankings_equivalent"]
+
+#: Relative tolerance of float32 results computed by two different code
+#: paths: sums of a few hundred products differ by a few ``eps = 1.2e-7``
+#: relative to the magnitudes summed.
+FLOAT32_RTOL = 1e-5
+#: Absolute tolerance for distances near 0 (a relative one means nothing there).
+FLOAT32_ATOL = 1e-6
+
+
+def _close(x, y, rtol, atol):
+    """``|x - y| <= atol + rtol * max(|x|, |y|)`` (symmetric), inf == inf, NaN == NaN."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        near = np.abs(x - y) <= atol + rtol * np.maximum(np.abs(x), np.abs(y))
+    return near | (x == y) | (np.isnan(x) & np.isnan(y))
+
+
+def assert_rankings_equivalent(dist_a, ind_a, dist_b, ind_b, rtol=FLOAT32_RTOL,
+                               atol=FLOAT32_ATOL, err_msg=""):
+    """Assert that two top-``k`` results are the same ranking up to ties.
+
+    Parameters
+    ----------
+    dist_a, ind_a : array-like of shape (n_queries, k)
+        The distances (or any ranking keys, sorted in either direction) and
+        the matching indices (or ids: any values that compare with ``==``)
+        of the first result.  A 1-d pair is one query.
+    dist_b, ind_b : array-like of shape (n_queries, k)
+        The same for the second result.
+    rtol, atol : float, default=FLOAT32_RTOL, FLOAT32_ATOL
+        Two distances ``x`` and ``y`` agree when
+        ``|x - y| <= atol + rtol * max(|x|, |y|)``.
+    err_msg : str, default=""
+        Prefixed to the message of a failure.
+
+    Raises
+    ------
+    AssertionError
+        When the shapes differ; when the distances at some rank do not agree;
+        or when, at a rank where the indices differ, an item is not tied: an
+        item of one result that is at another rank of the other must have
+        distances that agree in both, and an item of one result that is
+        absent from the other must be tied with the other's last (``k``-th)
+        distance (the two cut the same tie at the end of the top-``k``
+        differently).
+    """
+    dist_a, dist_b = np.atleast_2d(dist_a), np.atleast_2d(dist_b)
+    ind_a, ind_b = np.atleast_2d(ind_a), np.atleast_2d(ind_b)
+    prefix = f"{err_msg}: " if err_msg else ""
+    for name, d, i in (("a", dist_a, ind_a), ("b", dist_b, ind_b)):
+        assert d.shape == i.shape, (
+            f"{prefix}dist_{name} and ind_{name} have shapes {d.shape} and {i.shape}")
+    assert dist_a.shape == dist_b.shape, (
+        f"{prefix}the results have shapes {dist_a.shape} and {dist_b.shape}")
+    assert_allclose(dist_a, dist_b, rtol=rtol, atol=atol, equal_nan=True,
+                    err_msg=f"{prefix}distances differ beyond the tolerance")
+    for row in np.flatnonzero((ind_a != ind_b).any(axis=1)):
+        for d_this, i_this, d_other, i_other, this in (
+            (dist_a[row], ind_a[row], dist_b[row], ind_b[row], "a"),
+            (dist_b[row], ind_b[row], dist_a[row], ind_a[row], "b"),
+        ):
+            other = "b" if this == "a" else "a"
+            rank_in_other = {}
+            for rank, item in enumerate(i_other.tolist()):
+                rank_in_other.setdefault(item, rank)
+            for rank in np.flatnonzero(i_this != i_other):
+                item = i_this[rank].item()
+                where = rank_in_other.get(item)
+                if where is None:
+                    # cut from the other top-k: only if tied with its k-th distance
+                    ok = bool(_close(d_this[rank], d_other[-1], rtol, atol))
+                    why = (f"item {item!r} at rank {rank} of {this} (distance "
+                           f"{float(d_this[rank])!r}) is not in {other}, whose last "
+                           f"distance {float(d_other[-1])!r} it is not tied with")
+                else:
+                    ok = bool(_close(d_this[rank], d_other[where], rtol, atol))
+                    why = (f"item {item!r} is at rank {rank} of {this} (distance "
+                           f"{float(d_this[rank])!r}) and at rank {where} of {other} "
+                           f"(distance {float(d_other[where])!r}): not a tie")
+                if not ok:
+                    raise AssertionError(
+                        f"{prefix}query {row}: {why} (rtol={rtol}, atol={atol})\n"
+                        f" ind_{this}: {i_this.tolist()}\n ind_{other}: {i_other.tolist()}")
