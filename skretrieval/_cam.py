@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._maps import FeatureMaps, check_maps
 from ._expansion import label_score
+from ._persist import LABELS, Attr, StateSpec
 from ._pooling import CroWPooler
 
 __all__ = ["CAMWeighter", "ClassVectors", "OnlineCAMRetriever"]
@@ -186,6 +187,13 @@ class CAMWeighter(TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
     }
 
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec({
+        "n_channels_": Attr("int", values=(1, None)),
+        "whitener_": Attr("estimator", none=True),
+        "n_features_out_": Attr("int", values=(1, None)),
+    })
+
     def __init__(self, n_classes=64, *, aggregation="offline", channel_weighting=True,
                  whitener=None, max_whitening_vectors=100_000, random_state=None):
         self.n_classes = n_classes
@@ -347,6 +355,16 @@ class OnlineCAMRetriever(BaseEstimator):
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "n_classes": [Interval(Integral, 1, None, closed="left"), None],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec({
+        "classes_": Attr("array", dtype="iu", shape=("n_samples_fit_", None)),
+        "vectors_": Attr("array", dtype="f", shape=("n_samples_fit_", "classes_[1]", None)),
+        "gram_": Attr("array", dtype="f",
+                      shape=("n_samples_fit_", "classes_[1]", "classes_[1]")),
+        "y_": Attr("array", dtype=LABELS, shape=("n_samples_fit_",), none=True),
+        "n_samples_fit_": Attr("int", values=(1, None)),
+    })
 
     def __init__(self, n_neighbors=10, *, n_classes=None):
         self.n_neighbors = n_neighbors

@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._persist import LABELS, Attr, StateSpec
 from ._retriever import NearestNeighborRetriever
 from .metrics import mean_average_precision
 
@@ -120,6 +121,16 @@ class QueryExpansionRetriever(BaseEstimator):
         "dba_k": [Interval(Integral, 0, None, closed="left")],
         "dba_alpha": [Interval(Real, 0, None, closed="left")],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec({
+        "n_features_in_": Attr("int", values=(1, None)),
+        "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),
+                                  optional=True),
+        "X_fit_": Attr("array", dtype="f", shape=(None, "n_features_in_")),
+        "y_": Attr("array", dtype=LABELS, shape=("X_fit_",), none=True),
+        "retriever_": Attr("estimator"),
+    })
 
     def __init__(self, retriever=None, *, qe_k=0, qe_alpha=3.0, dba_k=0, dba_alpha=3.0):
         self.retriever = retriever

@@ -39,6 +39,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._maps import FeatureMaps, check_maps, iter_maps
+from ._persist import Attr, StateSpec
 
 __all__ = [
     "CroWPooler",
@@ -248,6 +249,13 @@ class _BasePooler(TransformerMixin, BaseEstimator):
         "normalize": ["boolean"],
         "scale_combination": [StrOptions({"sum", "concat"})],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py),
+    # the same for every pooler.
+    _state_spec = StateSpec({
+        "n_channels_": Attr("int", values=(1, None)),
+        "n_scales_": Attr("int", values=(1, None)),
+    })
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._expansion import label_score
 from ._expansion import _weighted_mean
 from ._maps import FeatureMaps, check_maps
+from ._persist import LABELS, Attr, StateSpec
 from ._pooling import region_grid
 from ._retriever import NearestNeighborRetriever
 
@@ -167,6 +168,19 @@ class RegionReranker(BaseEstimator):
         "qe_alpha": [Interval(Real, 0, None, closed="left")],
         "dtype": [StrOptions({"float32", "float16"})],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py):
+    # region_offsets_[i]:region_offsets_[i + 1] are the rows of image i's regions.
+    _state_spec = StateSpec({
+        "aggregator_": Attr("estimator"),
+        "global_": Attr("array", dtype="f", shape=(None, None)),
+        "y_": Attr("array", dtype=LABELS, shape=("global_",), none=True),
+        "retriever_": Attr("estimator"),
+        "region_vectors_": Attr("array", dtype="f", shape=(None, "global_[1]")),
+        "region_boxes_": Attr("array", dtype="fiu", shape=("region_vectors_", 4)),
+        "region_offsets_": Attr("array", dtype="iu", shape=("global_+1",),
+                                values=(0, "region_vectors_")),
+    })
 
     def __init__(self, aggregator, retriever=None, *, n_rerank=100, proposals="cam",
                  cam_classes=6, cam_thresholds=(0.01, 0.1, 0.2, 0.3, 0.4), rmac_levels=3,

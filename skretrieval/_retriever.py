@@ -20,6 +20,7 @@ from sklearn.utils.validation import (
 )
 
 from ._files import atomic_write, file_lock, remove_stale_temps
+from ._persist import LABELS, Attr, PathParam, StateSpec
 from .metrics import average_precision_from_relevance
 
 __all__ = ["NearestNeighborRetriever"]
@@ -480,6 +481,38 @@ class NearestNeighborRetriever(BaseEstimator):
         "dtype": [StrOptions({"float32", "float16"})],
         "store": [None, str, os.PathLike],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec(
+        {
+            "n_features_in_": Attr("int", values=(1, None)),
+            "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),
+                                      optional=True),
+            "X_fit_": Attr("array", dtype=("float32", "float16"),
+                           shape=("n_samples_fit_", "n_features_in_")),
+            "n_samples_fit_": Attr("int", values=(1, None)),
+            "y_": Attr("array", dtype=LABELS, shape=("n_samples_fit_",), none=True),
+            "_classes": Attr("array", dtype=LABELS, shape=(None,), optional=True),
+            "_y_codes": Attr("array", dtype="iu", shape=("n_samples_fit_",),
+                             values=(0, "_classes-1"), optional=True),
+            "_class_counts": Attr("array", dtype="iu", shape=("_classes",), optional=True),
+            # absent from models saved before ids existed (_after_load adds them)
+            "ids_": Attr("array", dtype="iuUO", shape=("n_samples_fit_",), optional="ids"),
+            "_next_id": Attr("int", optional="ids"),
+            "_keys": Attr("array", dtype="iu", shape=("n_samples_fit_",),
+                          values=(0, "_n_keys-1"), optional="ids"),
+            "_n_keys": Attr("int", values=(0, None), optional="ids"),
+            "fingerprints_": Attr("array", dtype="UO", shape=("n_samples_fit_",),
+                                  none=True, optional=True),
+            "_index_kind": Attr("str", choices=("faiss", "nndescent"), none=True,
+                                optional=True),
+            "_index_seed": Attr("int", optional=True),
+            "_faiss_index": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
+        },
+        # the index is rebuilt; a store's descriptors are loaded in memory
+        transient={"_index": None, "_store_path": None, "_store_dtype": None},
+        paths={"store": PathParam(None)},
+    )
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from ._backbones import describe_weights
 from ._deepnet import POOLINGS, RetrievalNet
 from ._images import load_image
 from ._maps import FeatureMaps
+from ._persist import LABELS, Attr, PathParam, StateSpec
 from .losses import ap_loss, contrastive_loss, triplet_loss
 
 __all__ = ["RetrievalNetTrainer"]
@@ -384,6 +385,30 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec(
+        {
+            "device_": Attr("str"),
+            "classes_": Attr("array", dtype=LABELS, shape=(None,)),
+            "_arch": Attr("json"),
+            "n_features_out_": Attr("int", values=(1, None)),
+            "best_epoch_": Attr("int", none=True),
+            "best_score_": Attr("float", none=True),
+            "history_": Attr("json"),
+            "n_epochs_": Attr("int"),
+            # the network's state dict (network_ is rebuilt from it when loaded)
+            "_network_state": Attr("arrays"),
+        },
+        transient={"network_": None},
+        paths={
+            "weights": PathParam(None, keep_names=True,
+                                 warn="the loaded network keeps its trained weights, "
+                                      "but refitting it would start from random weights"),
+            "checkpoint": PathParam(None),
+        },
+        device="device",
+    )
 
     def __init__(
         self,

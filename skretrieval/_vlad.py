@@ -29,6 +29,7 @@ from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
 from ._maps import FeatureMaps, check_maps, iter_maps
+from ._persist import Attr, StateSpec
 from ._pooling import _check_image, _inspect_maps
 
 __all__ = ["VLADEncoder"]
@@ -316,6 +317,15 @@ class VLADEncoder(TransformerMixin, BaseEstimator):
         "max_descriptors": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec({
+        "cluster_centers_": Attr("array", dtype="f", shape=("n_clusters", "n_channels_")),
+        "inertia_": Attr("float"),
+        "n_descriptors_": Attr("int"),
+        "n_channels_": Attr("int", values=(1, None)),
+        "n_scales_": Attr("int", values=(1, None)),
+    })
 
     def __init__(
         self,

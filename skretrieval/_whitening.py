@@ -20,6 +20,8 @@ from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._persist import Attr, StateSpec
+
 __all__ = ["PCAWhitener"]
 
 
@@ -194,6 +196,19 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         ],
         "random_state": ["random_state"],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec({
+        "n_features_in_": Attr("int", values=(1, None)),
+        "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),
+                                  optional=True),
+        "pca_": Attr("estimator", classes=(PCA,)),
+        "components_": Attr("array", dtype="f", shape=("n_components_", "n_features_in_")),
+        "mean_": Attr("array", dtype="f", shape=("n_features_in_",)),
+        "explained_variance_": Attr("array", dtype="f", shape=("n_components_",)),
+        "n_components_": Attr("int", values=(1, None)),
+        "scale_": Attr("array", dtype="f", shape=("n_components_",)),
+    })
 
     def __init__(
         self,
