@@ -30,6 +30,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ._files import give_default_mode
+
 __all__ = ["get_cache", "clear_memory_cache", "forward_pass_count"]
 
 _DEFAULT_MEMORY_BYTES = 2 * 1024**3
@@ -148,7 +150,7 @@ def _write_tag(directory):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(_TAG_TEXT)
-        os.chmod(tmp, 0o644)
+        give_default_mode(tmp)
         os.replace(tmp, os.path.join(directory, CACHE_TAG))
     except BaseException:
         if os.path.exists(tmp):
@@ -339,6 +341,7 @@ class DiskCache:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+            give_default_mode(tmp)
             os.replace(tmp, path)  # atomic: readers see all or nothing
         except BaseException:
             if os.path.exists(tmp):

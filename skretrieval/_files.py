@@ -24,7 +24,13 @@ import sys
 import tempfile
 import time
 
-__all__ = ["IndexLockedError", "atomic_write", "file_lock", "remove_stale_temps"]
+__all__ = [
+    "IndexLockedError",
+    "atomic_write",
+    "file_lock",
+    "give_default_mode",
+    "remove_stale_temps",
+]
 
 _TMP_TAG = ".skretrieval-tmp-"
 
@@ -45,6 +51,16 @@ def _umask():
     mask = os.umask(0o022)  # elsewhere it can only be read by setting it
     os.umask(mask)
     return mask
+
+
+def give_default_mode(path, *, directory=False):
+    """Give ``path`` the permissions a new file (or folder) gets under the umask.
+
+    :func:`tempfile.mkstemp` and :func:`tempfile.mkdtemp` create private
+    files (``0o600``) and folders (``0o700``); a file renamed from one into
+    place should have the usual ``0o666 & ~umask`` (``0o777 & ~umask``).
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def _temp_prefix(path):
@@ -126,7 +142,7 @@ def atomic_write(path, mode="wb"):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        give_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -207,6 +207,7 @@ from . import __version__
 from ._cam import CAMWeighter, OnlineCAMRetriever
 from ._expansion import QueryExpansionRetriever
 from ._extractor import ConvFeatureExtractor, _resolve_device
+from ._files import give_default_mode, remove_stale_temps
 from ._persist import _DIM, Attr, PathParam, StateSpec
 from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
 from ._rerank import RegionReranker
@@ -646,6 +647,7 @@ class _DirTarget:
             old = tempfile.mkdtemp(prefix=".skretrieval-old-", dir=os.path.dirname(self.path))
             os.rmdir(old)
             os.replace(self.path, old)
+        give_default_mode(self.tmp, directory=True)
         os.replace(self.tmp, self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -666,6 +668,8 @@ class _ZipTarget:
                 raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it")
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
+        # what a killed save left beside it, an hour after its last write
+        remove_stale_temps(self.path, legacy_prefixes=(".skretrieval-save-",))
         fd, self.tmp = tempfile.mkstemp(prefix=".skretrieval-save-", suffix=".zip", dir=parent)
         os.close(fd)
         self.zf = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED,
@@ -676,6 +680,7 @@ class _ZipTarget:
 
     def commit(self):
         self.zf.close()
+        give_default_mode(self.tmp)
         os.replace(self.tmp, self.path)
 
     def abort(self):

@@ -275,3 +275,23 @@ def test_cli_bad_image_position_counts_in_the_folder(tmp_path, capsys):
     assert "image 3 of 5" in err and "a3.png" in err and "--skip-bad" in err
     # the batches before the bad image were saved
     assert list(joblib.load(index)[-1].ids_) == ["a0.png", "a1.png"]
+
+
+def test_saved_models_and_cache_files_follow_umask(tmp_path):
+    from skretrieval._cache import DiskCache
+    from skretrieval.persistence import save_pipeline
+
+    pipe, _ = vector_pipeline()
+    old = os.umask(0o022)
+    try:
+        save_pipeline(pipe, tmp_path / "model.zip")
+        save_pipeline(pipe, tmp_path / "model_dir")
+        cache = DiskCache(tmp_path / "cache")
+        cache.put("ab" + "0" * 38, np.zeros(3))
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "model.zip").st_mode & 0o777) == 0o644
+    assert (os.stat(tmp_path / "model_dir").st_mode & 0o777) == 0o755
+    assert (os.stat(tmp_path / "model_dir" / "manifest.json").st_mode & 0o777) == 0o644
+    npy = next((tmp_path / "cache").rglob("*.npy"))
+    assert (os.stat(npy).st_mode & 0o777) == 0o644
