@@ -424,9 +424,11 @@ class _numbered_errors:
             return False
         where = self.positions[exc.index]
         reason = exc.reason or str(exc)
+        item = getattr(exc, "path", None)
+        what = f"image {where} of {self.total}" + (f" ({item!r})" if item else "")
         raise ImageLoadError(
-            f"image {where} of {self.total} in the folder listing: {exc} "
-            "(use --skip-bad to leave unreadable images out)",
+            f"{what}: {reason} (use --skip-bad to leave unreadable images out; "
+            "the batches saved so far are kept: --append resumes)",
             index=where, reason=reason) from exc
 
 

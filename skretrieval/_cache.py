@@ -381,9 +381,55 @@ def get_cache(cache):
     raise ValueError(f"cache must be None, 'memory' or a directory path, got {cache!r}")
 
 
+class ResumeStore:
+    """The maps of the last transform of this process that stopped on an error.
+
+    A transform without a cache that raises (a bad image with
+    ``on_error="raise"``, an error of the network...) leaves here the output
+    it had built, with the key of every image in it; the next transform of
+    any extractor takes the maps of the images it finds here instead of
+    running the network again, and releases them once it has used them.  A
+    later failure replaces them.  One output at most is held (the one the
+    failed call would have returned, on disk for ``store="disk"``).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._maps = None
+        self._index = {}
+
+    def get(self):
+        """``(maps, {key: position})``, ``(None, {})`` when empty."""
+        with self._lock:
+            return self._maps, self._index
+
+    def put(self, maps, index):
+        with self._lock:
+            self._maps, self._index = (maps, index) if index else (None, {})
+
+    def clear(self):
+        with self._lock:
+            self._maps, self._index = None, {}
+
+    def release(self, maps):
+        """Drop ``maps`` unless a later failure has replaced them already."""
+        with self._lock:
+            if self._maps is maps:
+                self._maps, self._index = None, {}
+
+
+#: The process's store of the maps of a failed transform.
+RESUME_STORE = ResumeStore()
+
+
 def clear_memory_cache():
-    """Empty the process-wide in-memory feature cache."""
+    """Empty the process-wide in-memory feature cache.
+
+    Also drops the maps kept from a transform that stopped on a bad image
+    (see ``ConvFeatureExtractor(on_error=...)``).
+    """
     _MEMORY.clear()
+    RESUME_STORE.clear()
 
 
 def make_key(*parts):

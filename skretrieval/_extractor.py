@@ -15,14 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from . import _distributed
-from ._cache import FORWARD_PASSES, get_cache, make_key
-from ._images import describe, image_key, load_image
+from ._cache import FORWARD_PASSES, RESUME_STORE, get_cache, make_key
+from ._images import (ImageLoadError, _item_path, _short_description, describe, image_key,
+                      load_image)
 from ._maps import FeatureMaps
+from ._persist import Attr, PathParam, StateSpec
 
 __all__ = ["ConvFeatureExtractor"]
 
@@ -34,6 +36,10 @@ _TRUNKS: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
 # 1.5x for MobileNetV2 here, see benchmarks/bench_extraction.py).
 CHANNELS_LAST = True
 _GEOMETRY: dict = {}
+# Images named in full in the warning of on_error="skip" (the rest are counted).
+_SKIP_LISTED = 20
+
+
 
 
 def _resolve_device(device):
@@ -190,6 +196,39 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         by the softmax of the classifier averaged over the scales.  They are
         read with ``maps.class_activations(i)``.  The network runs up to its
         last convolutional layer, whatever ``layer`` is.
+    strict : bool, default=True
+        Treat a JPEG file whose compressed data is corrupt as a bad image
+        (:class:`~skretrieval.ImageLoadError`): Pillow decodes such a file to
+        wrong pixels without an error.  The check adds about a third to the
+        loading time of a camera photo (+33 ms for 8 megapixels, up to twice
+        it for small or progressive files; see :func:`skretrieval.load_image`),
+        little next to the network; False skips it.  Images found in
+        ``cache`` are not decoded, hence not checked, again.
+    on_error : {"raise", "skip"}, default="raise"
+        What :meth:`transform` does with an image it cannot use (an
+        :class:`~skretrieval.ImageLoadError`: unreadable or corrupt file, bad
+        array, image too small for the network):
+
+        - ``"raise"``: stop, after the other images of the chunk of 64 being
+          extracted, with an :class:`~skretrieval.ImageLoadError` naming the
+          image and its position, ``"image 63 of 70 ('/data/x.jpg'): ..."``
+          (attributes ``index``, ``path``, ``reason``).  No work is lost:
+          the maps already extracted stay in ``cache`` or, without a cache,
+          in the process, and the next transform (of this or another
+          extractor with the same settings) takes them from there instead of
+          running the network again, once the image is fixed or removed;
+        - ``"skip"``: leave such images out of the output, with one warning
+          naming them, and list them in ``skipped_``.  The output then has
+          fewer rows than ``X``: drop the same positions from whatever is
+          aligned with ``X`` (labels, paths).  In a
+          :class:`~sklearn.pipeline.Pipeline`, ``fit(X, y)`` raises rather
+          than pass a ``y`` that no longer lines up; the results of the
+          later steps (e.g. a retriever's neighbours) refer to the images
+          kept.  Screening ``X`` first with :func:`skretrieval.check_images`
+          keeps every row aligned.  Not available with the dask backend.
+
+        Errors that are not about one image (an unsupported item type such
+        as ``None``, the network failing) always raise.
     n_jobs : int or None, default=None
         Threads that decode and resize images while the network runs
         (None: 1 on CPU, where the network uses every core; up to 4 on GPU).
@@ -225,6 +264,12 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         Normalisation applied to RGB values in [0, 1].
     device_ : str
         Device the network runs on.
+    skipped_ : list of tuple (int, str)
+        The images the last :meth:`transform` left out (``on_error="skip"``):
+        their position in ``X`` and the error message naming them, in the
+        order of ``X``; empty when none was (always with ``"raise"``).  Keep
+        the rows of labels aligned with
+        ``np.delete(y, [i for i, _ in ext.skipped_])``.
 
     See Also
     --------
@@ -238,8 +283,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
     :class:`skretrieval.Crop` to extract features from a box only (cropped at
     full resolution before resizing, as the revisitop protocol requires).
     An unreadable image aborts the transform with an
-    :class:`~skretrieval.ImageLoadError` naming it; screen a large folder
-    first with :func:`skretrieval.check_images`.
+    :class:`~skretrieval.ImageLoadError` naming it, keeping the maps already
+    extracted for the next call (``on_error``); screen a large folder first
+    with :func:`skretrieval.check_images`, which applies the same checks.
 
     Pickling stores the truncated network's ``state_dict`` as numpy arrays,
     not the torch module; loading rebuilds the module on first use, on CPU
@@ -276,9 +322,45 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         "cache": [None, str, os.PathLike],
         "cache_layers": ["array-like", None],
         "cams": [Interval(Integral, 1, None, closed="left"), None],
+        "strict": ["boolean"],
+        "on_error": [StrOptions({"raise", "skip"})],
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
+
+    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    _state_spec = StateSpec(
+        {
+            "device_": Attr("str"),
+            "layer_node_": Attr("str"),
+            "layer_name_": Attr("str"),
+            "mean_": Attr("tuple", items="float", shape=(3,)),
+            "std_": Attr("tuple", items="float", shape=(3,)),
+            "_weights_id": Attr("str"),
+            "cam_node_": Attr("str", none=True, optional=True),
+            "n_classes_": Attr("int", none=True, optional=True),
+            "_cam_weight": Attr("array", dtype="f", shape=("n_classes_", None), optional=True),
+            "_cam_bias": Attr("array", dtype="f", shape=("n_classes_",), optional=True),
+            "n_channels_": Attr("int", values=(1, None)),
+            "stride_": Attr("float"),
+            "min_input_size_": Attr("int"),
+            "fully_connected_": Attr("bool", optional=True),
+            "cache_nodes_": Attr("tuple", items="str", optional=True),
+            # the network's state dict, in its own file (rebuilt on first use)
+            "_trunk_state": Attr("arrays", file="trunk"),
+        },
+        transient={"trunk_": None, "_multi_trunk": None, "_multi_min_size": None,
+                   "skipped_": []},
+        paths={
+            "weights": PathParam(None, keep_names=True,
+                                 warn="the loaded network keeps the weights stored in "
+                                      "the model, but refitting it would start from "
+                                      "random weights"),
+            "store": PathParam("memory", keep=("memory", "disk")),
+            "cache": PathParam(None, keep=(None, "memory")),
+        },
+        device="device",
+    )
 
     def __init__(
         self,
@@ -295,6 +377,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         cache=None,
         cache_layers=None,
         cams=None,
+        strict=True,
+        on_error="raise",
         n_jobs=None,
         verbose=0,
     ):
@@ -310,14 +394,29 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self.cache = cache
         self.cache_layers = cache_layers
         self.cams = cams
+        self.strict = strict
+        self.on_error = on_error
         self.n_jobs = n_jobs
         self.verbose = verbose
 
     # ------------------------------------------------------------------
     def _scales(self):
-        scales = np.atleast_1d(np.asarray(self.scales, dtype=float))
-        if scales.ndim != 1 or scales.size == 0 or not np.all(scales > 0):
-            raise ValueError(f"scales must be positive numbers, got {self.scales!r}")
+        def invalid(why):
+            return InvalidParameterError(
+                f"The 'scales' parameter of {type(self).__name__} must be {why}, got "
+                f"{self.scales!r}: give finite positive multipliers of max_size, "
+                "e.g. (1.0,) or (1, 2**-0.5, 0.5)")
+
+        try:
+            scales = np.atleast_1d(np.asarray(self.scales, dtype=float))
+        except (TypeError, ValueError):
+            raise invalid("a number or a sequence of numbers") from None
+        if scales.ndim != 1 or scales.size == 0:
+            raise invalid("a non-empty sequence of numbers")
+        with np.errstate(over="ignore"):
+            sides = scales * float(self.max_size)
+        if not np.all(np.isfinite(sides)) or not np.all(scales > 0):
+            raise invalid("finite positive numbers")
         return tuple(float(s) for s in scales)
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -338,6 +437,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         if X is not None:
             _as_image_list(X)
         self._scales()
+        self.skipped_ = []
         self.device_ = _resolve_device(self.device)
         wid = describe_weights(self.backbone, self.weights)
         model, mean, std = load_backbone(self.backbone, self.weights)
@@ -503,10 +603,36 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             }
         return state
 
+    def _persistent_state(self):
+        """What :func:`skretrieval.persistence.save_pipeline` stores: the
+        pickled state (the network as a numpy state dict)."""
+        return self.__getstate__()
+
+    def _after_load(self, device=None):
+        """Complete an extractor loaded by :func:`skretrieval.persistence.load_pipeline`.
+
+        The network is rebuilt from ``_trunk_state`` on first use, on
+        ``device`` if given, else on the fitted device (the CPU, with a
+        warning, when it is not available here).
+        """
+        if device is not None:
+            self.device_ = device
+        elif self.device_.startswith("mps") and not (
+            getattr(torch.backends, "mps", None) is not None
+            and torch.backends.mps.is_available()
+        ):
+            warnings.warn(
+                f"this extractor was fitted on {self.device_!r}, which is not available "
+                "here; running on CPU",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            self.device_ = "cpu"
+
     # ------------------------------------------------------------------
     def _prepare(self, index, item, scales):
         """Load one image and resize it for every scale (runs in a thread)."""
-        arr = load_image(item, index=index)
+        arr = load_image(item, index=index, strict=getattr(self, "strict", True))
         h, w = arr.shape[:2]
         out = []
         square = getattr(self, "fully_connected_", False)
@@ -515,19 +641,29 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             if square:  # fully-connected codes: the whole image, aspect ignored
                 shape = (max(1, round(self.max_size * s)),) * 2
             if min(shape) < self.min_input_size_:
-                raise ValueError(
-                    f"{describe(item, index)} is {h}x{w} px, {shape[0]}x{shape[1]} "
-                    f"after resizing to max_size={self.max_size} x scale {s}; layer "
-                    f"{self.layer_name_!r} of {self.backbone} needs at least "
-                    f"{self.min_input_size_} px on each side. Raise max_size or "
-                    "drop this image"
-                )
+                reason = (
+                    f"{h}x{w} px, {shape[0]}x{shape[1]} after resizing to "
+                    f"max_size={self.max_size} x scale {s}; layer {self.layer_name_!r} "
+                    f"of {self.backbone} needs at least {self.min_input_size_} px on "
+                    "each side. Raise max_size or drop this image")
+                raise ImageLoadError(f"{describe(item, index)} is {reason}", index=index,
+                                     reason=reason, path=_item_path(item))
             out.append(_resize(arr, shape))
         return out
 
+    def _resume_key(self, item, scales):
+        """Key of the maps of ``item`` in the resume store (None if it has none)."""
+        try:
+            ikey = image_key(item)
+        except (ImageLoadError, TypeError):
+            return None
+        return make_key((self.backbone, self._weights_id, self.layer_node_, self.dtype,
+                         self.max_size, scales, self.cams, self._cam_extra()), ikey)
+
     def _keys(self, items, indices, scales):
         """Cache keys: per image, ``{node: [one key per scale]}`` for the layer
-        and, when the multi-layer network is used, for ``cache_layers``."""
+        and, when the multi-layer network is used, for ``cache_layers`` (None
+        for an image without a key, e.g. a missing file: it fails to load)."""
         if self.cache is None:
             return None
         nodes = (self.layer_node_,) + self._cam_extra()
@@ -535,7 +671,11 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             nodes += tuple(n for n in self.cache_nodes_ if n not in nodes)
         out = []
         for i in indices:
-            ikey = image_key(items[i], index=i)
+            try:
+                ikey = image_key(items[i], index=i)
+            except (ImageLoadError, TypeError):
+                out.append(None)
+                continue
             out.append({
                 node: [make_key((self.backbone, self._weights_id, node, self.dtype), ikey,
                                 self.max_size, s) for s in scales]
@@ -554,18 +694,109 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         Returns
         -------
         maps : FeatureMaps
-            ``maps[i]`` is a tuple of one ``(C, H, W)`` float32 array per scale.
+            ``maps[i]`` is a tuple of one ``(C, H, W)`` float32 array per scale,
+            for every image of ``X`` in order (with ``on_error="skip"``, for
+            every image kept; ``skipped_`` lists the others).
+
+        Raises
+        ------
+        ImageLoadError
+            With ``on_error="raise"``, for an image that cannot be used, naming
+            it and its position in ``X``; the maps already extracted are kept
+            for the next call (see ``on_error``).
         """
         check_is_fitted(self, "trunk_")
         items = _as_image_list(X)
         self._ensure_trunk()
+        on_error = getattr(self, "on_error", "raise")  # extractors pickled before it
         backend = _distributed.distributed_backend()
         if backend is not None:  # joblib's dask backend: chunks run on its workers
-            return _distributed.transform_distributed(self, items, backend)
+            if on_error != "raise":
+                raise ValueError(
+                    "on_error='skip' is not supported with the dask backend (the "
+                    "workers' outputs could not be placed in X): screen the images "
+                    "first with skretrieval.check_images(X) and keep on_error='raise', "
+                    "or extract outside the dask backend")
+            maps = _distributed.transform_distributed(self, items, backend)
+            self.skipped_ = []
+            return maps
+        out, placed, skipped = self._extract(items, on_error)
+        if skipped:
+            lines = [msg for _, msg in skipped[:_SKIP_LISTED]]
+            if len(skipped) > _SKIP_LISTED:
+                lines.append(f"... and {len(skipped) - _SKIP_LISTED} more")
+            warnings.warn(
+                f"on_error='skip': left out {len(skipped)} of {len(items)} images that "
+                "cannot be used (the output has a row per image kept; skipped_ lists "
+                "the positions left out: drop them from the labels too):\n  "
+                + "\n  ".join(lines), UserWarning, stacklevel=3)
+        self.skipped_ = skipped
+        return out
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit, then extract the feature maps of ``X`` (see :meth:`transform`).
+
+        Parameters
+        ----------
+        X : list of images
+            Paths, PIL images, ``H x W x 3`` arrays or :class:`Crop` items.
+        y : array-like, optional
+            Labels aligned with ``X`` (passed on by a Pipeline).  With
+            ``on_error="skip"``, leaving an image out while ``y`` is given
+            raises: ``y`` would no longer line up with the output.
+        **fit_params : dict
+            Passed to :meth:`fit`.
+
+        Returns
+        -------
+        maps : FeatureMaps
+            As :meth:`transform` returns them.
+        """
+        items = _as_image_list(X)
+        self.fit(items, y, **fit_params)
+        out = self.transform(items)
+        if y is not None and self.skipped_:
+            bad = [i for i, _ in self.skipped_]
+            if self.cache is None:  # the filtered rerun takes them from there
+                left_out = set(bad)
+                kept = [i for i in range(len(items)) if i not in left_out]
+                self._stash(out, kept, items, self._scales())
+            shown = ", ".join(map(str, bad[:_SKIP_LISTED])) + (
+                ", ..." if len(bad) > _SKIP_LISTED else "")
+            raise ValueError(
+                f"on_error='skip' left out {len(bad)} images of X (positions {shown}) "
+                "but y was given: y would no longer line up with the maps (a Pipeline "
+                "passes y unchanged to its next steps). Drop the same positions from X "
+                "and y, e.g. bad = {i for i, _, _ in skretrieval.check_images(X)}, "
+                "and fit again: the maps extracted now are reused")
+        return out
+
+    def _numbered(self, exc, i, items):
+        """``exc`` of image ``i`` as an ImageLoadError numbered in the whole ``X``."""
+        reason = getattr(exc, "reason", None) or str(exc)
+        return ImageLoadError(
+            f"image {i} of {len(items)} ({_short_description(items[i])}): {reason}",
+            index=i, reason=reason, path=getattr(exc, "path", None) or _item_path(items[i]))
+
+    def _stash(self, out, placed, items, scales):
+        """Keep ``out`` (the maps of ``items[placed]``) for the next transform."""
+        index = {}
+        for k, p in enumerate(placed):
+            key = self._resume_key(items[p], scales)
+            if key is not None:
+                index[key] = k
+        RESUME_STORE.put(out, index)
+
+    def _extract(self, items, on_error):
+        """The maps of ``items`` in process: ``(maps, position in items of each
+        image of maps, [(position, message) of the images skipped])``."""
         scales = self._scales()
         cache = get_cache(self.cache)
         out = FeatureMaps(scales=scales, layer=self.layer_name_, store=self.store,
                           dtype=self.dtype)
+        placed, skipped = [], []
+        stash, stash_index = RESUME_STORE.get()
+        reused = [0]
         needed = (self.layer_node_,) + self._cam_extra()
         # On CPU the network already uses every core: one decoding thread
         # overlaps I/O without oversubscribing (benchmarks/bench_extraction.py).
@@ -574,70 +805,123 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         mean = torch.tensor(self.mean_, device=self.device_).view(1, 3, 1, 1)
         std = torch.tensor(self.std_, device=self.device_).view(1, 3, 1, 1)
         t0, last_report = time.perf_counter(), 0.0
-        chunks = [range(a, min(a + _CHUNK, len(items))) for a in range(0, len(items), _CHUNK)]
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        n = len(items)
+        chunks = [range(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
+        try:
+            with ThreadPoolExecutor(max_workers=n_threads) as pool:
 
-            def submit(chunk):
-                keys = self._keys(items, chunk, scales)
-                futures = []
-                for j, i in enumerate(chunk):
-                    if keys is not None:
-                        hits = [{node: cache.get(keys[j][node][s]) for node in needed}
-                                for s in range(len(scales))]
-                        if all(h is not None for hit in hits for h in hit.values()):
-                            futures.append((None, hits, keys[j]))
+                def submit(chunk):
+                    keys = self._keys(items, chunk, scales)
+                    futures = []
+                    for j, i in enumerate(chunk):
+                        if stash_index:  # maps left by a transform that failed
+                            pos = stash_index.get(self._resume_key(items[i], scales))
+                            if pos is not None:
+                                futures.append(("stash", pos, None))
+                                continue
+                        keys_j = None if keys is None else keys[j]
+                        if keys_j is not None:
+                            hits = [{node: cache.get(keys_j[node][s]) for node in needed}
+                                    for s in range(len(scales))]
+                            if all(h is not None for hit in hits for h in hit.values()):
+                                futures.append(("cache", hits, keys_j))
+                                continue
+                        futures.append(("run", pool.submit(self._prepare, i, items[i], scales),
+                                        keys_j))
+                    return futures
+
+                pending = submit(chunks[0]) if chunks else []
+                for c, chunk in enumerate(chunks):
+                    current = pending
+                    if c + 1 < len(chunks):  # decode the next chunk while this one runs
+                        pending = submit(chunks[c + 1])
+                    results, ready, failed = {}, {}, {}
+                    groups = defaultdict(list)
+                    for j, (kind, what, keys) in enumerate(current):
+                        if kind == "stash":
+                            ready[j] = (stash[what], stash.class_activations(what)
+                                        if stash.has_cams else None)
+                            reused[0] += 1
                             continue
-                    futures.append((pool.submit(self._prepare, i, items[i], scales), None,
-                                    None if keys is None else keys[j]))
-                return futures
+                        if kind == "cache":
+                            results.update({(j, s): what[s] for s in range(len(scales))})
+                            continue
+                        try:
+                            arrays = what.result()
+                        except ImageLoadError as exc:  # this image only: see on_error
+                            failed[j] = self._numbered(exc, chunk[j], items)
+                            continue
+                        for s, arr in enumerate(arrays):
+                            groups[arr.shape].append((j, s, arr, keys))
+                    with torch.inference_mode():
+                        for shape in sorted(groups):
+                            members = groups[shape]
+                            for b in range(0, len(members), batch_size):
+                                batch = members[b:b + batch_size]
+                                outputs = self._run_batch(
+                                    [m[2] for m in batch], mean, std,
+                                    [chunk[m[0]] for m in batch], items,
+                                    multi=cache is not None)
+                                for (j, s, _, keys_j), maps in zip(batch, outputs):
+                                    results[(j, s)] = {node: maps[node] for node in needed}
+                                    if cache is not None and keys_j is not None:
+                                        for node, fmap in maps.items():
+                                            if self.dtype == "float16":  # in the key too
+                                                fmap = fmap.astype(np.float16)
+                                            cache.put(keys_j[node][s], fmap)
+                    for j in range(len(chunk)):
+                        if j in failed:
+                            continue
+                        if j in ready:
+                            entry, cams = ready.pop(j)
+                        else:
+                            got = [results.pop((j, s)) for s in range(len(scales))]
+                            entry = tuple(g[self.layer_node_] for g in got)
+                            cams = None
+                            if self.cams is not None:
+                                node = self.cam_node_
+                                cams = self._class_activations(entry, [g[node] for g in got])
+                        out.append(entry, cams)
+                        placed.append(chunk[j])
+                    if failed:
+                        errors = [failed[j] for j in sorted(failed)]
+                        if on_error == "raise":
+                            raise self._stop_error(errors, len(placed), cache is not None)
+                        skipped.extend((e.index, str(e)) for e in errors)
+                    if self.verbose:
+                        now = time.perf_counter() - t0
+                        done = chunk.stop
+                        if now - last_report > 5 or done == n:
+                            last_report = now
+                            rate = done / max(now, 1e-9)
+                            eta = (n - done) / max(rate, 1e-9)
+                            print(f"[ConvFeatureExtractor] {done}/{n} images, "
+                                  f"{rate:.1f} img/s, {eta:.0f} s left", file=sys.stderr,
+                                  flush=True)
+        except Exception:
+            if cache is None and placed:  # keep the work done for the next call
+                self._stash(out, placed, items, scales)
+            raise
+        if reused[0]:
+            RESUME_STORE.release(stash)
+        return out, placed, skipped
 
-            pending = submit(chunks[0]) if chunks else []
-            for c, chunk in enumerate(chunks):
-                current = pending
-                if c + 1 < len(chunks):  # decode the next chunk while this one runs
-                    pending = submit(chunks[c + 1])
-                results = {}
-                groups = defaultdict(list)
-                for j, (fut, hits, keys) in enumerate(current):
-                    if fut is None:
-                        results.update({(j, s): hits[s] for s in range(len(scales))})
-                        continue
-                    for s, arr in enumerate(fut.result()):
-                        groups[arr.shape].append((j, s, arr, keys))
-                with torch.inference_mode():
-                    for shape in sorted(groups):
-                        members = groups[shape]
-                        for b in range(0, len(members), batch_size):
-                            batch = members[b:b + batch_size]
-                            outputs = self._run_batch([m[2] for m in batch], mean, std,
-                                                      [chunk[m[0]] for m in batch], items,
-                                                      multi=cache is not None)
-                            for (j, s, _, keys_j), maps in zip(batch, outputs):
-                                results[(j, s)] = {node: maps[node] for node in needed}
-                                if cache is not None:
-                                    for node, fmap in maps.items():
-                                        if self.dtype == "float16":  # in the key too
-                                            fmap = fmap.astype(np.float16)
-                                        cache.put(keys_j[node][s], fmap)
-                for j in range(len(chunk)):
-                    got = [results.pop((j, s)) for s in range(len(scales))]
-                    entry = tuple(g[self.layer_node_] for g in got)
-                    cams = None
-                    if self.cams is not None:
-                        node = self.cam_node_
-                        cams = self._class_activations(entry, [g[node] for g in got])
-                    out.append(entry, cams)
-                if self.verbose:
-                    now = time.perf_counter() - t0
-                    done = chunk.stop
-                    if now - last_report > 5 or done == len(items):
-                        last_report = now
-                        rate = done / max(now, 1e-9)
-                        eta = (len(items) - done) / max(rate, 1e-9)
-                        print(f"[ConvFeatureExtractor] {done}/{len(items)} images, "
-                              f"{rate:.1f} img/s, {eta:.0f} s left", file=sys.stderr,
-                              flush=True)
-        return out
+    @staticmethod
+    def _stop_error(errors, n_done, cached):
+        """The error that stops a transform at the first image of ``errors``."""
+        first = errors[0]
+        message = (f"{first}. Fix or remove this image (skretrieval.check_images(X) "
+                   "lists every image that cannot be used; on_error='skip' leaves them "
+                   "out)")
+        if len(errors) > 1:
+            message += ("; images " + ", ".join(str(e.index) for e in errors[1:])
+                        + " cannot be used either")
+        if n_done:
+            where = "in the cache" if cached else "in this process"
+            message += (f". The maps of the {n_done} images extracted are kept {where}: "
+                        "the next transform takes them from there")
+        return ImageLoadError(message, index=first.index, reason=first.reason,
+                              path=first.path)
 
     def _run_batch(self, arrays, mean, std, indices, items, multi=False):
         """Run a batch; per image, ``{node: map}`` (the cache layers too when

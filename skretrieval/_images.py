@@ -12,7 +12,10 @@ whose items may be freely mixed and of different sizes:
 
 :func:`load_image` turns any of them into an ``H x W x 3`` ``uint8`` RGB array
 following explicit, documented rules, and raises :class:`ImageLoadError` (a
-:class:`ValueError`) naming the offending item when it cannot.
+:class:`ValueError`) naming the offending item when it cannot.  JPEG files
+are checked strictly by default: damaged compressed data, which Pillow
+decodes to wrong pixels without a word, is an error too (see
+:func:`load_image`).
 :func:`check_images` runs the same loader over a whole collection and reports
 the problems instead of raising, so that a large folder can be cleaned up
 before fitting; :func:`list_images` lists the image files of a folder.
@@ -76,19 +79,33 @@ class ImageLoadError(ValueError):
         Position of the item in the input list, when known.
     reason : str or None, default=None
         The reason alone, without the item description.
+    path : str or None, default=None
+        The file, for a path item, a :class:`Crop` of one or a PIL image
+        opened from one.
 
     Attributes
     ----------
     index : int or None
-        Position of the item in the input list, when known.
+        Position of the item in the input list, when known: code that loads
+        a collection in batches renumbers with ``batch_start + err.index``.
     reason : str or None
         The reason alone, without the item description.
+    path : str or None
+        The file, when the item is (or was read from) one.
+
+    Notes
+    -----
+    The attributes survive pickling (errors raised in worker processes).
     """
 
-    def __init__(self, message, index=None, reason=None):
+    def __init__(self, message, index=None, reason=None, path=None):
         super().__init__(message)
         self.index = index
         self.reason = reason
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.index, self.reason, self.path))
 
 
 def _is_path(item):
@@ -108,8 +125,21 @@ def _type_error(item, index):
     )
 
 
+def _item_path(item):
+    """The file behind an item, or None."""
+    if isinstance(item, Crop):
+        item = item.image
+    if _is_path(item):
+        return os.fsdecode(os.fspath(item))
+    if isinstance(item, Image.Image):
+        filename = getattr(item, "filename", None)
+        return os.fsdecode(filename) if filename else None
+    return None
+
+
 def _fail(item, index, reason):
-    return ImageLoadError(f"{describe(item, index)}: {reason}", index=index, reason=reason)
+    return ImageLoadError(f"{describe(item, index)}: {reason}", index=index, reason=reason,
+                          path=_item_path(item))
 
 
 # --------------------------------------------------------------------------
@@ -401,7 +431,31 @@ def _array_to_rgb(a, item, index):
     return np.ascontiguousarray(a)
 
 
-def _load_path(path, index):
+# Formats whose file is checked by ``strict`` (MPO: camera JPEGs holding more
+# images after the first, which is the one decoded).
+_STRICT_FORMATS = ("JPEG", "MPO")
+
+
+def _strict_check(p, path, index):
+    """Raise for a JPEG file whose compressed data is corrupt (Pillow decodes
+    such data to wrong pixels without an error: libjpeg only warns)."""
+    from ._jpeg import jpeg_problem
+
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise _fail(path, index, f"cannot read file ({exc})") from exc
+    problem = jpeg_problem(data)
+    if problem is not None:
+        raise _fail(
+            path, index,
+            f"{problem}: the file decodes to wrong pixels. Replace it with an "
+            "intact copy, or pass strict=False to accept it as decoded",
+        )
+
+
+def _load_path(path, index, strict=True):
     p = os.fsdecode(os.fspath(path))
     try:
         st = os.stat(p)
@@ -420,6 +474,8 @@ def _load_path(path, index):
     try:
         with Image.open(p) as im:
             im.load()  # full decode now, so that truncated files fail here
+            if strict and im.format in _STRICT_FORMATS:
+                _strict_check(p, path, index)
             im = _exif_transpose(im, path, index)
             return _pil_to_rgb(im, path, index)
     except ImageLoadError:
@@ -454,7 +510,7 @@ def _load_pil(im, index):
         raise _fail(im, index, f"{kind} ({type(exc).__name__}: {msg})") from exc
 
 
-def load_image(item, *, index=None):
+def load_image(item, *, index=None, strict=True):
     """Load one input item as an ``H x W x 3`` ``uint8`` RGB array.
 
     Parameters
@@ -463,6 +519,9 @@ def load_image(item, *, index=None):
         The image. See Notes for the conversion rules.
     index : int or None, default=None
         Position of the item in its list; only used in error messages.
+    strict : bool, default=True
+        Whether a JPEG file whose compressed data is corrupt is an error
+        (see Notes). False accepts it with the pixels Pillow decodes.
 
     Returns
     -------
@@ -474,8 +533,9 @@ def load_image(item, *, index=None):
     ImageLoadError
         If the item cannot be read or converted: missing, zero-byte or
         non-regular file, not an image / corrupt data, truncated file,
-        unsupported array shape or dtype, out-of-range values, empty array,
-        crop box outside the image. The message names the item (index, path).
+        corrupt JPEG data (with ``strict``), unsupported array shape or
+        dtype, out-of-range values, empty array, crop box outside the image.
+        The message names the item (index, path).
     TypeError
         If the item is of an unsupported type (``None``, a number, a list...).
 
@@ -486,6 +546,29 @@ def load_image(item, *, index=None):
     ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is respected). The EXIF
     orientation is honoured (:func:`PIL.ImageOps.exif_transpose`).
     Multi-frame files (GIF, TIFF) contribute their first frame.
+
+    **Strict JPEG decoding.** A JPEG file whose entropy-coded data is damaged
+    (bytes overwritten or lost in the middle of the file, its header intact)
+    is decoded by libjpeg to wrong pixels, often garbage over most of the
+    image: libjpeg reports it only as a warning ("Corrupt JPEG data: ...")
+    that Pillow drops.  With ``strict=True`` the compressed data of every
+    JPEG (and MPO) file is read again the way the decoder reads it (Huffman
+    codes, block counts, restart markers, coefficient ranges; see
+    ``skretrieval._jpeg``), and any inconsistency raises
+    :class:`ImageLoadError` ("corrupt JPEG data in scan 1: premature end of
+    data segment"...).  Intact files of any conforming encoder pass
+    (baseline, progressive, greyscale, CMYK, any chroma subsampling, restart
+    intervals).  Damage that keeps the stream consistent, e.g. one changed
+    coefficient, cannot be seen this way: it changes a few blocks only.
+    Arithmetic-coded, lossless and hierarchical JPEG files are not checked.
+    Cost (one thread): the check reads the compressed data once more, at
+    about 120 MB/s: +33 ms on a 4 MB 8-megapixel camera photo that loads in
+    89 ms (+36%), +2 ms on a 640 x 480 photo (about twice its 2 ms), +3 ms on
+    a 512 x 512 progressive file; little next to a CNN forward pass.  Its
+    compiled code is built on the first use in an environment (about 2 s,
+    then 0.3 s to load from numba's cache on disk).
+    PIL images and arrays are already decoded: they are not checked.
+
     **PIL images** are treated exactly like files, including their EXIF
     orientation when they carry one (an image already passed through
     ``exif_transpose`` has no orientation tag left and is not rotated again).
@@ -528,9 +611,9 @@ def load_image(item, *, index=None):
     transposition), then the box, clipped to the image, is cut out.
     """
     if isinstance(item, Crop):
-        return _apply_crop(load_image(item.image, index=index), item, index)
+        return _apply_crop(load_image(item.image, index=index, strict=strict), item, index)
     if _is_path(item):
-        return _load_path(item, index)
+        return _load_path(item, index, strict)
     if isinstance(item, Image.Image):
         return _load_pil(item, index)
     if isinstance(item, np.ndarray):
@@ -638,15 +721,15 @@ def _resolve_n_jobs(n_jobs):
 
 
 def _check_one(args):
-    index, item = args
+    index, item, strict = args
     try:
-        load_image(item, index=index)
+        load_image(item, index=index, strict=strict)
     except Exception as exc:  # noqa: BLE001 - report every problem
         return (index, item, str(exc))
     return None
 
 
-def check_images(items, *, n_jobs=1):
+def check_images(items, *, n_jobs=1, strict=True):
     """Try to load every item and report those that fail.
 
     Use it to filter a large collection before fitting::
@@ -664,6 +747,9 @@ def check_images(items, *, n_jobs=1):
         Number of threads (:class:`concurrent.futures.ThreadPoolExecutor`;
         Pillow decodes without holding the GIL). ``None`` means 1, ``-1``
         all CPUs, ``-2`` all but one, etc.
+    strict : bool, default=True
+        Whether JPEG files with corrupt compressed data are reported (they
+        decode to wrong pixels without an error; see :func:`load_image`).
 
     Returns
     -------
@@ -679,11 +765,12 @@ def check_images(items, *, n_jobs=1):
         )
     items = list(items)
     n_jobs = min(_resolve_n_jobs(n_jobs), max(1, len(items)))
+    tasks = ((i, item, bool(strict)) for i, item in enumerate(items))
     if n_jobs == 1:
-        results = map(_check_one, enumerate(items))
+        results = map(_check_one, tasks)
         return [r for r in results if r is not None]
     with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-        results = list(pool.map(_check_one, enumerate(items)))
+        results = list(pool.map(_check_one, tasks))
     return [r for r in results if r is not None]
 
 

@@ -41,6 +41,16 @@ def _reference_maps(model, node, image, longest, mean=MEAN, std=STD):
         return trunk(x)["out"][0].numpy()
 
 
+@pytest.fixture(autouse=True)
+def _no_resumed_maps():
+    """Each test starts without maps left by a transform that failed before."""
+    from skretrieval._cache import RESUME_STORE
+
+    RESUME_STORE.clear()
+    yield
+    RESUME_STORE.clear()
+
+
 @pytest.fixture(scope="module")
 def resnet18():
     return ConvFeatureExtractor("resnet18", weights=None, max_size=64, device="cpu").fit()
@@ -358,3 +368,220 @@ def test_real_mobilenet_weights_classify_a_cat_and_match_features():
     ext = ConvFeatureExtractor("mobilenet_v2", max_size=224, device="cpu").fit()
     ref = _reference_maps(model, "features", cat, 224)
     np.testing.assert_allclose(ext.transform([cat])[0][0], ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------
+# One bad image: named by its position, never losing the work on the others
+# ----------------------------------------------------------------------------
+
+def _jpeg_bytes(seed=0, size=(48, 40)):
+    import io
+
+    rng = np.random.default_rng(seed)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+                        .resize(size, Image.BILINEAR))
+    buf = io.BytesIO()
+    Image.fromarray(smooth).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _garbled(data):
+    """``data`` with the middle of its scan overwritten (header intact, no 0xFF
+    written): Pillow decodes it without an error, to wrong pixels."""
+    start = data.index(b"\xff\xda") + 2
+    start += int.from_bytes(data[start:start + 2], "big")
+    end = data.rindex(b"\xff\xd9")
+    at = (start + end) // 2 - 20
+    while data[at - 1] == 0xFF:
+        at += 1
+    noise = np.random.default_rng(1).integers(0, 255, 40, dtype=np.uint8).tobytes()
+    return data[:at] + noise + data[at + 40:]
+
+
+@pytest.fixture
+def bad_jpeg(tmp_path):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(_garbled(_jpeg_bytes()))
+    with Image.open(path) as im:
+        im.load()  # Pillow alone sees nothing wrong
+    return path
+
+
+def _fix(path):
+    path.write_bytes(_jpeg_bytes())
+    os.utime(path, ns=(1, 1))  # another key, even within the mtime resolution
+
+
+def test_bad_image_is_named_by_position_and_the_others_are_not_recomputed(bad_jpeg):
+    X = _images(sizes=[(40, 48)] * 70)
+    X[63] = str(bad_jpeg)
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu").fit()
+    before = forward_pass_count()
+    with pytest.raises(ImageLoadError) as info:
+        ext.transform(X)
+    err = info.value
+    message = str(err)
+    assert message.startswith(f"image 63 of 70 ('{bad_jpeg}'): corrupt JPEG data")
+    assert "check_images" in message and "next transform" in message
+    assert (err.index, err.path) == (63, str(bad_jpeg))
+    assert err.reason.startswith("corrupt JPEG data")
+    assert forward_pass_count() - before == 63  # the chunk of 64 minus the bad one
+    _fix(bad_jpeg)
+    before = forward_pass_count()
+    maps = ext.transform(X)
+    assert len(maps) == 70
+    assert forward_pass_count() - before == 7  # the fixed one and the 6 never reached
+    fresh = ConvFeatureExtractor("resnet18", weights=None, max_size=32,
+                                 device="cpu").fit().transform([X[0], X[63], X[69]])
+    for a, b in zip((maps[0], maps[63], maps[69]), fresh):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    # the maps kept were released by the call that used them
+    before = forward_pass_count()
+    ext.transform(X[:3])
+    assert forward_pass_count() - before == 3
+
+
+@pytest.mark.parametrize("store", ["memory", "disk"])
+def test_removing_the_bad_image_reuses_the_maps_of_the_others(bad_jpeg, store):
+    good = _images(5)
+    X = good[:2] + [str(bad_jpeg)] + good[2:]
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                               store=store).fit()
+    with pytest.raises(ImageLoadError, match=r"^image 2 of 6 .*maps of the 5 images"):
+        ext.transform(X)
+    other = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu").fit()
+    before = forward_pass_count()
+    maps = other.transform(good)  # another extractor with the same settings
+    assert forward_pass_count() == before and len(maps) == 5
+    # other settings, other maps: nothing reused
+    before = forward_pass_count()
+    ConvFeatureExtractor("resnet18", weights=None, max_size=40, device="cpu").fit() \
+        .transform(good[:2])
+    assert forward_pass_count() - before == 2
+
+
+def test_with_a_cache_the_maps_done_are_in_the_cache(bad_jpeg):
+    clear_memory_cache()
+    good = _images(4)
+    X = good[:3] + [str(bad_jpeg)] + good[3:]
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                               cache="memory").fit()
+    with pytest.raises(ImageLoadError, match="kept in the cache"):
+        ext.transform(X)
+    before = forward_pass_count()
+    ext.transform(good)
+    assert forward_pass_count() == before
+
+
+def test_missing_file_and_too_small_image_with_a_cache_are_load_errors(tmp_path):
+    ext = ConvFeatureExtractor("vgg16", weights=None, layer="pool5", max_size=64,
+                               device="cpu", cache="memory").fit()
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(ImageLoadError, match=r"^image 1 of 2 .*missing\.jpg'\): file not"):
+        ext.transform([np.zeros((64, 64, 3), np.uint8), missing])
+    with pytest.raises(ImageLoadError, match=r"^image 0 of 1 .*needs at least 32 px") as info:
+        ext.transform([np.zeros((3, 200, 3), np.uint8)])
+    assert info.value.index == 0 and info.value.path is None
+
+
+def test_on_error_skip_leaves_bad_images_out_and_reports_them(bad_jpeg, tmp_path):
+    good = _images(4)
+    missing = tmp_path / "missing.png"
+    X = [good[0], str(bad_jpeg), good[1], good[2], missing, good[3]]
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                               on_error="skip").fit()
+    assert ext.skipped_ == []
+    with pytest.warns(UserWarning, match=r"left out 2 of 6 images") as record:
+        maps = ext.transform(X)
+    assert len(record) == 1
+    text = str(record[0].message)
+    assert str(bad_jpeg) in text and str(missing) in text
+    assert len(maps) == 4
+    assert [i for i, _ in ext.skipped_] == [1, 4]
+    assert ext.skipped_[0][1].startswith(f"image 1 of 6 ('{bad_jpeg}'): corrupt JPEG data")
+    assert "file not found" in ext.skipped_[1][1]
+    ref = ConvFeatureExtractor("resnet18", weights=None, max_size=32,
+                               device="cpu").fit().transform(good)
+    for a, b in zip(maps, ref):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    labels = np.delete(np.arange(6), [i for i, _ in ext.skipped_])
+    assert labels.tolist() == [0, 2, 3, 5]
+    # the report is the last transform's
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(ext.transform(good)) == 4
+    assert ext.skipped_ == []
+    # unsupported items are not bad images: they always raise
+    with pytest.raises(TypeError, match="unsupported input"):
+        ext.transform([good[0], None])
+
+
+def test_on_error_skip_with_labels_refuses_to_misalign_y(bad_jpeg):
+    from sklearn.pipeline import make_pipeline
+
+    from skretrieval import GeMPooler, NearestNeighborRetriever
+
+    good = _images(3)
+    X = [good[0], str(bad_jpeg), good[1], good[2]]
+    y = [0, 1, 0, 1]
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                               on_error="skip")
+    pipe = make_pipeline(ext, GeMPooler(), NearestNeighborRetriever(n_neighbors=2))
+    with pytest.warns(UserWarning, match="left out 1"):
+        with pytest.raises(ValueError, match=r"positions 1\) but y was given.*check_images"):
+            pipe.fit(X, y)
+    # filtering X and y as told: the maps extracted are reused
+    before = forward_pass_count()
+    pipe.fit([X[i] for i in (0, 2, 3)], [y[i] for i in (0, 2, 3)])
+    assert forward_pass_count() == before
+    # without labels the extractor alone keeps the rows it can
+    with pytest.warns(UserWarning, match="left out 1"):
+        assert len(ext.fit_transform(X)) == 3
+
+
+def test_on_error_skip_is_refused_with_the_dask_backend(monkeypatch):
+    from skretrieval import _distributed
+
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                               on_error="skip").fit()
+    monkeypatch.setattr(_distributed, "distributed_backend", lambda: object())
+    with pytest.raises(ValueError, match="not supported with the dask backend.*check_images"):
+        ext.transform(_images(1))
+
+
+def test_strict_false_accepts_a_garbled_jpeg(bad_jpeg):
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                               strict=False).fit()
+    assert len(ext.transform([str(bad_jpeg)])) == 1
+    with pytest.raises(ImageLoadError, match="corrupt JPEG data"):
+        ext.set_params(strict=True).transform([str(bad_jpeg)])
+
+
+def test_new_parameters_are_validated():
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="on_error"):
+        ConvFeatureExtractor("resnet18", weights=None, on_error="ignore").fit()
+    with pytest.raises(InvalidParameterError, match="strict"):
+        ConvFeatureExtractor("resnet18", weights=None, strict="yes").fit()
+
+
+@pytest.mark.parametrize("scales", [(float("inf"),), (1.0, float("nan")), (0,), (-1,),
+                                    (1e308,), ()])
+def test_scales_must_be_finite_and_positive(scales):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=r"'scales' parameter.*finite positive"
+                                                    r"|'scales' parameter.*non-empty"):
+        ConvFeatureExtractor("resnet18", weights=None, scales=scales).fit()
+
+
+def test_scales_set_after_fit_are_checked_by_transform(resnet18):
+    from sklearn.base import clone
+
+    ext = clone(resnet18).fit()
+    ext.set_params(scales=(float("inf"),))
+    with pytest.raises(ValueError, match="'scales' parameter"):
+        ext.transform(_images(1))

@@ -674,3 +674,212 @@ def test_list_images_errors(tmp_path):
     afile.write_bytes(b"x")
     with pytest.raises(NotADirectoryError, match=re.escape(str(afile))):
         list_images(afile)
+
+
+# ---------------------------------------------------------------------------
+# Strict JPEG decoding: corrupt entropy-coded data
+# ---------------------------------------------------------------------------
+
+
+def _jpeg(image, **kwargs):
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def _scan_spans(data):
+    """(start, end) of the entropy-coded data of every scan of a JPEG stream."""
+    spans, pos = [], 2
+    while True:
+        while data[pos] == 0xFF:
+            pos += 1
+        code = data[pos]
+        pos += 1
+        if code == 0xD9:
+            return spans
+        pos += int.from_bytes(data[pos:pos + 2], "big")
+        if code == 0xDA:
+            end = pos
+            while not (data[end] == 0xFF and data[end + 1] != 0
+                       and not 0xD0 <= data[end + 1] <= 0xD7):
+                end += 1
+            spans.append((pos, end))
+            pos = end
+
+
+def _garble(data, n=200, seed=0, scan=None):
+    """Overwrite ``n`` bytes in the middle of a scan's data (the longest one by
+    default) with noise that holds no 0xFF, so no marker appears: the header
+    and the file length are intact, and Pillow decodes it without an error."""
+    spans = _scan_spans(data)
+    start, end = spans[scan] if scan is not None else max(spans, key=lambda s: s[1] - s[0])
+    at = (start + end - n) // 2
+    while data[at - 1] == 0xFF:  # keep a stuffed 0xFF 0x00 pair whole
+        at += 1
+    noise = np.random.default_rng(seed).integers(0, 255, n, dtype=np.uint8).tobytes()
+    return data[:at] + noise + data[at + n:]
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.astronaut()
+
+
+def _garbled_cases(astronaut):
+    im = Image.fromarray(astronaut)
+    return {
+        "baseline": _garble(_jpeg(im, quality=90)),
+        "progressive": _garble(_jpeg(im, quality=90, progressive=True), scan=1),
+        "greyscale": _garble(_jpeg(im.convert("L"), quality=90)),
+        "cmyk": _garble(_jpeg(im.convert("CMYK"), quality=90)),
+        "restart markers": _garble(_jpeg(im, quality=90, restart_marker_blocks=4), n=40),
+    }
+
+
+def test_garbled_jpeg_decodes_silently_to_garbage_in_pillow(astronaut):
+    # what the strict check is for: Pillow raises nothing for these files
+    clean = np.asarray(Image.open(io.BytesIO(_jpeg(Image.fromarray(astronaut), quality=90))),
+                       dtype=np.float64)
+    for name, data in _garbled_cases(astronaut).items():
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        if name == "baseline":
+            assert np.abs(np.asarray(im, dtype=np.float64) - clean).mean() > 20
+
+
+def test_garbled_jpeg_is_a_load_error_naming_the_file(astronaut, tmp_path):
+    for name, data in _garbled_cases(astronaut).items():
+        path = tmp_path / f"{name.replace(' ', '_')}.jpg"
+        path.write_bytes(data)
+        pattern = r"^image 4 \('" + re.escape(str(path)) + r"'\): corrupt JPEG data in scan"
+        with pytest.raises(ImageLoadError, match=pattern) as info:
+            load_image(path, index=4)
+        err = info.value
+        assert err.index == 4 and err.path == str(path)
+        assert err.reason.startswith("corrupt JPEG data") and "strict=False" in err.reason
+        with pytest.raises(ImageLoadError, match="corrupt JPEG data"):
+            load_image(Crop(str(path), (0, 0, 10, 10)))
+        # strict=False: the pixels Pillow decodes
+        with Image.open(path) as im:
+            expected = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(load_image(path, strict=False), expected)
+
+
+def test_check_images_reports_garbled_jpegs(astronaut, tmp_path):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(_jpeg(Image.fromarray(astronaut[:128, :128]), quality=90))
+    items = [good]
+    for name, data in _garbled_cases(astronaut).items():
+        path = tmp_path / f"{name.replace(' ', '_')}.jpg"
+        path.write_bytes(data)
+        items += [path, str(good)]
+    expected = list(range(1, len(items), 2))
+    for n_jobs in (1, 2):
+        problems = check_images(items, n_jobs=n_jobs)
+        assert [i for i, _, _ in problems] == expected
+        assert all("corrupt JPEG data" in msg and str(items[i]) in msg
+                   for i, _, msg in problems)
+    assert check_images(items, strict=False) == []
+
+
+def _valid_jpegs(astronaut, tmp_path):
+    rng = np.random.default_rng(4)
+    im = Image.fromarray(astronaut).resize((160, 120))
+    files = {}
+    for sub in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0
+        for progressive in (False, True):
+            files[f"s{sub}-p{int(progressive)}"] = _jpeg(
+                im, quality=85, subsampling=sub, progressive=progressive, optimize=True)
+    files["q100"] = _jpeg(im, quality=100)
+    files["q10"] = _jpeg(im, quality=10)
+    files["greyscale"] = _jpeg(im.convert("L"))
+    files["greyscale-progressive"] = _jpeg(im.convert("L"), progressive=True)
+    files["cmyk"] = _jpeg(im.convert("CMYK"))
+    files["cmyk-progressive"] = _jpeg(im.convert("CMYK"), progressive=True)
+    files["restart-blocks"] = _jpeg(im, restart_marker_blocks=3)
+    files["restart-rows-progressive"] = _jpeg(im, restart_marker_rows=1, progressive=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files["exif-rotated"] = _jpeg(im, exif=exif)
+    files["noise-q100"] = _jpeg(Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8)),
+                                quality=100, subsampling=0)
+    files["black"] = _jpeg(Image.new("RGB", (40, 24)), quality=100)
+    files["white-progressive"] = _jpeg(Image.new("RGB", (40, 24), "white"), quality=100,
+                                       progressive=True)
+    for h, w in ((1, 1), (7, 13), (17, 33), (2, 300)):
+        tiny = Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
+        files[f"{h}x{w}"] = _jpeg(tiny, quality=95)
+        files[f"{h}x{w}-progressive"] = _jpeg(tiny, quality=95, progressive=True)
+    paths = []
+    for name, data in files.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data + (b"trailing bytes after EOI" if name == "q10" else b""))
+        paths.append(path)
+    return paths
+
+
+def test_valid_jpegs_pass_the_strict_check(astronaut, tmp_path):
+    paths = _valid_jpegs(astronaut, tmp_path)
+    assert check_images(paths) == []
+    for path in paths:
+        np.testing.assert_array_equal(load_image(path), load_image(path, strict=False))
+    rotated = load_image(tmp_path / "exif-rotated.jpg")
+    assert rotated.shape == (160, 120, 3)  # orientation 6: transposed
+
+
+def test_real_photos_pass_the_strict_check(shared_data):
+    paths = []
+    for name in ("holidays-sample", "ukbench-sample"):
+        folder = shared_data / name
+        if folder.is_dir():
+            paths += list_images(folder)
+    if not paths:
+        pytest.skip("no holidays / ukbench sample in the shared data")
+    assert check_images(paths, n_jobs=2) == []
+
+
+def test_truncated_jpeg_follows_pillow_load_truncated_images(bad_files, monkeypatch):
+    from PIL import ImageFile
+
+    with pytest.raises(ImageLoadError, match="truncated"):
+        load_image(bad_files["truncated"])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    assert load_image(bad_files["truncated"]).ndim == 3  # accepted, as Pillow does
+
+
+def test_image_load_error_attributes_survive_pickling(tmp_path):
+    err = ImageLoadError("image 1 ('x.jpg'): boom", index=1, reason="boom", path="x.jpg")
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.index, again.reason, again.path) == (1, "boom", "x.jpg")
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(ImageLoadError) as info:
+        load_image(Crop(missing, (0, 0, 5, 5)), index=2)
+    assert info.value.path == str(missing) and info.value.index == 2
+    with pytest.raises(ImageLoadError) as info:
+        load_image(np.zeros((0, 3), np.uint8))
+    assert info.value.path is None
+
+
+def test_strict_checker_survives_mutated_files():
+    """Damaged headers and scans never crash the checker: it answers None or why."""
+    from skretrieval._jpeg import jpeg_problem
+
+    skimage_data = pytest.importorskip("skimage.data")
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()[::2, ::2]).save(buf, "JPEG", quality=80,
+                                                          progressive=True)
+    data = buf.getvalue()
+    for i in range(600):
+        d = bytearray(data)
+        if i % 3 == 0:  # headers and tables
+            for p in rng.integers(0, min(len(d), 1200), rng.integers(1, 30)):
+                d[p] = rng.integers(0, 256)
+        elif i % 3 == 1:  # anywhere
+            for p in rng.integers(0, len(d), rng.integers(1, 200)):
+                d[p] = rng.integers(0, 256)
+        else:
+            d = d[: rng.integers(2, len(d))]
+        problem = jpeg_problem(bytes(d))
+        assert problem is None or isinstance(problem, str)
