@@ -249,7 +249,10 @@ def _input_error(result, items, shipped, start, stop, number):
     cls, message, index, reason = result[1:]
     if issubclass(cls, ImageLoadError) and index is not None and reason is not None:
         g = start + index
-        err = ImageLoadError(f"{describe(items[g], g)}: {reason}", index=g, reason=reason)
+        item = items[g]
+        path = os.fsdecode(os.fspath(item)) if isinstance(item, (str, os.PathLike)) else None
+        where = describe(item, g).replace(f"image {g} ", f"image {g} of {len(items)} ", 1)
+        err = ImageLoadError(f"{where}: {reason}", index=g, reason=reason, path=path)
     else:
         # the worker numbered the chunk from 0 (and saw absolute paths)
         names = {describe(shipped[start + j], j): describe(items[start + j], start + j)

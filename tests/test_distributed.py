@@ -236,10 +236,11 @@ def test_bad_image_raises_image_load_error_naming_it(client, extractor, paths, t
     with pytest.raises(ImageLoadError) as local:
         extractor.transform(items)
     with joblib.parallel_backend("dask"):
-        with pytest.raises(ImageLoadError, match=r"image 13 \('.*broken\.png'\)") as info:
+        with pytest.raises(ImageLoadError, match=r"image 13 of 21 \('.*broken\.png'\)") as info:
             extractor.transform(items)
-    assert info.value.index == 13
-    assert str(info.value) == str(local.value)
+    assert info.value.index == local.value.index == 13
+    # the same image and reason (the local message also says which maps it kept)
+    assert (info.value.reason, info.value.path) == (local.value.reason, local.value.path)
 
 
 def test_worker_killed_mid_run_loses_nothing(client, extractor, paths, local_maps, tmp_path):
