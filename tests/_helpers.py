@@ -17,7 +17,7 @@ a second call) is still compared exactly, with ``assert_array_equal``.
 import numpy as np
 from numpy.testing import assert_allclose
 
-__all__ = ["FLOAT32_RTOL", "FLOAT32_ATOL", "assert_rankings_equivalent"]
+__all__ = ["FLOAT32_RTOL", "FLOAT32_ATOL", "assert_rankings_equivalent", "write_images"]
 
 #: Relative tolerance of float32 results computed by two different code
 #: paths: sums of a few hundred products differ by a few ``eps = 1.2e-7``
@@ -101,3 +101,15 @@ def assert_rankings_equivalent(dist_a, ind_a, dist_b, ind_b, rtol=FLOAT32_RTOL,
                     raise AssertionError(
                         f"{prefix}query {row}: {why} (rtol={rtol}, atol={atol})\n"
                         f" ind_{this}: {i_this.tolist()}\n ind_{other}: {i_other.tolist()}")
+
+
+def write_images(folder, names, seed):
+    """Write random 56 x 40 RGB images ``folder/<name>`` (sub-folders made)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        arr = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(folder / name)

@@ -8,8 +8,6 @@ import time
 import joblib
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
-from PIL import Image
 from sklearn.pipeline import make_pipeline
 
 from skretrieval import (
@@ -25,16 +23,11 @@ from skretrieval import (
 )
 from skretrieval.__main__ import main
 
+from _helpers import write_images
+
 FAST = ["--backbone", "resnet18", "--weights", "none", "--max-size", "48", "--device", "cpu"]
 
 
-def write_images(folder, names, seed):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        arr = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(folder / name)
 
 
 def vector_pipeline(n=30, seed=0):

@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from skretrieval import NearestNeighborRetriever, PCAWhitener, add_to_index
 from skretrieval.persistence import load_pipeline, save_pipeline
 
-from _helpers import FLOAT32_RTOL, assert_rankings_equivalent
+from _helpers import FLOAT32_RTOL, assert_rankings_equivalent, write_images
 
 faiss = pytest.importorskip("faiss")
 
@@ -404,15 +404,6 @@ def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, dt
 # ---------------------------------------------------------------------------
 # command line: index --save-every, --append
 # ---------------------------------------------------------------------------
-def _write_images(folder, names, seed):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        arr = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(folder / name)
 
 
 def test_cli_index_save_every_and_append(tmp_path, capsys):
@@ -421,7 +412,7 @@ def test_cli_index_save_every_and_append(tmp_path, capsys):
     fast = ["--backbone", "resnet18", "--weights", "none", "--max-size", "48",
             "--device", "cpu"]
     folder, index = tmp_path / "photos", tmp_path / "index.joblib"
-    _write_images(folder, [f"a{i}.png" for i in range(5)], seed=0)
+    write_images(folder, [f"a{i}.png" for i in range(5)], seed=0)
     assert main(["index", str(folder), "-o", str(index), "--save-every", "2", *fast]) == 0
     out, err = capsys.readouterr()
     assert "2/5 image(s) indexed and saved" in err and "indexed 5 image(s)" in out
@@ -429,7 +420,7 @@ def test_cli_index_save_every_and_append(tmp_path, capsys):
     assert_array_equal(pipe[-1].ids_, [f"a{i}.png" for i in range(5)])
     assert pipe[0].verbose == 0 and pipe[0].cache is None
 
-    _write_images(folder, ["new/b0.png", "new/b1.png", "new/b2.png"], seed=1)
+    write_images(folder, ["new/b0.png", "new/b1.png", "new/b2.png"], seed=1)
     assert main(["index", str(folder), "-o", str(index), "--append", "--save-every", "2",
                  "--cache", str(tmp_path / "cache"), *fast]) == 0
     out, err = capsys.readouterr()
