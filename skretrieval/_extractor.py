@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from . import _distributed
 from ._cache import FORWARD_PASSES, RESUME_STORE, get_cache, make_key
-from ._images import (ImageLoadError, _item_path, _short_description, describe, image_key,
+from ._images import (ImageLoadError, item_path, short_description, describe, image_key,
                       load_image)
 from ._maps import FeatureMaps
 from ._persist import Attr, PathParam, StateSpec
@@ -647,7 +647,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                     f"of {self.backbone} needs at least {self.min_input_size_} px on "
                     "each side. Raise max_size or drop this image")
                 raise ImageLoadError(f"{describe(item, index)} is {reason}", index=index,
-                                     reason=reason, path=_item_path(item))
+                                     reason=reason, path=item_path(item))
             out.append(_resize(arr, shape))
         return out
 
@@ -775,8 +775,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         """``exc`` of image ``i`` as an ImageLoadError numbered in the whole ``X``."""
         reason = getattr(exc, "reason", None) or str(exc)
         return ImageLoadError(
-            f"image {i} of {len(items)} ({_short_description(items[i])}): {reason}",
-            index=i, reason=reason, path=getattr(exc, "path", None) or _item_path(items[i]))
+            f"image {i} of {len(items)} ({short_description(items[i])}): {reason}",
+            index=i, reason=reason, path=getattr(exc, "path", None) or item_path(items[i]))
 
     def _stash(self, out, placed, items, scales):
         """Keep ``out`` (the maps of ``items[placed]``) for the next transform."""

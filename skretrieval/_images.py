@@ -125,7 +125,7 @@ def _type_error(item, index):
     )
 
 
-def _item_path(item):
+def item_path(item):
     """The file behind an item, or None."""
     if isinstance(item, Crop):
         item = item.image
@@ -139,7 +139,7 @@ def _item_path(item):
 
 def _fail(item, index, reason):
     return ImageLoadError(f"{describe(item, index)}: {reason}", index=index, reason=reason,
-                          path=_item_path(item))
+                          path=item_path(item))
 
 
 # --------------------------------------------------------------------------
@@ -227,7 +227,7 @@ class Crop:
         object.__setattr__(self, "box", tuple(box))
 
     def __repr__(self):
-        return f"Crop({_short_description(self.image)}, box={self.box!r})"
+        return f"Crop({short_description(self.image)}, box={self.box!r})"
 
 
 def _apply_crop(arr, crop, index):
@@ -252,7 +252,8 @@ def _apply_crop(arr, crop, index):
 # --------------------------------------------------------------------------
 
 
-def _short_description(item):
+def short_description(item):
+    """A short description of an item for messages, e.g. ``"'/data/a.jpg'"``."""
     if _is_path(item):
         return repr(os.fsdecode(os.fspath(item)))
     if isinstance(item, np.ndarray):
@@ -265,7 +266,7 @@ def _short_description(item):
             desc += f" from {os.fsdecode(filename)!r}"
         return desc
     if isinstance(item, Crop):
-        return f"crop {item.box!r} of {_short_description(item.image)}"
+        return f"crop {item.box!r} of {short_description(item.image)}"
     return f"object of type {type(item).__name__}"
 
 
@@ -288,7 +289,7 @@ def describe(item, index=None):
         ``"image 5 (crop (10, 20, 110, 220) of '/data/q.jpg')"``.
     """
     where = "image" if index is None else f"image {index}"
-    return f"{where} ({_short_description(item)})"
+    return f"{where} ({short_description(item)})"
 
 
 # --------------------------------------------------------------------------

@@ -32,7 +32,8 @@ __all__ = ["Attr", "PathParam", "StateSpec", "LABELS"]
 LABELS = "biufUO"
 
 _KINDS = ("int", "float", "bool", "str", "tuple", "array", "arrays", "estimator", "json")
-_DIM = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d)\])?(?:([+-])(\d+))?$")
+#: A dimension named in a shape: ``"name"``, ``"name[1]"``, ``"name+1"``.
+DIMENSION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d)\])?(?:([+-])(\d+))?$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -99,7 +100,7 @@ class Attr:
         if unknown or not kinds:
             raise ValueError(f"unknown attribute kind(s) {unknown}; use {_KINDS}")
         for dim in tuple(shape or ()) + tuple(values or ()):
-            if isinstance(dim, str) and not _DIM.match(dim):
+            if isinstance(dim, str) and not DIMENSION.match(dim):
                 raise ValueError(f"malformed dimension {dim!r}")
         self.kind = kinds
         self.dtype = dtype
@@ -115,7 +116,7 @@ class Attr:
     def references(self):
         """Names of the attributes and parameters this declaration refers to."""
         dims = tuple(self.shape or ()) + tuple(self.values or ())
-        return {_DIM.match(d).group(1) for d in dims if isinstance(d, str)}
+        return {DIMENSION.match(d).group(1) for d in dims if isinstance(d, str)}
 
     def __repr__(self):
         fields = [repr(self.kind[0] if len(self.kind) == 1 else self.kind)]

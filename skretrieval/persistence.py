@@ -208,7 +208,7 @@ from ._cam import CAMWeighter, OnlineCAMRetriever
 from ._expansion import QueryExpansionRetriever
 from ._extractor import ConvFeatureExtractor, _resolve_device
 from ._files import give_default_mode, remove_stale_temps
-from ._persist import _DIM, Attr, PathParam, StateSpec
+from ._persist import DIMENSION, Attr, PathParam, StateSpec
 from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
 from ._rerank import RegionReranker
 from ._retriever import NearestNeighborRetriever
@@ -441,7 +441,7 @@ class _Lookup:
     def dim(self, dim):
         if dim is None or isinstance(dim, Integral):
             return dim
-        name, axis, sign, offset = _DIM.match(dim).groups()
+        name, axis, sign, offset = DIMENSION.match(dim).groups()
         value = self.state[name] if name in self.state else self.params.get(name)
         if isinstance(value, np.ndarray):
             axis = int(axis or 0)
