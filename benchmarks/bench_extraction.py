@@ -57,7 +57,7 @@ def plain_loop(paths, max_size):
     """The baseline: one image at a time through model.features."""
     import torch
     from PIL import Image
-    from skretrieval._backbones import build_model
+    from skretrieval.extraction._backbones import build_model
 
     model, mean, std = build_model("mobilenet_v2", "IMAGENET1K_V1")
     features = model.features
@@ -83,7 +83,7 @@ def extractor(paths, max_size, **params):
 
 
 def throughput(args):
-    import skretrieval._extractor as extmod
+    import skretrieval.extraction._extractor as extmod
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = mixed_size_collection(args.n, tmp)

@@ -31,7 +31,7 @@ from skretrieval import (
     clear_memory_cache,
     forward_pass_count,
 )
-from skretrieval._cache import _MEMORY, get_cache
+from skretrieval.extraction._cache import _MEMORY, get_cache
 
 DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data"))

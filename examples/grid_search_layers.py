@@ -31,7 +31,7 @@ goes through the network once per (layer, ``max_size``) pair; the
 The data are a COIL-100 subset (30 objects x 12 views) from
 ``../shared/data`` (or ``$SKRETRIEVAL_SHARED_DATA``); without it the example
 falls back to the scenes of the embedded demo collection
-(:func:`skretrieval._demo.load_demo_dataset`).  The network is MobileNetV2
+(:func:`skretrieval.datasets.load_demo_dataset`).  The network is MobileNetV2
 with its ImageNet weights (``weights="IMAGENET1K_V1"``).
 """
 
@@ -86,7 +86,7 @@ if (SHARED_DATA / "coil100").is_dir():
     images, labels = coil100_subset(SHARED_DATA / "coil100")
     n_components = [32, 64]
 else:
-    from skretrieval._demo import load_demo_dataset
+    from skretrieval.datasets import load_demo_dataset
 
     source = "embedded demo collection (shared data not found)"
     images, labels, _ = load_demo_dataset()

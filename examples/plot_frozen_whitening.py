@@ -38,7 +38,7 @@ Its score says nothing reliable about new images, and it errs both ways:
 The images come from ``../shared/data`` (next to the project; set
 ``SKRETRIEVAL_SHARED_DATA`` to point elsewhere).  Without it, the example
 falls back to the embedded demo collection
-(:func:`skretrieval._demo.load_demo_dataset`): the whitening is then learned
+(:func:`skretrieval.datasets.load_demo_dataset`): the whitening is then learned
 on half of its scenes and evaluated on the other half.
 The network is MobileNetV2 with its ImageNet weights
 (``weights="IMAGENET1K_V1"``), read from the local weight files when they are
@@ -102,7 +102,7 @@ if (SHARED_DATA / "coil20").is_dir() and (SHARED_DATA / "coil100").is_dir():
     max_size = 128
     n_components_grid = (32, 64, 128, 256)
 else:
-    from skretrieval._demo import load_demo_dataset
+    from skretrieval.datasets import load_demo_dataset
 
     source = "embedded demo collection (shared data not found)"
     images, labels, _ = load_demo_dataset()

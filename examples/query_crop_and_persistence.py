@@ -22,7 +22,7 @@ This example
 
 The images come from ``../shared/data`` (or ``$SKRETRIEVAL_SHARED_DATA``);
 without it the example uses the embedded demo collection
-(:func:`skretrieval._demo.load_demo_dataset`) instead.  The network is
+(:func:`skretrieval.datasets.load_demo_dataset`) instead.  The network is
 MobileNetV2 with its ImageNet weights (``weights="IMAGENET1K_V1"``).
 
 .. warning::
@@ -80,7 +80,7 @@ if (SHARED_DATA / "coil100").is_dir():
     right = load_image(root / f"obj{right_object}__210.png")
     source = "COIL-100 (shared data)"
 else:
-    from skretrieval._demo import load_demo_dataset
+    from skretrieval.datasets import load_demo_dataset
 
     images, demo_labels, demo_names = load_demo_dataset()
     # database: every view but the original photograph of each scene

@@ -5,55 +5,76 @@ Build a retrieval system as a Pipeline::
     ConvFeatureExtractor -> a pooler -> PCAWhitener -> NearestNeighborRetriever
 
 and score it with :class:`RetrievalMAP` in ``GridSearchCV``.
+
+The subpackages, one per concept: :mod:`skretrieval.extraction` (images to
+feature maps), :mod:`skretrieval.pooling` (maps to descriptors, whitening),
+:mod:`skretrieval.neighbors` (search and index files),
+:mod:`skretrieval.reranking` (query expansion, region re-ranking),
+:mod:`skretrieval.nn` (torch layers, losses, the trainer),
+:mod:`skretrieval.metrics`, :mod:`skretrieval.datasets`,
+:mod:`skretrieval.display`, :mod:`skretrieval.persistence`,
+:mod:`skretrieval.pairs` and :mod:`skretrieval.cli`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from ._images import Crop, ImageLoadError, check_images, list_images, load_image
-from ._maps import ClassActivations, FeatureMaps
-from ._backbones import WeightsNotFoundError, layer_names, weights_search_dirs
-from ._cache import clear_memory_cache, forward_pass_count
-from ._extractor import ConvFeatureExtractor
-from ._distributed import DistributedExtractionError
-from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, region_grid
-from ._whitening import PCAWhitener
-from ._vlad import VLADEncoder
-from ._retriever import NearestNeighborRetriever
-from ._expansion import QueryExpansionRetriever
-from ._files import IndexLockedError
-from ._indexing import (
+from .utils import _legacy
+
+_legacy.install()
+
+from .extraction import (  # noqa: E402
+    ClassActivations,
+    ConvFeatureExtractor,
+    Crop,
+    DistributedExtractionError,
+    FeatureMaps,
+    ImageLoadError,
+    WeightsNotFoundError,
+    check_images,
+    clear_memory_cache,
+    forward_pass_count,
+    layer_names,
+    list_images,
+    load_image,
+    weights_search_dirs,
+)
+from .pooling import (  # noqa: E402
+    CAMWeighter,
+    ClassVectors,
+    CroWPooler,
+    GeMPooler,
+    MACPooler,
+    OnlineCAMRetriever,
+    PCAWhitener,
+    RMACPooler,
+    SPoCPooler,
+    VLADEncoder,
+    region_grid,
+)
+from .neighbors import (  # noqa: E402
     IndexFile,
     IndexUpdate,
+    NearestNeighborRetriever,
     add_to_index,
     edit_index,
     item_fingerprint,
     load_index,
     save_index,
 )
-from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
-from ._rerank import RegionReranker, cam_boxes
-from .metrics import RetrievalMAP
-from .display import RetrievalDisplay
-from ._deepnet import RetrievalNet
-from ._trainer import RetrievalNetTrainer
-from .losses import APLoss, ContrastiveLoss, TripletLoss
+from .reranking import QueryExpansionRetriever, RegionReranker, cam_boxes  # noqa: E402
+from .utils import IndexLockedError  # noqa: E402
+from .metrics import RetrievalMAP  # noqa: E402
+from .display import RetrievalDisplay  # noqa: E402
+from .nn import RetrievalNet, RetrievalNetTrainer  # noqa: E402
 
 __all__ = [
-    "APLoss",
-    "ContrastiveLoss",
-    "RetrievalNet",
-    "RetrievalNetTrainer",
-    "TripletLoss",
     "CAMWeighter",
     "ClassActivations",
     "ClassVectors",
-    "OnlineCAMRetriever",
-    "RegionReranker",
-    "cam_boxes",
     "ConvFeatureExtractor",
-    "DistributedExtractionError",
     "Crop",
     "CroWPooler",
+    "DistributedExtractionError",
     "FeatureMaps",
     "GeMPooler",
     "ImageLoadError",
@@ -62,15 +83,20 @@ __all__ = [
     "IndexUpdate",
     "MACPooler",
     "NearestNeighborRetriever",
+    "OnlineCAMRetriever",
     "PCAWhitener",
     "QueryExpansionRetriever",
     "RMACPooler",
+    "RegionReranker",
     "RetrievalDisplay",
     "RetrievalMAP",
+    "RetrievalNet",
+    "RetrievalNetTrainer",
     "SPoCPooler",
     "VLADEncoder",
     "WeightsNotFoundError",
     "add_to_index",
+    "cam_boxes",
     "check_images",
     "clear_memory_cache",
     "edit_index",
@@ -84,3 +110,15 @@ __all__ = [
     "save_index",
     "weights_search_dirs",
 ]
+
+#: Names that moved to a subpackage and still resolve from the root.
+_MOVED = {"APLoss": "skretrieval.nn", "ContrastiveLoss": "skretrieval.nn",
+          "TripletLoss": "skretrieval.nn"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'skretrieval' has no attribute {name!r}")

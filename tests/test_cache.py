@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skretrieval._cache import (
+from skretrieval.extraction._cache import (
     CACHE_FORMAT,
     CACHE_TAG,
     STALE_TMP_SECONDS,
@@ -241,7 +241,7 @@ def _coil_images(folder):
 
 
 def test_cli_evaluate_default_cache_and_refused_folder(tmp_path, monkeypatch, capsys):
-    from skretrieval.__main__ import main
+    from skretrieval.cli import main
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     default = tmp_path / "home" / ".cache" / "skretrieval" / "features"

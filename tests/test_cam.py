@@ -23,7 +23,7 @@ from skretrieval import (
     RegionReranker,
     cam_boxes,
 )
-from skretrieval._backbones import load_backbone
+from skretrieval.extraction._backbones import load_backbone
 
 from _helpers import assert_rankings_equivalent
 
@@ -54,7 +54,7 @@ def _reference_cams(images, layer_node, K, max_size=96):
     """CAMs straight from the classifier weights of the same random network."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from skretrieval._extractor import _resize, _resized_shape
+    from skretrieval.extraction._extractor import _resize, _resized_shape
 
     model, mean, std = load_backbone("resnet18", None)
     with warnings.catch_warnings():
@@ -177,7 +177,7 @@ def _reference_class_weighting(maps, acts, n_classes, whitener=None):
 
 
 def test_cam_weighting_matches_a_reference(cam_maps):
-    import skretrieval._pooling as pooling
+    import skretrieval.pooling._pooling as pooling
 
     assert pooling._CROW_EPS == 1e-6
     sub = cam_maps[:4]

@@ -11,17 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skretrieval.__main__ import main
-from skretrieval._backbones import weights_search_dirs
-from skretrieval._demo import (
-    DISTRACTOR_LABEL,
-    DISTRACTOR_VIEWS,
-    VIEWS,
-    _evaluate,
-    _median_queries,
-    load_demo_dataset,
-    plot_rankings,
-)
+from skretrieval.cli import main
+from skretrieval.extraction._backbones import weights_search_dirs
+from skretrieval.cli._demo import _evaluate, _median_queries
+from skretrieval.datasets import load_demo_dataset
+from skretrieval.datasets._demo import DISTRACTOR_LABEL, DISTRACTOR_VIEWS, VIEWS
+from skretrieval.display import plot_rankings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -370,7 +365,7 @@ def test_load_demo_dataset_rejects_tiny_side():
 
 def test_demo_evaluation_never_whitens_on_the_searched_group(monkeypatch):
     """Each group is searched on its own, with a whitening fitted on the other."""
-    from skretrieval._whitening import PCAWhitener
+    from skretrieval.pooling._whitening import PCAWhitener
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.repeat(np.arange(4), 5), np.full(12, -1)]

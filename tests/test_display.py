@@ -20,7 +20,7 @@ from skretrieval import (  # noqa: E402
     NearestNeighborRetriever,
     RetrievalDisplay,
 )
-from skretrieval._demo import plot_rankings  # noqa: E402
+from skretrieval.display import plot_rankings  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GREEN, ORANGE, RED, GREY, BLUE = (

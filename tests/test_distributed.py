@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from skretrieval import (  # noqa: E402
     ConvFeatureExtractor, Crop, DistributedExtractionError, FeatureMaps, GeMPooler,
     ImageLoadError, forward_pass_count)
-from skretrieval._distributed import distributed_backend  # noqa: E402
+from skretrieval.extraction._distributed import distributed_backend  # noqa: E402
 
 from _helpers import assert_rankings_equivalent  # noqa: E402
 

@@ -10,9 +10,9 @@ from PIL import Image
 from sklearn.pipeline import make_pipeline
 
 from skretrieval import ConvFeatureExtractor, GeMPooler, PCAWhitener
-from skretrieval.__main__ import main
+from skretrieval.cli import main
 from skretrieval.datasets import load_coil, load_revisited
-from skretrieval.evaluation import evaluate_benchmark
+from skretrieval.metrics import evaluate_benchmark
 from skretrieval.metrics import revisitop_map
 
 from _helpers import assert_rankings_equivalent

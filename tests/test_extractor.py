@@ -14,9 +14,9 @@ from torchvision.models import get_model
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from skretrieval import ConvFeatureExtractor, Crop, FeatureMaps
-from skretrieval._backbones import WeightsNotFoundError, build_model, weights_search_dirs
-from skretrieval._cache import clear_memory_cache, forward_pass_count
-from skretrieval._images import ImageLoadError
+from skretrieval.extraction._backbones import WeightsNotFoundError, build_model, weights_search_dirs
+from skretrieval.extraction._cache import clear_memory_cache, forward_pass_count
+from skretrieval.extraction._images import ImageLoadError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -44,7 +44,7 @@ def _reference_maps(model, node, image, longest, mean=MEAN, std=STD):
 @pytest.fixture(autouse=True)
 def _no_resumed_maps():
     """Each test starts without maps left by a transform that failed before."""
-    from skretrieval._cache import RESUME_STORE
+    from skretrieval.extraction._cache import RESUME_STORE
 
     RESUME_STORE.clear()
     yield
@@ -207,7 +207,7 @@ def test_disk_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path, monk
     import os
     import time
 
-    from skretrieval._cache import get_cache
+    from skretrieval.extraction._cache import get_cache
 
     cache = get_cache(str(tmp_path / "bounded"))
     arr = np.zeros((32, 32), np.float32)  # 4 kB (+ the .npy header)
@@ -542,7 +542,7 @@ def test_on_error_skip_with_labels_refuses_to_misalign_y(bad_jpeg):
 
 
 def test_on_error_skip_is_refused_with_the_dask_backend(monkeypatch):
-    from skretrieval import _distributed
+    from skretrieval.extraction import _distributed
 
     ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
                                on_error="skip").fit()

@@ -53,7 +53,7 @@ DRIVER = textwrap.dedent("""
             return real(obj, fh, *args, **kwargs)
         joblib.dump = dump
     elif kind == "add":
-        import skretrieval._indexing as indexing
+        import skretrieval.neighbors._indexing as indexing
         real_add = indexing.add_to_index
         def add(*args, **kwargs):
             calls[0] += 1
@@ -61,7 +61,7 @@ DRIVER = textwrap.dedent("""
                 kill()
             return real_add(*args, **kwargs)
         indexing.add_to_index = add
-    from skretrieval.__main__ import main
+    from skretrieval.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -161,7 +161,7 @@ def test_lock_timeout_fails_clearly(tmp_path):
 
 
 def test_full_disk_during_cli_save_leaves_previous_index(tmp_path, monkeypatch, capsys):
-    from skretrieval.__main__ import main
+    from skretrieval.cli import main
 
     folder, index = tmp_path / "photos", tmp_path / "index.joblib"
     write_images(folder, ["a0.png", "a1.png"], seed=0)

@@ -1,4 +1,4 @@
-"""Tests for skretrieval._images (image input, crops, keys, folders)."""
+"""Tests for skretrieval.extraction._images (image input, crops, keys, folders)."""
 
 import dataclasses
 import io
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_image
 
-from skretrieval._images import (
+from skretrieval.extraction._images import (
     Crop,
     ImageLoadError,
     check_images,
@@ -863,7 +863,7 @@ def test_image_load_error_attributes_survive_pickling(tmp_path):
 
 def test_strict_checker_survives_mutated_files():
     """Damaged headers and scans never crash the checker: it answers None or why."""
-    from skretrieval._jpeg import jpeg_problem
+    from skretrieval.extraction._jpeg import jpeg_problem
 
     skimage_data = pytest.importorskip("skimage.data")
     rng = np.random.default_rng(7)

@@ -21,7 +21,7 @@ from skretrieval import (
     load_index,
     save_index,
 )
-from skretrieval.__main__ import main
+from skretrieval.cli import main
 
 from _helpers import write_images
 
@@ -271,7 +271,7 @@ def test_cli_bad_image_position_counts_in_the_folder(tmp_path, capsys):
 
 
 def test_saved_models_and_cache_files_follow_umask(tmp_path):
-    from skretrieval._cache import DiskCache
+    from skretrieval.extraction._cache import DiskCache
     from skretrieval.persistence import save_pipeline
 
     pipe, _ = vector_pipeline()

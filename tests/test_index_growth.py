@@ -352,7 +352,7 @@ def test_nndescent_grow_remove_and_pickle(clustered, tmp_path):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("k,n_cols,levels", [(10, 50_003, 40), (100, 60_000, 5000), (7, 30_000, 0)])
 def test_blocked_top_k_equals_direct_selection(k, n_cols, levels):
-    from skretrieval._retriever import _block_size, _top_k, _top_k_blocked
+    from skretrieval.neighbors._retriever import _block_size, _top_k, _top_k_blocked
 
     rng = np.random.RandomState(k)
     if levels:  # many exact ties
@@ -377,7 +377,7 @@ def test_blocked_top_k_equals_direct_selection(k, n_cols, levels):
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, dtype, tmp_path,
                                                            monkeypatch):
-    import skretrieval._retriever as module
+    import skretrieval.neighbors._retriever as module
 
     X, y, ids, Q, _ = clustered
     # the reference: the same descriptors in RAM (float16 ones read in one block)
@@ -407,7 +407,7 @@ def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, dt
 
 
 def test_cli_index_save_every_and_append(tmp_path, capsys):
-    from skretrieval.__main__ import main
+    from skretrieval.cli import main
 
     fast = ["--backbone", "resnet18", "--weights", "none", "--max-size", "48",
             "--device", "cpu"]

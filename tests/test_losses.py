@@ -1,4 +1,4 @@
-"""Losses of skretrieval.losses against explicit loops and brute force."""
+"""Losses of skretrieval.nn against explicit loops and brute force."""
 
 import itertools
 
@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from skretrieval import APLoss, ContrastiveLoss, TripletLoss
-from skretrieval.losses import (
+from skretrieval.nn import (
     ap_loss,
     contrastive_loss,
     quantized_average_precision,

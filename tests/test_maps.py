@@ -7,7 +7,7 @@ import pytest
 from sklearn.utils import _safe_indexing
 
 from skretrieval import FeatureMaps
-from skretrieval._maps import check_maps, iter_maps
+from skretrieval.extraction._maps import check_maps, iter_maps
 
 
 def _entries(n=5, scales=2, seed=0):

@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from skretrieval import NearestNeighborRetriever
-from skretrieval.__main__ import main
+from skretrieval.cli import main
 from skretrieval.pairs import (
     ImagePairs,
     pairs_from_retriever,

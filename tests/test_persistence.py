@@ -385,7 +385,7 @@ def test_manifest_content(fitted, tmp_path):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", ["os.system", "builtins.eval", "posix.system",
                                  "sklearn.linear_model.LogisticRegression",
-                                 "skretrieval._extractor.ConvFeatureExtractor", None, 42])
+                                 "skretrieval.extraction._extractor.ConvFeatureExtractor", None, 42])
 def test_tampered_class_is_refused(fitted, tmp_path, cls):
     save_pipeline(fitted[0], tmp_path / "m")
     manifest = _manifest(tmp_path / "m")

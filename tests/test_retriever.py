@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError, UndefinedMetricWarning
 from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import InvalidParameterError
 
-import skretrieval._retriever as retriever_module
+import skretrieval.neighbors._retriever as retriever_module
 from skretrieval import NearestNeighborRetriever
 
 from _helpers import FLOAT32_RTOL, assert_rankings_equivalent

@@ -1,4 +1,4 @@
-"""Tests of VLADEncoder (skretrieval._vlad).
+"""Tests of VLADEncoder (skretrieval.pooling._vlad).
 
 The encoding is checked against a plain-loop reference written from the
 definition (Jégou et al. 2010; Arandjelović & Zisserman 2013; Ng et al. 2015)
@@ -18,7 +18,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.utils import get_tags
 
-import skretrieval._vlad as vlad_module
+import skretrieval.pooling._vlad as vlad_module
 from skretrieval import FeatureMaps, VLADEncoder
 
 from _helpers import FLOAT32_RTOL

@@ -19,9 +19,9 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._files import atomic_write, file_lock, remove_stale_temps
-from ._persist import LABELS, Attr, PathParam, StateSpec
-from .metrics import average_precision_from_relevance
+from ..utils._files import atomic_write, file_lock, remove_stale_temps
+from ..utils._state import LABELS, Attr, PathParam, StateSpec
+from ..metrics._ranking import average_precision_from_relevance
 
 __all__ = ["NearestNeighborRetriever"]
 

@@ -38,8 +38,9 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._maps import FeatureMaps, check_maps, iter_maps
-from ._persist import Attr, StateSpec
+from ..utils._arrays import l2_normalize
+from ..extraction._maps import FeatureMaps, check_maps, iter_maps
+from ..utils._state import Attr, StateSpec
 
 __all__ = [
     "CroWPooler",
@@ -57,21 +58,6 @@ _CROW_EPS = 1e-6
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def _l2(v):
-    """L2-normalise a 1-D vector; a zero vector stays zero."""
-    norm = np.sqrt(np.dot(v, v))
-    if norm > 0:
-        return v / norm
-    return np.zeros_like(v)
-
-
-def _l2_rows(V):
-    """L2-normalise the rows of a 2-D array; zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", V, V))
-    safe = np.where(norms > 0, norms, 1.0)
-    return V / safe[:, None]
-
-
 def _inspect_maps(X):
     """Validate ``X`` cheaply and return ``(n_channels, n_scales)``.
 
@@ -341,12 +327,12 @@ class _BasePooler(TransformerMixin, BaseEstimator):
         """Pool every scale of one image and combine them (float64 vector)."""
         vecs = [self._pool_map(x) for x in maps]
         if self.normalize:
-            vecs = [_l2(v) for v in vecs]
+            vecs = [l2_normalize(v) for v in vecs]
         if self.scale_combination == "concat":
             vec = np.concatenate(vecs)
         else:
             vec = np.sum(vecs, axis=0)
-        return _l2(vec) if self.normalize else vec
+        return l2_normalize(vec) if self.normalize else vec
 
     def _pool_map(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -779,7 +765,7 @@ class RMACPooler(_BasePooler):
         vecs = np.stack(
             [x[:, y0:y1, x0:x1].max(axis=(1, 2)) for y0, x0, y1, x1 in boxes.tolist()]
         ).astype(np.float64)
-        return _l2_rows(vecs), boxes
+        return l2_normalize(vecs), boxes
 
     def _pool_map(self, x):
         return self._regions_map(x)[0].sum(axis=0)

@@ -28,8 +28,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted
 
-from ._maps import FeatureMaps, check_maps, iter_maps
-from ._persist import Attr, StateSpec
+from ..extraction._maps import FeatureMaps, check_maps, iter_maps
+from ..utils._state import Attr, StateSpec
 from ._pooling import _check_image, _inspect_maps
 
 __all__ = ["VLADEncoder"]

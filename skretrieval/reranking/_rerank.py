@@ -22,20 +22,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._expansion import label_score
 from ._expansion import _weighted_mean
-from ._maps import FeatureMaps, check_maps
-from ._persist import LABELS, Attr, StateSpec
-from ._pooling import region_grid
-from ._retriever import NearestNeighborRetriever
+from ..utils._arrays import l2_normalize
+from ..extraction._maps import FeatureMaps, check_maps
+from ..utils._state import LABELS, Attr, StateSpec
+from ..pooling._pooling import region_grid
+from ..neighbors._retriever import NearestNeighborRetriever
 
 __all__ = ["RegionReranker", "cam_boxes"]
 
 _CHUNK = 32  # images whose regions are described together
 
 
-def _l2_rows(V):
-    V = np.asarray(V, dtype=np.float32)
-    norms = np.linalg.norm(V, axis=-1, keepdims=True)
-    return V / np.where(norms > 0, norms, 1.0)
+def _l2_float32(V):
+    return l2_normalize(np.asarray(V, dtype=np.float32))
 
 
 def cam_boxes(cam, thresholds=(0.01, 0.1, 0.2, 0.3, 0.4)):
@@ -231,7 +230,7 @@ class RegionReranker(BaseEstimator):
                 crops.append(entry, cams)
                 owners.append(i)
                 all_boxes.append(box)
-        V = _l2_rows(self.aggregator_.transform(crops))
+        V = _l2_float32(self.aggregator_.transform(crops))
         return np.asarray(owners), np.asarray(all_boxes, np.float32), V.astype(self.dtype)
 
     # -- fitting ---------------------------------------------------------------
@@ -258,7 +257,7 @@ class RegionReranker(BaseEstimator):
             raise ValueError("re-ranking compares similarities: use a retriever with "
                              "metric='cosine' or 'inner_product'")
         self.aggregator_ = clone(self.aggregator).fit(X, y)
-        self.global_ = _l2_rows(self.aggregator_.transform(X))
+        self.global_ = _l2_float32(self.aggregator_.transform(X))
         self.y_ = None if y is None else np.asarray(y)
         self.retriever_ = clone(retriever).fit(self.global_, y)
         counts = np.zeros(n, np.int64)
@@ -280,7 +279,7 @@ class RegionReranker(BaseEstimator):
         check_maps(X)
         if not isinstance(X, FeatureMaps):
             X = FeatureMaps(list(_as_entries(X)))
-        return _l2_rows(self.aggregator_.transform(X)), None
+        return _l2_float32(self.aggregator_.transform(X)), None
 
     def _similarity(self, dist):
         metric = getattr(self.retriever_, "metric", "cosine")
@@ -378,6 +377,6 @@ class RegionReranker(BaseEstimator):
 
 
 def _as_entries(X):
-    from ._maps import iter_maps
+    from ..extraction._maps import iter_maps
 
     return iter_maps(X)

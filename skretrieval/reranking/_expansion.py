@@ -9,16 +9,12 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._persist import LABELS, Attr, StateSpec
-from ._retriever import NearestNeighborRetriever
-from .metrics import mean_average_precision
+from ..utils._arrays import l2_normalize
+from ..utils._state import LABELS, Attr, StateSpec
+from ..neighbors._retriever import NearestNeighborRetriever
+from ..metrics._ranking import mean_average_precision
 
 __all__ = ["QueryExpansionRetriever"]
-
-
-def _l2(V):
-    norms = np.linalg.norm(V, axis=1, keepdims=True)
-    return V / np.where(norms > 0, norms, 1.0)
 
 
 def _weighted_mean(V, X, ind, sims, alpha, self_weight=True):
@@ -32,7 +28,7 @@ def _weighted_mean(V, X, ind, sims, alpha, self_weight=True):
     out = np.einsum("qk,qkd->qd", w, X[ind])
     if self_weight:
         out = out + V
-    return _l2(out).astype(np.float32)
+    return l2_normalize(out).astype(np.float32)
 
 
 def label_score(estimator, X, y, n_neighbors):
@@ -162,7 +158,7 @@ class QueryExpansionRetriever(BaseEstimator):
         if getattr(retriever, "metric", "cosine") == "euclidean":
             raise ValueError("query expansion needs a similarity search: use a retriever "
                              "with metric='cosine' or 'inner_product'")
-        self.X_fit_ = _l2(X).astype(np.float32)
+        self.X_fit_ = l2_normalize(X).astype(np.float32)
         self.y_ = None if y is None else np.asarray(y)
         X_db = self.X_fit_
         k = min(self.dba_k, X_db.shape[0])
@@ -194,7 +190,7 @@ class QueryExpansionRetriever(BaseEstimator):
         if X is None:
             return self.X_fit_, np.arange(self.X_fit_.shape[0])
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        return _l2(X).astype(np.float32), None
+        return l2_normalize(X).astype(np.float32), None
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Search with the (expanded) queries.

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._images import Crop
+from ..extraction._images import Crop
 
 __all__ = [
     "CHECKSUMS",
@@ -138,7 +138,7 @@ class GroundTruth:
             every ``k`` in ``ks``; see
             :func:`skretrieval.metrics.revisitop_map`.
         """
-        from .metrics import revisitop_map
+        from ..metrics._ranking import revisitop_map
 
         m, ap, mpr, _ = revisitop_map(rankings, self.positives, self.junk, ks=ks)
         out = {"mAP": m, "ap": ap}
@@ -296,7 +296,7 @@ class RetrievalBenchmark:
         for protocol, gt in self.ground_truth.items():
             out[protocol] = gt.evaluate(rankings, ks=ks)
         if self.ns_score:
-            from .metrics import ukbench_score
+            from ..metrics._ranking import ukbench_score
 
             gt = next(iter(self.ground_truth.values()))
             # N-S counts the query itself: the ranking of the whole

@@ -31,12 +31,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._backbones import describe_weights
-from ._deepnet import POOLINGS, RetrievalNet
-from ._images import load_image
-from ._maps import FeatureMaps
-from ._persist import LABELS, Attr, PathParam, StateSpec
-from .losses import ap_loss, contrastive_loss, triplet_loss
+from ..extraction._backbones import describe_weights
+from ._layers import POOLINGS, RetrievalNet
+from ..extraction._images import load_image
+from ..extraction._maps import FeatureMaps
+from ..extraction._network import resolve_device
+from ..utils._state import LABELS, Attr, PathParam, StateSpec
+from ._losses import ap_loss, contrastive_loss, triplet_loss
 
 __all__ = ["RetrievalNetTrainer"]
 
@@ -53,20 +54,6 @@ _NEW_LAYER_LR = 10.0
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def _resolve_device(device):
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return str(dev)
-
-
 def _as_image_list(X, what="X"):
     if isinstance(X, (str, os.PathLike, Image.Image)):
         raise TypeError(f"{what} must be a collection of images (a list of paths, PIL "
@@ -127,7 +114,7 @@ def _label_map(y, classes):
 
 def _loo_map(descriptors, codes):
     """Leave-one-out label mAP (Oxford AP) of descriptors, every image a query."""
-    from ._retriever import NearestNeighborRetriever
+    from ..neighbors._retriever import NearestNeighborRetriever
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -591,7 +578,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         classes = self._check_training_labels(y)
         codes = _label_map(y, classes)
 
-        self.device_ = device = _resolve_device(self.device)
+        self.device_ = device = resolve_device(self.device)
         self.classes_ = classes
         self._arch = dict(backbone=self.backbone, layer=self.layer, pooling=self.pooling,
                           p=float(self.p), learn_p=bool(self.learn_p), dim=self.dim)
@@ -745,7 +732,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         return out
 
     def _init_projection(self, net, eval_train):
-        from ._whitening import PCAWhitener
+        from ..pooling._whitening import PCAWhitener
 
         pooled = self._describe_bank(net, eval_train, pooled=True)
         if self.dim > min(pooled.shape):

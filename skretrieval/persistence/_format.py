@@ -203,18 +203,19 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from . import __version__
-from ._cam import CAMWeighter, OnlineCAMRetriever
-from ._expansion import QueryExpansionRetriever
-from ._extractor import ConvFeatureExtractor, _resolve_device
-from ._files import give_default_mode, remove_stale_temps
-from ._persist import DIMENSION, Attr, PathParam, StateSpec
-from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
-from ._rerank import RegionReranker
-from ._retriever import NearestNeighborRetriever
-from ._trainer import RetrievalNetTrainer
-from ._vlad import VLADEncoder
-from ._whitening import PCAWhitener
+from .. import __version__
+from ..pooling._cam import CAMWeighter, OnlineCAMRetriever
+from ..reranking._expansion import QueryExpansionRetriever
+from ..extraction._extractor import ConvFeatureExtractor
+from ..extraction._network import resolve_device
+from ..utils._files import give_default_mode, remove_stale_temps
+from ..utils._state import DIMENSION, Attr, PathParam, StateSpec
+from ..pooling._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
+from ..reranking._rerank import RegionReranker
+from ..neighbors._retriever import NearestNeighborRetriever
+from ..nn._trainer import RetrievalNetTrainer
+from ..pooling._vlad import VLADEncoder
+from ..pooling._whitening import PCAWhitener
 
 __all__ = [
     "FORMAT_VERSION",
@@ -1311,7 +1312,7 @@ class _Loader:
         self.source = source
         self.checksums = checksums
         self.device = device
-        self.resolved_device = None if device is None else _resolve_device(device)
+        self.resolved_device = None if device is None else resolve_device(device)
         self.budget = budget
         self.reset = []  # (set_params key or None, where, parameter, value, PathParam)
         self.used = set()  # ids of the arrays given to attributes

@@ -24,7 +24,8 @@ from ._cache import FORWARD_PASSES, RESUME_STORE, get_cache, make_key
 from ._images import (ImageLoadError, item_path, short_description, describe, image_key,
                       load_image)
 from ._maps import FeatureMaps
-from ._persist import Attr, PathParam, StateSpec
+from ._network import resolve_device
+from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = ["ConvFeatureExtractor"]
 
@@ -40,19 +41,6 @@ _GEOMETRY: dict = {}
 _SKIP_LISTED = 20
 
 
-
-
-def _resolve_device(device):
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return str(dev)
 
 
 def _as_image_list(X):
@@ -438,7 +426,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             _as_image_list(X)
         self._scales()
         self.skipped_ = []
-        self.device_ = _resolve_device(self.device)
+        self.device_ = resolve_device(self.device)
         wid = describe_weights(self.backbone, self.weights)
         model, mean, std = load_backbone(self.backbone, self.weights)
         node, name = resolve_layer(self.backbone, model, self.layer)

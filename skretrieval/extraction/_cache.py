@@ -30,7 +30,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._files import give_default_mode
+from ..utils._files import give_default_mode
 
 __all__ = ["get_cache", "clear_memory_cache", "forward_pass_count"]
 

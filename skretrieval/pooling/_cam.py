@@ -18,19 +18,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._maps import FeatureMaps, check_maps
-from ._expansion import label_score
-from ._persist import LABELS, Attr, StateSpec
+from ..utils._arrays import l2_normalize
+from ..extraction._maps import FeatureMaps, check_maps
+from ..reranking._expansion import label_score
+from ..utils._state import LABELS, Attr, StateSpec
 from ._pooling import CroWPooler
 
 __all__ = ["CAMWeighter", "ClassVectors", "OnlineCAMRetriever"]
 
 _CHUNK = 128  # images whose class vectors are whitened together
-
-
-def _l2_rows(V):
-    norms = np.linalg.norm(V, axis=-1, keepdims=True)
-    return V / np.where(norms > 0, norms, 1.0)
 
 
 def class_weighted_vectors(maps, cams, channel_weighting=True):
@@ -225,7 +221,7 @@ class CAMWeighter(TransformerMixin, BaseEstimator):
         V = class_weighted_vectors(X[i], cams, self.channel_weighting)
         if not np.all(np.isfinite(V)):
             raise ValueError(f"image {i}: feature maps contain NaN or infinite values")
-        return act.classes[: self.n_classes], _l2_rows(V)
+        return act.classes[: self.n_classes], l2_normalize(V)
 
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None):
@@ -265,7 +261,7 @@ class CAMWeighter(TransformerMixin, BaseEstimator):
     def _whiten(self, V):
         if self.whitener_ is None:
             return V.astype(np.float32)
-        return _l2_rows(np.asarray(self.whitener_.transform(V.astype(np.float32)),
+        return l2_normalize(np.asarray(self.whitener_.transform(V.astype(np.float32)),
                                    dtype=np.float32))
 
     def transform(self, X):
@@ -302,7 +298,7 @@ class CAMWeighter(TransformerMixin, BaseEstimator):
                 classes[a:a + len(got)] = [c for c, _ in got]
                 vectors[a:a + len(got)] = W
             else:
-                out[a:a + len(got)] = _l2_rows(W.sum(axis=1, dtype=np.float64))
+                out[a:a + len(got)] = l2_normalize(W.sum(axis=1, dtype=np.float64))
         return ClassVectors(classes, vectors) if online else out
 
     def __sklearn_tags__(self):
@@ -395,7 +391,7 @@ class OnlineCAMRetriever(BaseEstimator):
         if len(X) == 0:
             raise ValueError("no database items")
         self.classes_ = X.classes.copy()
-        self.vectors_ = _l2_rows(X.vectors).astype(np.float32)
+        self.vectors_ = l2_normalize(X.vectors).astype(np.float32)
         self.gram_ = np.einsum("nkd,nld->nkl", self.vectors_, self.vectors_)
         self.y_ = None if y is None else np.asarray(y)
         if self.y_ is not None and self.y_.shape[0] != len(X):
@@ -414,14 +410,14 @@ class OnlineCAMRetriever(BaseEstimator):
             classes, vectors = self.classes_, self.vectors_
         else:
             X = self._check(X)
-            classes, vectors = X.classes, _l2_rows(X.vectors)
+            classes, vectors = X.classes, l2_normalize(X.vectors)
         k = classes.shape[1] if self.n_classes is None else min(self.n_classes,
                                                                  classes.shape[1])
         n_db, K, D = self.vectors_.shape
         flat = self.vectors_.reshape(n_db * K, D)
         out = np.empty((classes.shape[0], n_db), np.float32)
         for j in range(classes.shape[0]):
-            q = _l2_rows(vectors[j, :k].sum(axis=0, dtype=np.float64))
+            q = l2_normalize(vectors[j, :k].sum(axis=0, dtype=np.float64))
             mask = np.isin(self.classes_, classes[j, :k]).astype(np.float32)  # (n, K)
             num = ((flat @ q.astype(np.float32)).reshape(n_db, K) * mask).sum(axis=1)
             den = np.sqrt(np.maximum(np.einsum("nk,nkl,nl->n", mask, self.gram_, mask), 0))

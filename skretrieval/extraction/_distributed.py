@@ -171,9 +171,9 @@ def _worker_copy(estimator, cache, token=None):
         _tune_malloc()
         if estimator.trunk_ is None:
             if estimator.device == "auto":  # the best device of this worker
-                from ._extractor import _resolve_device
+                from ._network import resolve_device
 
-                estimator.device_ = _resolve_device("auto")
+                estimator.device_ = resolve_device("auto")
             key = (token, estimator.device_)
             net = _NETS.get(key) if token is not None else None
             if net is not None:

@@ -23,7 +23,7 @@ from numbers import Integral
 import numpy as np
 from PIL import Image
 
-from ._images import Crop, load_image
+from ..extraction._images import Crop, load_image
 
 __all__ = ["RetrievalDisplay"]
 

@@ -19,8 +19,8 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from ._files import atomic_write, file_lock, remove_stale_temps
-from ._images import Crop, image_key
+from ..utils._files import atomic_write, file_lock, remove_stale_temps
+from ..extraction._images import Crop, image_key
 
 __all__ = [
     "IndexFile",

@@ -20,7 +20,7 @@ from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._persist import Attr, StateSpec
+from ..utils._state import Attr, StateSpec
 
 __all__ = ["PCAWhitener"]
 

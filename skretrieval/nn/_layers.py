@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._backbones import describe_weights, load_backbone, resolve_layer
-from ._pooling import _region_grid
+from ..extraction._backbones import describe_weights, load_backbone, resolve_layer
+from ..pooling._pooling import _region_grid
 
 __all__ = ["GeM", "MAC", "POOLINGS", "RMAC", "RetrievalNet", "SPoC", "make_pooling"]
 

@@ -1,0 +1,57 @@
+"""Loaders for the standard instance-retrieval benchmarks and the offline demo collection.
+
+Every loader reads a local directory in the benchmark's standard layout and
+returns a :class:`RetrievalBenchmark` (database, queries, ground truth of each
+protocol); :func:`load_dataset` picks one by name (:data:`DATASETS`), and
+:func:`download_dataset` fetches the public archives when asked.
+:func:`load_demo_dataset` builds the small offline collection of the demo
+from photos shipped inside scikit-learn and scikit-image.
+"""
+
+from ._demo import load_demo_dataset
+from ._loaders import (
+    CHECKSUMS,
+    DATASETS,
+    GROUND_TRUTH_DIGESTS,
+    PARIS6K_CORRUPT,
+    SOURCES,
+    DatasetError,
+    DownloadError,
+    GroundTruth,
+    RetrievalBenchmark,
+    download_dataset,
+    ground_truth_digest,
+    load_coil,
+    load_dataset,
+    load_holidays,
+    load_oxford5k,
+    load_paris6k,
+    load_revisited,
+    load_ukbench,
+    read_oxford_ground_truth,
+    revisited_ground_truth,
+)
+
+__all__ = [
+    "CHECKSUMS",
+    "DATASETS",
+    "DatasetError",
+    "DownloadError",
+    "GROUND_TRUTH_DIGESTS",
+    "GroundTruth",
+    "PARIS6K_CORRUPT",
+    "RetrievalBenchmark",
+    "SOURCES",
+    "download_dataset",
+    "ground_truth_digest",
+    "load_coil",
+    "load_dataset",
+    "load_demo_dataset",
+    "load_holidays",
+    "load_oxford5k",
+    "load_paris6k",
+    "load_revisited",
+    "load_ukbench",
+    "read_oxford_ground_truth",
+    "revisited_ground_truth",
+]

@@ -1,0 +1,25 @@
+"""From feature maps to one descriptor per image: pooling, VLAD, CAM weighting, whitening.
+
+Every pooler takes the ragged ``C x H x W`` maps of a
+:class:`~skretrieval.FeatureMaps` and returns an ``(n_images, D)`` array,
+L2-normalised as in its paper; :class:`PCAWhitener` then works on that array.
+"""
+
+from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
+from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, region_grid
+from ._vlad import VLADEncoder
+from ._whitening import PCAWhitener
+
+__all__ = [
+    "CAMWeighter",
+    "ClassVectors",
+    "CroWPooler",
+    "GeMPooler",
+    "MACPooler",
+    "OnlineCAMRetriever",
+    "PCAWhitener",
+    "RMACPooler",
+    "SPoCPooler",
+    "VLADEncoder",
+    "region_grid",
+]
