@@ -881,11 +881,12 @@ def test_locations_of_nested_estimators_are_not_restored(tmp_path):
 
 
 def test_every_supported_class_declares_its_state():
-    from skretrieval.persistence import SKLEARN_STATE, _declaration_problems, _state_spec
+    from skretrieval.persistence._checks import declaration_problems
+    from skretrieval.persistence._registry import SKLEARN_STATE, state_spec
 
-    assert _declaration_problems() == []
+    assert declaration_problems() == []
     for cls in SUPPORTED_CLASSES.values():
-        spec = _state_spec(cls)
+        spec = state_spec(cls)
         assert (cls in SKLEARN_STATE) != (cls.__module__.startswith("skretrieval"))
         assert spec is (SKLEARN_STATE.get(cls) or cls._state_spec)
     spec = NearestNeighborRetriever._state_spec
