@@ -34,7 +34,7 @@ def declaration_problems():
                 problems.append(f"{cls.__name__}.{attr}: refers to unknown {ref!r}")
             if decl.file is not None and (decl.kind != ("arrays",) or decl.file in NODE_KEYS):
                 problems.append(f"{cls.__name__}.{attr}: file= needs kind 'arrays'")
-        for param in list(spec.paths) + ([spec.device] if spec.device else []):
+        for param in list(spec.paths) + [p for p in (spec.device, spec.steps) if p]:
             if param not in params:
                 problems.append(f"{cls.__name__}: {param!r} is not a parameter")
     return problems

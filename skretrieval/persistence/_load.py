@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Mapping
 
 from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline
 
 from .. import __version__
 from ..extraction._network import resolve_device
@@ -103,6 +102,27 @@ class _Loader:
         unknown = sorted(str(k) for k in set(node) - NODE_KEYS - set(files))
         if unknown:
             raise ModelFormatError(f"{where}: unexpected entries {unknown} in {MANIFEST}")
+        params = self.params(node, spec, where, prefix)
+        try:
+            est = cls(**params)
+            if hasattr(cls, "_parameter_constraints"):
+                est._validate_params()
+        except Exception as exc:
+            raise ModelFormatError(f"{where}: invalid parameters: {exc}") from exc
+        state = self.state(node, cls, spec, where)
+        for file, attr in files.items():
+            if file in node:
+                state[attr] = self.source.load_npz(node[file], self.checksums, self.budget)
+        try:
+            check_state(cls, spec, state, params)
+        except InvalidState as exc:
+            raise ModelFormatError(f"{where}: {exc}") from None
+        self.restore(est, spec, state, where)
+        return est
+
+    def params(self, node, spec, where, prefix):
+        """The constructor parameters of a manifest entry, locations replaced
+        by their safe values (recorded in ``reset``)."""
         raw_params = node.get("params", {})
         if not isinstance(raw_params, dict):
             raise ModelFormatError(f"{where}: malformed parameters in {MANIFEST}")
@@ -110,20 +130,8 @@ class _Loader:
         for k, v in raw_params.items():
             sub = None if prefix is None else f"{prefix}{k}__"
             params[k] = self.decode(v, f"{where}, parameter {k!r}", None, sub)
-        if cls is Pipeline:
-            steps = node.get("steps")
-            if not isinstance(steps, list) or not steps:
-                raise ModelFormatError(f"{where}: missing or empty 'steps' in {MANIFEST}")
-            built = []
-            for step in steps:
-                if not isinstance(step, dict) or not isinstance(step.get("name"), str):
-                    raise ModelFormatError(f"{where}: malformed step in {MANIFEST}")
-                est = step.get("estimator")
-                if est is not None and est != "passthrough":
-                    sub = None if prefix is None else f"{prefix}{step['name']}__"
-                    est = self.node(est, f"{where} > step {step['name']!r}", sub)
-                built.append((step["name"], est))
-            params["steps"] = built
+        if spec.steps is not None:
+            params[spec.steps] = self.steps(node.get("steps"), where, prefix)
         # locations are never taken from the file
         for param, decl in spec.paths.items():
             if param in params and not decl.restores(params[param]):
@@ -132,13 +140,26 @@ class _Loader:
                 params[param] = decl.safe
         if spec.device is not None and self.device is not None:
             params[spec.device] = self.device
-        try:
-            est = cls(**params)
-            if hasattr(cls, "_parameter_constraints"):
-                est._validate_params()
-        except Exception as exc:
-            raise ModelFormatError(f"{where}: invalid parameters: {exc}") from exc
+        return params
 
+    def steps(self, steps, where, prefix):
+        """The ``(name, estimator)`` steps of a manifest entry's ``"steps"``."""
+        if not isinstance(steps, list) or not steps:
+            raise ModelFormatError(f"{where}: missing or empty 'steps' in {MANIFEST}")
+        built = []
+        for step in steps:
+            if not isinstance(step, dict) or not isinstance(step.get("name"), str):
+                raise ModelFormatError(f"{where}: malformed step in {MANIFEST}")
+            est = step.get("estimator")
+            if est is not None and est != "passthrough":
+                sub = None if prefix is None else f"{prefix}{step['name']}__"
+                est = self.node(est, f"{where} > step {step['name']!r}", sub)
+            built.append((step["name"], est))
+        return built
+
+    def state(self, node, cls, spec, where):
+        """The fitted attributes of a manifest entry (those in their own
+        files aside), refusing undeclared ones."""
         arrays = None
         if "arrays" in node:
             arrays = self.source.load_npz(node["arrays"], self.checksums, self.budget)
@@ -167,27 +188,25 @@ class _Loader:
                     + "; the file was modified or written by an incompatible version"
                 )
             state[attr] = self.decode(value, f"{where}, attribute {attr!r}", arrays)
-        for file, attr in files.items():
-            if file in node:
-                state[attr] = self.source.load_npz(node[file], self.checksums, self.budget)
-        try:
-            check_state(cls, spec, state, params)
-        except InvalidState as exc:
-            raise ModelFormatError(f"{where}: {exc}") from None
+        return state
+
+    def restore(self, est, spec, state, where):
+        """Give ``est`` its checked ``state``; a fitted one also gets its
+        transient attributes, then its ``_after_load`` hook runs."""
         vars(est).update(state)
-        if state:  # fitted
-            vars(est).update({k: copy.copy(v) for k, v in spec.transient.items()})
-            hook = class_hook(est, "_after_load")
-            if hook is not None:
-                try:
-                    if spec.device is not None:
-                        hook(est, self.resolved_device)
-                    else:
-                        hook(est)
-                except Exception as exc:
-                    raise ModelFormatError(f"{where}: inconsistent fitted state: {exc}") \
-                        from exc
-        return est
+        if not state:  # not fitted
+            return
+        vars(est).update({k: copy.copy(v) for k, v in spec.transient.items()})
+        hook = class_hook(est, "_after_load")
+        if hook is None:
+            return
+        try:
+            if spec.device is not None:
+                hook(est, self.resolved_device)
+            else:
+                hook(est)
+        except Exception as exc:
+            raise ModelFormatError(f"{where}: inconsistent fitted state: {exc}") from exc
 
 
 def _apply_params(model, params):
@@ -200,6 +219,60 @@ def _apply_params(model, params):
     for est in estimators:
         if hasattr(type(est), "_parameter_constraints"):
             est._validate_params()
+
+
+def _check_header(manifest, has_checksum, path):
+    """Refuse a manifest of another format or version (or of version 2 without
+    its checksum); warn when it was written with other library versions."""
+    if manifest.get("format") != FORMAT_NAME:
+        raise ModelFormatError(
+            f"{os.fspath(path)!r} is not a skretrieval model (format "
+            f"{short(manifest.get('format'))}, expected {FORMAT_NAME!r})"
+        )
+    version = manifest.get("format_version")
+    if not is_int(version) or version not in READABLE_VERSIONS:
+        newer = is_int(version) and version > FORMAT_VERSION
+        raise ModelFormatError(
+            f"{os.fspath(path)!r} uses format version {short(version)}, but this "
+            f"skretrieval ({__version__}) reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
+            + ("; upgrade skretrieval to load it" if newer else "")
+        )
+    if version >= 2 and not has_checksum:
+        raise ModelFormatError(
+            f"{os.fspath(path)!r} has no {MANIFEST_CHECKSUM}: the model is "
+            "incomplete or was modified"
+        )
+    saved = manifest.get("versions")
+    if isinstance(saved, dict):
+        current = versions()
+        differ = [f"{lib} {saved.get(lib)} (here {current[lib]})"
+                  for lib in ("skretrieval", "sklearn", "torchvision")
+                  if saved.get(lib) != current[lib]]
+        if differ:
+            warnings.warn(
+                f"{os.fspath(path)!r} was saved with " + ", ".join(differ)
+                + "; results may differ",
+                VersionMismatchWarning,
+                stacklevel=3,
+            )
+
+
+def _warn_locations(reset, params):
+    """Warn of the locations that were not restored (those that warn), unless
+    ``params`` gives them."""
+    given = set(params or ())
+    for key, where, param, value, decl in reset:
+        if decl.warn and key not in given:
+            how = (f"pass load_pipeline(..., params={{{key!r}: ...}}) to give it"
+                   if key is not None else "refit the model to set it")
+            warnings.warn(
+                f"{where}: the model file sets {param!r} to a location "
+                f"({short(value)}), which load_pipeline does not restore: it is "
+                f"{decl.safe!r}; {decl.warn}. If you trust this location, {how}",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def load_pipeline(path, *, device=None, params=None, max_bytes=MAX_ARRAY_BYTES):
@@ -270,38 +343,7 @@ def load_pipeline(path, *, device=None, params=None, max_bytes=MAX_ARRAY_BYTES):
     source = ModelSource(path)
     try:
         manifest, has_checksum = source.read_manifest()
-        if manifest.get("format") != FORMAT_NAME:
-            raise ModelFormatError(
-                f"{os.fspath(path)!r} is not a skretrieval model (format "
-                f"{short(manifest.get('format'))}, expected {FORMAT_NAME!r})"
-            )
-        version = manifest.get("format_version")
-        if not is_int(version) or version not in READABLE_VERSIONS:
-            newer = is_int(version) and version > FORMAT_VERSION
-            raise ModelFormatError(
-                f"{os.fspath(path)!r} uses format version {short(version)}, but this "
-                f"skretrieval ({__version__}) reads versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))}"
-                + ("; upgrade skretrieval to load it" if newer else "")
-            )
-        if version >= 2 and not has_checksum:
-            raise ModelFormatError(
-                f"{os.fspath(path)!r} has no {MANIFEST_CHECKSUM}: the model is "
-                "incomplete or was modified"
-            )
-        saved = manifest.get("versions")
-        if isinstance(saved, dict):
-            current = versions()
-            differ = [f"{lib} {saved.get(lib)} (here {current[lib]})"
-                      for lib in ("skretrieval", "sklearn", "torchvision")
-                      if saved.get(lib) != current[lib]]
-            if differ:
-                warnings.warn(
-                    f"{os.fspath(path)!r} was saved with " + ", ".join(differ)
-                    + "; results may differ",
-                    VersionMismatchWarning,
-                    stacklevel=2,
-                )
+        _check_header(manifest, has_checksum, path)
         checksums = manifest.get("files")
         if not isinstance(checksums, dict):
             raise ModelFormatError(f"{MANIFEST}: missing 'files'")
@@ -314,18 +356,7 @@ def load_pipeline(path, *, device=None, params=None, max_bytes=MAX_ARRAY_BYTES):
                 from None
     finally:
         source.close()
-    given = set(params or ())
-    for key, where, param, value, decl in loader.reset:
-        if decl.warn and key not in given:
-            how = (f"pass load_pipeline(..., params={{{key!r}: ...}}) to give it"
-                   if key is not None else "refit the model to set it")
-            warnings.warn(
-                f"{where}: the model file sets {param!r} to a location "
-                f"({short(value)}), which load_pipeline does not restore: it is "
-                f"{decl.safe!r}; {decl.warn}. If you trust this location, {how}",
-                UserWarning,
-                stacklevel=2,
-            )
+    _warn_locations(loader.reset, params)
     if params:
         _apply_params(model, params)
     return model

@@ -96,7 +96,7 @@ _SCALER_VECTOR = Attr("array", dtype="f", shape=("n_features_in_",), none=True)
 #: The persisted state of the scikit-learn classes of the whitelist (the
 #: skretrieval estimators declare theirs in ``_state_spec``).
 SKLEARN_STATE = {
-    Pipeline: StateSpec(paths={"memory": PathParam(None)}),
+    Pipeline: StateSpec(paths={"memory": PathParam(None)}, steps="steps"),
     FrozenEstimator: StateSpec(),
     Normalizer: StateSpec({
         "n_features_in_": Attr("int", optional=True),

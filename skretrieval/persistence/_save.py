@@ -11,7 +11,6 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
-from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._checks import InvalidState, check_state
@@ -131,6 +130,7 @@ class _Saver:
 
     # -- estimators ------------------------------------------------------
     def node(self, est, where, check_fitted):
+        """The manifest entry of ``est``, its arrays written to the target."""
         cls = type(est)
         name = NAME_OF_CLASS.get(cls)
         if name is None:
@@ -139,7 +139,8 @@ class _Saver:
                 "supported by save_pipeline (supported classes: "
                 f"{', '.join(sorted(SUPPORTED_CLASSES))})"
             )
-        if check_fitted and cls is not Pipeline:
+        spec = state_spec(cls)
+        if check_fitted and spec.steps is None:
             try:
                 check_is_fitted(est)
             except NotFittedError:
@@ -147,34 +148,46 @@ class _Saver:
                     f"cannot save {where}: it is not fitted. Fit the pipeline before "
                     "saving it (save_pipeline stores fitted models)"
                 ) from None
-        spec = state_spec(cls)
         nid = self.n_nodes
         self.n_nodes += 1
         node = {"class": name}
         all_params = est.get_params(deep=False)
         params = all_params
-        if cls is Pipeline:
-            steps = []
-            for step_name, step in params["steps"]:
-                sub = f"step {step_name!r} ({type(step).__name__})"
-                if where != "the Pipeline":
-                    sub = f"{where} > {sub}"
-                if step is None or (isinstance(step, str) and step == "passthrough"):
-                    steps.append({"name": step_name, "estimator": step})
-                else:
-                    steps.append({"name": str(step_name),
-                                  "estimator": self.node(step, sub, check_fitted=True)})
-            node["steps"] = steps
-            params = {k: v for k, v in params.items() if k != "steps"}
+        if spec.steps is not None:
+            root = where == f"the {cls.__name__}"
+            node["steps"] = self.steps(params[spec.steps], None if root else where)
+            params = {k: v for k, v in params.items() if k != spec.steps}
         node["params"] = {
             k: self.encode(v, where, repr(k), None, k) for k, v in sorted(params.items())
         }
+        stored = self.stored_state(est, spec, all_params, where)
+        self.write_state(node, stored, spec, f"state/{nid:03d}-{cls.__name__}", where)
+        return node
 
+    def steps(self, steps, where):
+        """The entries of a list of ``(name, estimator)`` steps (``where``: the
+        estimator holding them, None for the model itself)."""
+        entries = []
+        for step_name, step in steps:
+            sub = f"step {step_name!r} ({type(step).__name__})"
+            if where is not None:
+                sub = f"{where} > {sub}"
+            if step is None or (isinstance(step, str) and step == "passthrough"):
+                entries.append({"name": step_name, "estimator": step})
+            else:
+                entries.append({"name": str(step_name),
+                                "estimator": self.node(step, sub, check_fitted=True)})
+        return entries
+
+    @staticmethod
+    def stored_state(est, spec, params, where):
+        """The attributes of ``est`` to store, checked against ``spec``."""
+        cls = type(est)
         hook = class_hook(est, "_persistent_state")
         state = hook(est) if hook is not None else vars(est)
         stored = {}
         for attr, value in state.items():
-            if attr in all_params or attr in spec.transient:
+            if attr in params or attr in spec.transient:
                 continue
             if attr not in spec.attributes:
                 raise TypeError(
@@ -185,29 +198,32 @@ class _Saver:
                 )
             stored[attr] = value
         try:
-            check_state(cls, spec, stored, all_params)
+            check_state(cls, spec, stored, params)
         except InvalidState as exc:
             raise ValueError(
                 f"cannot save {where}: its {exc} (the declaration is {spec_home(cls)})"
             ) from None
+        return stored
 
+    def write_state(self, node, stored, spec, stem, where):
+        """Add the attributes ``stored`` to ``node``, their arrays written to
+        ``<stem>.npz`` and ``<stem>-<file>.npz``."""
         arrays = {}
         attributes = {}
         for attr, value in stored.items():
             file = spec.attributes[attr].file
             if file is not None:
-                fname = f"state/{nid:03d}-{cls.__name__}-{file}.npz"
+                fname = f"{stem}-{file}.npz"
                 write_npz(self.target, fname, {k: np.asarray(v) for k, v in value.items()},
-                           self.checksums)
+                          self.checksums)
                 node[file] = fname
             else:
                 attributes[attr] = self.encode(value, where, repr(attr), arrays, attr)
         node["attributes"] = attributes
         if arrays:
-            fname = f"state/{nid:03d}-{cls.__name__}.npz"
+            fname = f"{stem}.npz"
             write_npz(self.target, fname, arrays, self.checksums)
             node["arrays"] = fname
-        return node
 
 
 def save_pipeline(pipeline, path, *, overwrite=False):

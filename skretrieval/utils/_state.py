@@ -16,6 +16,17 @@ it supports.  Two optional methods complete the protocol:
     ``device`` parameter); an exception there is reported as an inconsistent
     model file.
 
+Everything the persistence code knows of a class is in its declaration and
+these two hooks: it writes no attribute by name and has no branch for a
+class.  The declaration says which attributes are stored (and checked),
+which are transient (set to their declared value after loading, before
+``_after_load``), which parameters name locations (:class:`PathParam`),
+which parameter takes ``load_pipeline(device=...)`` and which parameter
+holds a list of named steps (a :class:`~sklearn.pipeline.Pipeline`'s
+``steps``, stored as sub-entries).  The scikit-learn classes, which cannot
+carry a ``_state_spec``, are declared in
+``skretrieval.persistence._registry.SKLEARN_STATE``.
+
 This module imports nothing from the package, so that every estimator module
 can import it.
 """
@@ -188,29 +199,41 @@ class StateSpec:
     device : str, default=None
         The parameter that ``load_pipeline(device=...)`` replaces; the
         estimator's ``_after_load`` then receives the resolved device.
+    steps : str, default=None
+        The parameter holding a list of ``(name, estimator)`` steps (a
+        :class:`~sklearn.pipeline.Pipeline`'s ``steps``), stored as the
+        ``"steps"`` entry of the estimator's manifest entry (``None`` and
+        ``"passthrough"`` steps as such).  Each step must be fitted when
+        saved; the estimator itself is not checked (it is fitted when its
+        steps are).
     """
 
-    __slots__ = ("attributes", "transient", "paths", "device")
+    __slots__ = ("attributes", "transient", "paths", "device", "steps")
 
-    def __init__(self, attributes=None, *, transient=None, paths=None, device=None):
+    def __init__(self, attributes=None, *, transient=None, paths=None, device=None,
+                 steps=None):
         self.attributes = dict(attributes or {})
         self.transient = dict(transient or {})
         self.paths = dict(paths or {})
         self.device = device
+        self.steps = steps
         both = set(self.attributes) & set(self.transient)
         if both:
             raise ValueError(f"attributes both stored and transient: {sorted(both)}")
 
-    def extend(self, attributes=None, *, transient=None, paths=None, device=None):
+    def extend(self, attributes=None, *, transient=None, paths=None, device=None,
+               steps=None):
         """A copy with more (or replaced) declarations, for subclasses."""
         return StateSpec(
             {**self.attributes, **(attributes or {})},
             transient={**self.transient, **(transient or {})},
             paths={**self.paths, **(paths or {})},
             device=self.device if device is None else device,
+            steps=self.steps if steps is None else steps,
         )
 
     def __repr__(self):
         return (f"StateSpec(attributes={sorted(self.attributes)}, "
                 f"transient={sorted(self.transient)}, paths={sorted(self.paths)}, "
-                f"device={self.device!r})")
+                f"device={self.device!r}"
+                + ("" if self.steps is None else f", steps={self.steps!r}") + ")")
