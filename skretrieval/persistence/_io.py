@@ -65,7 +65,12 @@ def is_zip_path(path):
 
 
 class DirTarget:
-    """Writes into a temporary directory, renamed to ``path`` on commit."""
+    """Writes into a temporary directory, renamed to ``path`` on commit.
+
+    :func:`~skretrieval.utils._files.atomic_write` replaces one file; a
+    folder cannot be renamed over a non-empty one, so the old model is moved
+    aside first and removed once the new one is in place.
+    """
 
     def __init__(self, path, overwrite):
         self.path = os.path.abspath(path)
@@ -109,7 +114,15 @@ class DirTarget:
 
 
 class ZipTarget:
-    """Writes a zip archive into a temporary file, renamed on commit."""
+    """Writes a zip archive into a temporary file, renamed on commit.
+
+    Not :func:`~skretrieval.utils._files.atomic_write`: saving a model takes
+    no lock, so its temporary files keep their own prefix, which
+    :func:`~skretrieval.utils._files.remove_stale_temps` only removes an hour
+    after their last write (``atomic_write``'s temporary names are removed at
+    once, which is safe only under the target's lock, and would break two
+    saves of one path running together).
+    """
 
     def __init__(self, path, overwrite):
         self.path = os.path.abspath(path)
