@@ -63,7 +63,8 @@ Declared state
 Every supported class declares the fitted state it persists: the skretrieval
 estimators in a class attribute ``_state_spec`` (a
 :class:`skretrieval.utils._state.StateSpec`, see that module for the protocol),
-the scikit-learn classes in this module (:data:`SKLEARN_STATE`).  A
+the scikit-learn classes, which cannot carry one, in a table
+(``skretrieval.persistence._registry.SKLEARN_STATE``).  A
 declaration names each stored attribute with its kind (int, str, tuple,
 array, sub-estimator...), for arrays their dtypes and the relations of their
 shapes ("``X_fit_`` has ``n_samples_fit_`` rows and ``n_features_in_``
