@@ -60,9 +60,13 @@ _SECURITY_HEADERS = [
 
 
 def _require_fastapi():
+    import importlib.util
+
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart, for uploads)
+        # python-multipart (uploads): python_multipart since 0.0.13, multipart before
+        if importlib.util.find_spec("python_multipart") is None:
+            import multipart  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             "skretrieval.serve needs FastAPI, uvicorn and python-multipart: "
@@ -569,7 +573,7 @@ def create_app(model, *, images_root=None, token=None,
         if ctype == "multipart/form-data":
             try:
                 form = await request.form(max_files=1, max_fields=8)
-            except StarletteHTTPException:
+            except (StarletteHTTPException, _BodyTooLarge):
                 raise
             except Exception:  # noqa: BLE001 - a malformed multipart body
                 raise _RequestError(400, "malformed multipart body") from None
@@ -745,7 +749,7 @@ def create_app(model, *, images_root=None, token=None,
         if ctype == "multipart/form-data":
             try:
                 form = await request.form(max_files=_MAX_INDEX_FILES, max_fields=4)
-            except StarletteHTTPException:
+            except (StarletteHTTPException, _BodyTooLarge):
                 raise
             except Exception:  # noqa: BLE001
                 raise _RequestError(400, "malformed multipart body") from None
