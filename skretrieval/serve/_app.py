@@ -863,8 +863,9 @@ def create_app(model, *, images_root=None, token=None,
 
         try:
             report = await shared.run(add, deadline)
-        except _RequestError:
-            _remove(saved)
+        except _RequestError as exc:
+            if exc.status != 504:  # past the time limit the addition may still run:
+                _remove(saved)     # its files stay
             raise
         logger.info("indexed %d image(s): %s", len(paths), report)
         return {"added": [_plain(v) for v in report.added],
