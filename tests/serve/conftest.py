@@ -1,0 +1,55 @@
+"""Fixtures of the serve tests: a tiny real index of generated images."""
+
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+N_IMAGES = 6
+
+
+def write_image(path, seed, size=(96, 72)):
+    """A distinct noisy picture (blocks of colour plus noise) as a JPEG/PNG file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = np.kron(blocks, np.ones((h // 6 + 1, w // 8 + 1, 1), dtype=np.uint8))[:h, :w]
+    img = np.clip(img.astype(int) + rng.integers(-20, 20, size=img.shape), 0, 255)
+    fmt = None if isinstance(path, (str, os.PathLike)) else "JPEG"  # a file object
+    Image.fromarray(img.astype(np.uint8)).save(path, format=fmt, quality=95)
+    return path
+
+
+@pytest.fixture(scope="session")
+def served_index(tmp_path_factory):
+    """(model zip, images root, names) of a real fitted pipeline over 6 images."""
+    from sklearn.pipeline import make_pipeline
+
+    from skretrieval import (ConvFeatureExtractor, GeMPooler, NearestNeighborRetriever,
+                             item_fingerprint)
+    from skretrieval.persistence import save_pipeline
+
+    base = tmp_path_factory.mktemp("serve")
+    root = base / "images"
+    (root / "sub").mkdir(parents=True)
+    names = [f"img{i}.jpg" for i in range(N_IMAGES - 1)] + ["sub/deep.png"]
+    for i, name in enumerate(names):
+        write_image(root / name, seed=i)
+    pipe = make_pipeline(
+        ConvFeatureExtractor("resnet18", weights=None, layer="layer1", max_size=64,
+                             device="cpu"),
+        GeMPooler(),
+        NearestNeighborRetriever(),
+    )
+    labels = np.asarray(names)
+    paths = [str(root / n) for n in names]
+    pipe.fit(paths, labels, nearestneighborretriever__ids=labels,
+             nearestneighborretriever__fingerprints=[item_fingerprint(p) for p in paths])
+    model = save_pipeline(pipe, base / "model.zip")
+    return pathlib.Path(model), root, names
