@@ -1,4 +1,4 @@
-"""Tests of the poolers (skretrieval.pooling._pooling).
+"""Tests of the poolers (skretrieval.pooling._global, _regional, _functional).
 
 Every pooler is checked against a plain-loop reference written from the
 paper's definition, independently of the vectorised implementation.
@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import get_tags
 
 from skretrieval import FeatureMaps
-from skretrieval.pooling._pooling import (
+from skretrieval.pooling import (
     CroWPooler,
     GeMPooler,
     MACPooler,

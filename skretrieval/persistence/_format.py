@@ -210,7 +210,8 @@ from ..extraction._extractor import ConvFeatureExtractor
 from ..extraction._network import resolve_device
 from ..utils._files import give_default_mode, remove_stale_temps
 from ..utils._state import DIMENSION, Attr, PathParam, StateSpec
-from ..pooling._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
+from ..pooling._global import GeMPooler, MACPooler, SPoCPooler
+from ..pooling._regional import CroWPooler, RMACPooler
 from ..reranking._rerank import RegionReranker
 from ..neighbors._retriever import NearestNeighborRetriever
 from ..nn._trainer import RetrievalNetTrainer
