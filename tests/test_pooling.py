@@ -684,3 +684,16 @@ def test_set_output_default():
     X = np.random.default_rng(21).random((3, 4, 5, 5)).astype(np.float32)
     pooler = MACPooler().set_output(transform="default")
     assert isinstance(pooler.fit_transform(X), np.ndarray)
+
+
+def test_registry_lists_every_pooler_and_the_torch_poolings():
+    from skretrieval.pooling._registry import POOLERS, make_pooler
+
+    assert [spec.estimator for spec in POOLERS.values()] == ALL_POOLERS
+    assert [spec.display_name for spec in POOLERS.values()] == [
+        "SPoC", "MAC", "GeM", "R-MAC", "CroW"]
+    assert isinstance(make_pooler("gem", p=2.0), GeMPooler)
+    with pytest.raises(ValueError, match="pooler must be one of"):
+        make_pooler("sum")
+    nn = pytest.importorskip("skretrieval.nn")
+    assert set(nn.POOLINGS) <= set(POOLERS)
