@@ -213,7 +213,7 @@ def _check_name(name, fmt, query):
             )
 
 
-def _check_names(names, fmt, query):
+def check_names(names, fmt, query):
     """Check image names for a pairs format (used by the command line too)."""
     fmt = _check_format(fmt)
     for name in names:

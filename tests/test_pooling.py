@@ -1,4 +1,4 @@
-"""Tests of the poolers (skretrieval.pooling._pooling).
+"""Tests of the poolers (skretrieval.pooling._global, _regional, _functional).
 
 Every pooler is checked against a plain-loop reference written from the
 paper's definition, independently of the vectorised implementation.
@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import get_tags
 
 from skretrieval import FeatureMaps
-from skretrieval.pooling._pooling import (
+from skretrieval.pooling import (
     CroWPooler,
     GeMPooler,
     MACPooler,
@@ -684,3 +684,16 @@ def test_set_output_default():
     X = np.random.default_rng(21).random((3, 4, 5, 5)).astype(np.float32)
     pooler = MACPooler().set_output(transform="default")
     assert isinstance(pooler.fit_transform(X), np.ndarray)
+
+
+def test_registry_lists_every_pooler_and_the_torch_poolings():
+    from skretrieval.pooling._registry import POOLERS, make_pooler
+
+    assert [spec.estimator for spec in POOLERS.values()] == ALL_POOLERS
+    assert [spec.display_name for spec in POOLERS.values()] == [
+        "SPoC", "MAC", "GeM", "R-MAC", "CroW"]
+    assert isinstance(make_pooler("gem", p=2.0), GeMPooler)
+    with pytest.raises(ValueError, match="pooler must be one of"):
+        make_pooler("sum")
+    nn = pytest.importorskip("skretrieval.nn")
+    assert set(nn.POOLINGS) <= set(POOLERS)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import math
 import os
 import sys
 import time
@@ -11,32 +9,23 @@ import time
 import numpy as np
 
 from ..datasets import load_demo_dataset
-from ..datasets._demo import DISTRACTOR_VIEWS, VIEWS, N_DISTRACTOR_VIEWS
+from ..datasets._demo import N_DISTRACTOR_VIEWS, VIEWS
 from ..display import plot_rankings
+from ..pooling._registry import POOLERS
+from ._common import CLIError, check_device
 
-__all__ = ["run_demo"]
+__all__ = ["cmd_demo", "run_demo"]
 
 
 # ---------------------------------------------------------------------------
 # the demo
 # ---------------------------------------------------------------------------
-_POOLERS = ("SPoC", "MAC", "GeM", "R-MAC", "CroW")
-
 # Whitening learned on the other group (about 64 images): far fewer
 # descriptors than dimensions, hence few components and a shrunk whitening
 # (Jégou & Chum, ECCV 2012: whitening estimated on little data over-amplifies
 # the weak, noisy components; a power of 0.5 is the usual remedy).
 _WHITEN_COMPONENTS = 32
 _WHITEN_POWER = 0.5
-
-
-def _make_pooler(name):
-    from ..pooling._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
-
-    return {
-        "SPoC": SPoCPooler, "MAC": MACPooler, "GeM": GeMPooler,
-        "R-MAC": RMACPooler, "CroW": CroWPooler,
-    }[name]()
 
 
 def _search_group(X, labels, whitener=None):
@@ -110,6 +99,25 @@ def _one_or_two(pair):
     return f"{pair[0]}" if pair[0] == pair[1] else f"{pair[1]} / {pair[0]}"
 
 
+def cmd_demo(args):
+    """Run ``skretrieval demo``, after checking the device and the figure's needs."""
+    check_device(args.device)
+    if not args.no_figure:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CLIError(
+                "the demo figure needs matplotlib: pip install skretrieval[demo] "
+                "(or pass --no-figure)"
+            ) from None
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):
+            raise CLIError(f"cannot write {args.out!r}: folder {out_dir!r} does not exist")
+    run_demo(out=args.out, max_size=args.max_size, device=args.device,
+             figure=not args.no_figure)
+    return 0
+
+
 def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=True,
              file=None):
     """Run ``skretrieval demo``: compare the poolers on the demo collection.
@@ -145,12 +153,6 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
 
     t0 = time.perf_counter()
     images, labels, names, groups = load_demo_dataset(return_groups=True)
-    n = len(images)
-    is_scene = labels >= 0
-    n_scenes = len(np.unique(labels[is_scene]))
-    n_queries = int(is_scene.sum())
-    n_distractors = n - n_queries
-    n_photos = len({name.split("/")[0] for name in names[n_queries:]})
     extractor = ConvFeatureExtractor(
         "mobilenet_v2", weights="IMAGENET1K_V1", max_size=max_size, device=device
     ).fit()
@@ -159,7 +161,45 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
     t_maps = time.perf_counter() - t1
     group_sizes = [int(np.sum(groups == g)) for g in (0, 1)]
     n_components = min(_WHITEN_COMPONENTS, min(group_sizes) - 1)
+    counts = _collection_counts(labels, names)
+    _print_setup(say, counts, extractor, max_size, t_maps, group_sizes, n_components)
+    scores, seconds_by_pooler, ap_by_pooler, gem = _compare_poolers(
+        say, maps, labels, groups, n_components)
+    by_view = _map_by_view(say, ap_by_pooler, labels, names, counts["n_scenes"])
+    photos = [len({names[i].split("/")[0] for i in np.flatnonzero(groups == g)})
+              for g in (0, 1)]
+    say("note: the whitening of each group is learned on the other group: "
+        f"{_one_or_two(group_sizes)} images of {_one_or_two(photos)} photos unrelated to "
+        "the searched ones, too few and too different to help here. The literature "
+        "learns it on thousands of images of a similar collection (e.g. Paris6k for "
+        "Oxford5k), where it usually helps; see benchmarks/report.py and docs/benchmarks.md.")
+    path = None
+    if figure:
+        path = _draw_figure(say, os.fspath(out), images, labels, names, gem,
+                            scores[("GeM", "raw")])
+    seconds = time.perf_counter() - t0
+    say(f"wall time: {seconds:.1f} s")
+    return {"map": scores, "map_by_view": by_view, "figure": path, "seconds": seconds,
+            "pooler_seconds": seconds_by_pooler, "n_images": counts["n"],
+            "n_queries": counts["n_queries"], "n_distractors": counts["n_distractors"],
+            "extract_seconds": t_maps, "n_components": n_components,
+            "whiten_power": _WHITEN_POWER}
 
+
+def _collection_counts(labels, names):
+    """Images, scene images (the queries), scenes, distractors, distractor photos."""
+    n = len(labels)
+    is_scene = labels >= 0
+    n_queries = int(is_scene.sum())
+    return {"n": n, "n_queries": n_queries, "n_scenes": len(np.unique(labels[is_scene])),
+            "n_distractors": n - n_queries,
+            "n_photos": len({name.split("/")[0] for name in names[n_queries:]})}
+
+
+def _print_setup(say, counts, extractor, max_size, t_maps, group_sizes, n_components):
+    """The collection, the network, the protocol and the whitening of the demo."""
+    n, n_queries, n_scenes = counts["n"], counts["n_queries"], counts["n_scenes"]
+    n_distractors, n_photos = counts["n_distractors"], counts["n_photos"]
     say(f"skretrieval demo: {n} images, all generated from photographs shipped with "
         "scikit-learn and scikit-image (nothing downloaded)")
     say(f"  scenes: {n_queries} images = {n_scenes} photos x {n_queries // n_scenes} "
@@ -182,11 +222,21 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
         "(no image, scene or distractor of the searched group), frozen in the "
         "pipeline with sklearn.frozen.FrozenEstimator")
     say()
+
+
+def _compare_poolers(say, maps, labels, groups, n_components):
+    """Every pooler of the registry on the maps: its mAP raw and whitened, timed.
+
+    Returns ``scores`` (``{(display name, "raw" | "pca"): mAP}``), the seconds
+    and the raw per-image AP of each pooler, and GeM's ``(ap, rankings,
+    similarities)`` for the figure.
+    """
     say(f"{'pooler':<8} {'dim':>5}  {'raw mAP':>7}  {'whitened':>8}  {'time':>6}")
     scores, seconds_by_pooler, ap_by_pooler, gem = {}, {}, {}, None
-    for name in _POOLERS:
+    for spec in POOLERS.values():
+        name = spec.display_name
         tp = time.perf_counter()
-        X = _make_pooler(name).fit_transform(maps)
+        X = spec.estimator().fit_transform(maps)
         ap_raw, ap_white, rankings, sims = _evaluate(X, labels, groups, n_components,
                                                     _WHITEN_POWER)
         raw, white = float(np.nanmean(ap_raw)), float(np.nanmean(ap_white))
@@ -200,6 +250,12 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
     say(f"(whitened: {n_components} dimensions; time: pooling, whitening and search "
         "of both groups)")
     say()
+    return scores, seconds_by_pooler, ap_by_pooler, gem
+
+
+def _map_by_view(say, ap_by_pooler, labels, names, n_scenes):
+    """Print and return the raw mAP of each pooler for the queries of each view."""
+    is_scene = labels >= 0
     view_of = np.array([name.split("/")[1] for name in names])
     by_view = {
         name: {view: float(np.nanmean(ap[is_scene & (view_of == view)])) for view in VIEWS}
@@ -211,32 +267,22 @@ def run_demo(*, out="skretrieval-demo.png", max_size=256, device="auto", figure=
         say(f"{name:<8}" + "".join(f" {values[view]:>{max(len(view), 4)}.2f}"
                                    for view in VIEWS))
     say()
-    photos = [len({names[i].split("/")[0] for i in np.flatnonzero(groups == g)})
-              for g in (0, 1)]
-    say("note: the whitening of each group is learned on the other group: "
-        f"{_one_or_two(group_sizes)} images of {_one_or_two(photos)} photos unrelated to "
-        "the searched ones, too few and too different to help here. The literature "
-        "learns it on thousands of images of a similar collection (e.g. Paris6k for "
-        "Oxford5k), where it usually helps; see benchmarks/report.py and docs/benchmarks.md.")
-    path = None
-    if figure:
-        path = os.fspath(out)
-        queries = _median_queries(labels, names, gem[0])
-        fig = plot_rankings(
-            images, labels, gem[1], similarities=gem[2], names=names, k=5, path=path,
-            queries=queries,
-            title="GeM pooling of MobileNetV2 maps, raw: the median query of every view "
-                  f"and its top 5 (mAP {scores[('GeM', 'raw')]:.3f})",
-        )
-        import matplotlib.pyplot as plt
+    return by_view
 
-        plt.close(fig)
-        say(f"figure: {path} (GeM, raw: for each of the {len(queries)} views, the query "
-            "of median AP over the scenes, and its top 5 in its group; green = same "
-            "scene, red = other scene or distractor)")
-    seconds = time.perf_counter() - t0
-    say(f"wall time: {seconds:.1f} s")
-    return {"map": scores, "map_by_view": by_view, "figure": path, "seconds": seconds,
-            "pooler_seconds": seconds_by_pooler, "n_images": n, "n_queries": n_queries,
-            "n_distractors": n_distractors, "extract_seconds": t_maps,
-            "n_components": n_components, "whiten_power": _WHITEN_POWER}
+
+def _draw_figure(say, path, images, labels, names, gem, gem_map):
+    """The figure: GeM's top 5 of the median query of every view, saved to ``path``."""
+    queries = _median_queries(labels, names, gem[0])
+    fig = plot_rankings(
+        images, labels, gem[1], similarities=gem[2], names=names, k=5, path=path,
+        queries=queries,
+        title="GeM pooling of MobileNetV2 maps, raw: the median query of every view "
+              f"and its top 5 (mAP {gem_map:.3f})",
+    )
+    import matplotlib.pyplot as plt  # after plot_rankings chose the Agg backend
+
+    plt.close(fig)
+    say(f"figure: {path} (GeM, raw: for each of the {len(queries)} views, the query "
+        "of median AP over the scenes, and its top 5 in its group; green = same "
+        "scene, red = other scene or distractor)")
+    return path

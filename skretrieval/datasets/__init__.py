@@ -9,28 +9,22 @@ from photos shipped inside scikit-learn and scikit-image.
 """
 
 from ._demo import load_demo_dataset
-from ._loaders import (
-    CHECKSUMS,
-    DATASETS,
+from ._base import DATASETS, DatasetError, GroundTruth, RetrievalBenchmark
+from ._coil import load_coil
+from ._download import CHECKSUMS, SOURCES, DownloadError, download_dataset
+from ._holidays import load_holidays
+from ._oxford import (
     GROUND_TRUTH_DIGESTS,
     PARIS6K_CORRUPT,
-    SOURCES,
-    DatasetError,
-    DownloadError,
-    GroundTruth,
-    RetrievalBenchmark,
-    download_dataset,
     ground_truth_digest,
-    load_coil,
-    load_dataset,
-    load_holidays,
     load_oxford5k,
     load_paris6k,
     load_revisited,
-    load_ukbench,
     read_oxford_ground_truth,
     revisited_ground_truth,
 )
+from ._registry import load_dataset
+from ._ukbench import load_ukbench
 
 __all__ = [
     "CHECKSUMS",

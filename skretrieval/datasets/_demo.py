@@ -18,8 +18,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import sys
-import time
 
 import numpy as np
 from PIL import Image

@@ -18,12 +18,19 @@ dependency (``pip install skretrieval[demo]``), imported only when drawing.
 from __future__ import annotations
 
 import os
-from numbers import Integral
 
 import numpy as np
 from PIL import Image
 
 from ..extraction._images import Crop, load_image
+from ._checks import (
+    Relevance,
+    check_int,
+    check_names,
+    check_rankings,
+    check_scores,
+    select_queries,
+)
 
 __all__ = ["RetrievalDisplay"]
 
@@ -91,183 +98,6 @@ def _as_image_list(images, name):
         raise TypeError(
             f"{name} must be a list of images, got {type(images).__name__}"
         ) from None
-
-
-def _check_int(value, name, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _check_rankings(rankings, n_database, name="rankings"):
-    rankings = np.asarray(rankings)
-    if rankings.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array of shape (n_queries, k), got shape "
-            f"{rankings.shape}"
-        )
-    if rankings.size and not np.issubdtype(rankings.dtype, np.integer):
-        raise ValueError(
-            f"{name} must hold integer database indices, got dtype {rankings.dtype}"
-        )
-    rankings = rankings.astype(np.intp, copy=False)
-    if rankings.size and (rankings.min() < 0 or rankings.max() >= n_database):
-        bad = rankings[(rankings < 0) | (rankings >= n_database)]
-        raise ValueError(
-            f"{name} must hold indices of the database images, in [0, {n_database}); "
-            f"got {bad[0]}"
-        )
-    return rankings
-
-
-def _check_names(names, n, name):
-    if names is None:
-        return None
-    if isinstance(names, str):
-        raise TypeError(f"{name} must be a list of {n} strings, got a single string")
-    names = [str(s) for s in names]
-    if len(names) != n:
-        raise ValueError(f"{name} has {len(names)} entries for {n} images")
-    return names
-
-
-def _check_scores(scores, shape, name="similarities"):
-    """Float array of ``shape`` (rows must match; extra columns are cut)."""
-    scores = np.asarray(scores, dtype=float)
-    if scores.ndim != 2 or scores.shape[0] != shape[0] or scores.shape[1] < shape[1]:
-        raise ValueError(
-            f"{name} of shape {scores.shape} do not match the rankings of shape "
-            f"{shape}"
-        )
-    return scores[:, : shape[1]]
-
-
-def _index_set(values, name, n_database):
-    try:
-        arr = np.asarray(list(values))
-    except TypeError:
-        raise TypeError(
-            f"{name} must be an iterable of database indices, got "
-            f"{type(values).__name__}"
-        ) from None
-    if arr.size == 0:
-        return arr.astype(np.intp)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D list of integer database indices")
-    if arr.min() < 0 or arr.max() >= n_database:
-        raise ValueError(
-            f"{name} holds indices outside the database images [0, {n_database})"
-        )
-    return arr.astype(np.intp)
-
-
-def _per_query(values, n_queries, name):
-    if values is None:
-        return None
-    if isinstance(values, (str, bytes)):
-        raise TypeError(f"{name} must be a list with one list of indices per query")
-    values = list(values)
-    if len(values) != n_queries:
-        raise ValueError(
-            f"{name} has {len(values)} entries for {n_queries} query images; give "
-            "one list of database indices per query"
-        )
-    return values
-
-
-class _Relevance:
-    """Validated source of relevance: per-query index sets or labels."""
-
-    def __init__(self, n_queries, n_database, *, positives=None, junk=None,
-                 query_labels=None, database_labels=None):
-        has_labels = query_labels is not None or database_labels is not None
-        if positives is not None and has_labels:
-            raise ValueError(
-                "give the relevance either as positives (and junk) or as "
-                "query_labels and database_labels, not both"
-            )
-        if has_labels and (query_labels is None or database_labels is None):
-            missing = "query_labels" if query_labels is None else "database_labels"
-            raise ValueError(
-                f"relevance from labels needs both query_labels and "
-                f"database_labels; {missing} is missing"
-            )
-        if junk is not None and positives is None and not has_labels:
-            raise ValueError(
-                "junk needs positives (or labels): without them the other "
-                "results cannot be told positive or negative"
-            )
-        self.n_database = n_database
-        self.positives = _per_query(positives, n_queries, "positives")
-        self.junk = _per_query(junk, n_queries, "junk")
-        self.query_labels = self.database_labels = None
-        if has_labels:
-            self.query_labels = np.asarray(query_labels)
-            self.database_labels = np.asarray(database_labels)
-            if self.query_labels.ndim != 1 or self.query_labels.shape[0] != n_queries:
-                raise ValueError(
-                    f"query_labels must have one label per query image "
-                    f"({n_queries}), got shape {self.query_labels.shape}"
-                )
-            if (self.database_labels.ndim != 1
-                    or self.database_labels.shape[0] != n_database):
-                raise ValueError(
-                    f"database_labels must have one label per database image "
-                    f"({n_database}), got shape {self.database_labels.shape}"
-                )
-
-    @property
-    def known(self):
-        return self.positives is not None or self.query_labels is not None
-
-    def __call__(self, queries, rankings):
-        """Relevance (n_selected, k) of ``rankings`` of the ``queries``; or None."""
-        if not self.known:
-            return None
-        rel = np.zeros(rankings.shape, dtype=np.int8)
-        for row, q in enumerate(queries):
-            if self.positives is not None:
-                pos = _index_set(self.positives[q], f"positives[{q}]", self.n_database)
-                hit = np.isin(rankings[row], pos)
-            else:
-                hit = self.database_labels[rankings[row]] == self.query_labels[q]
-            rel[row, hit] = 1
-            if self.junk is not None:
-                jnk = _index_set(self.junk[q], f"junk[{q}]", self.n_database)
-                if self.positives is not None:
-                    both = np.intersect1d(pos, jnk)
-                    if both.size:
-                        raise ValueError(
-                            f"database index {both[0]} is both in positives[{q}] "
-                            f"and junk[{q}]; an item is either positive, junk or "
-                            "negative"
-                        )
-                rel[row, np.isin(rankings[row], jnk)] = -1
-        return rel
-
-
-def _select_queries(queries, n_queries, n_total):
-    if queries is None:
-        n_queries = _check_int(n_queries, "n_queries")
-        return np.arange(min(n_queries, n_total))
-    queries = np.asarray(queries)
-    if queries.ndim == 0:
-        queries = queries.reshape(1)
-    if queries.ndim != 1 or (queries.size
-                             and not np.issubdtype(queries.dtype, np.integer)):
-        raise ValueError("queries must be a 1-D list of integer query indices")
-    if queries.size == 0:
-        raise ValueError("queries is empty: no query to plot")
-    if queries.min() < 0 or queries.max() >= n_total:
-        bad = queries[(queries < 0) | (queries >= n_total)][0]
-        raise ValueError(
-            f"queries must be indices of the query images, in [0, {n_total}); "
-            f"got {bad}"
-        )
-    return queries.astype(np.intp)
 
 
 class RetrievalDisplay:
@@ -352,7 +182,7 @@ class RetrievalDisplay:
                  score_name="sim"):
         self.query_images = _as_image_list(query_images, "query_images")
         self.database_images = _as_image_list(database_images, "database_images")
-        self.rankings = _check_rankings(rankings, len(self.database_images))
+        self.rankings = check_rankings(rankings, len(self.database_images))
         n_queries, k = self.rankings.shape
         if n_queries != len(self.query_images):
             raise ValueError(
@@ -387,8 +217,8 @@ class RetrievalDisplay:
                     f"rankings of shape {self.rankings.shape}"
                 )
         self.similarities = similarities
-        self.query_names = _check_names(query_names, n_queries, "query_names")
-        self.database_names = _check_names(
+        self.query_names = check_names(query_names, n_queries, "query_names")
+        self.database_names = check_names(
             database_names, len(self.database_images), "database_names")
         self.score_name = str(score_name)
         self._thumbnails = {}
@@ -530,7 +360,7 @@ class RetrievalDisplay:
         """
         plt = _check_matplotlib("RetrievalDisplay.plot")
         if image_size is not None:
-            image_size = _check_int(image_size, "image_size")
+            image_size = check_int(image_size, "image_size")
         n_rows, k = self.rankings.shape
         n_cols = k + 1
         text_lines = 2 if self._has_names() else 1
@@ -686,18 +516,18 @@ class RetrievalDisplay:
                 f"(n_query_images, >= k); got shape {rankings.shape} for {n_total} "
                 "query images"
             )
-        k = _check_int(k, "k")
+        k = check_int(k, "k")
         if k > rankings.shape[1]:
             raise ValueError(
                 f"k={k} but rankings has only {rankings.shape[1]} columns"
             )
-        source = _Relevance(n_total, n_database, positives=positives, junk=junk,
+        source = Relevance(n_total, n_database, positives=positives, junk=junk,
                             query_labels=query_labels, database_labels=database_labels)
-        query_names = _check_names(query_names, n_total, "query_names")
+        query_names = check_names(query_names, n_total, "query_names")
         if similarities is not None:
-            similarities = _check_scores(similarities, (n_total, k))
-        queries = _select_queries(queries, n_queries, n_total)
-        selected = _check_rankings(rankings[queries, :k], n_database)
+            similarities = check_scores(similarities, (n_total, k))
+        queries = select_queries(queries, n_queries, n_total)
+        selected = check_rankings(rankings[queries, :k], n_database)
         return cls._from_selected(
             selected, queries, query_images, database_images,
             source(queries, selected),
@@ -808,7 +638,7 @@ class RetrievalDisplay:
                 f"fitted on {retriever.n_samples_fit_}; pass the images the "
                 "pipeline was fitted on, in the same order"
             )
-        k = _check_int(k, "k")
+        k = check_int(k, "k")
         if k > n_database:
             raise ValueError(f"k={k} but the database has only {n_database} images")
         if (database_labels is None and query_labels is not None
@@ -819,10 +649,10 @@ class RetrievalDisplay:
                     "query_labels needs the database labels, but the retriever "
                     "was fitted without them; pass database_labels"
                 )
-        source = _Relevance(n_total, n_database, positives=positives, junk=junk,
+        source = Relevance(n_total, n_database, positives=positives, junk=junk,
                             query_labels=query_labels, database_labels=database_labels)
-        query_names = _check_names(query_names, n_total, "query_names")
-        queries = _select_queries(queries, n_queries, n_total)
+        query_names = check_names(query_names, n_total, "query_names")
+        queries = select_queries(queries, n_queries, n_total)
         selected = [query_images[q] for q in queries]
         X = estimator[:-1].transform(selected) if len(steps) > 1 else selected
         dist, ind = retriever.kneighbors(X, n_neighbors=k)

@@ -10,7 +10,6 @@ pipeline for :class:`~sklearn.model_selection.GridSearchCV`;
 
 from ._evaluation import EvaluationReport, evaluate_benchmark, evaluate_descriptors
 from ._ranking import (
-    RetrievalMAP,
     average_precision,
     average_precision_from_relevance,
     mean_average_precision,
@@ -19,6 +18,7 @@ from ._ranking import (
     revisitop_map,
     ukbench_score,
 )
+from ._scorer import RetrievalMAP
 
 __all__ = [
     "EvaluationReport",

@@ -1,7 +1,8 @@
 """Trainable retrieval networks: CNN trunk -> pooling -> projection -> L2.
 
-The torch counterparts of the NumPy poolers of :mod:`skretrieval._pooling`
-(same formulas, checked against them in ``tests/test_trainer.py``), and the
+The torch counterparts of the NumPy poolers of :mod:`skretrieval.pooling`
+(the same functions of :mod:`skretrieval.pooling._functional`, checked
+against the poolers in ``tests/test_trainer.py``), and the
 network that :class:`skretrieval.RetrievalNetTrainer` trains:
 
 * :class:`GeM` -- generalized mean with a learnable exponent ``p``
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..extraction._backbones import describe_weights, load_backbone, resolve_layer
-from ..pooling._pooling import _region_grid
+from ..pooling._functional import cached_region_grid, center_prior, gem, mac, rmac, spoc
 
 __all__ = ["GeM", "MAC", "POOLINGS", "RMAC", "RetrievalNet", "SPoC", "make_pooling"]
 
@@ -69,8 +70,7 @@ class GeM(nn.Module):
         self.eps = float(eps)
 
     def forward(self, x):
-        p = self.p
-        return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+        return gem(x, self.p, self.eps)
 
     def extra_repr(self):
         return f"p={float(self.p.detach()):.4g}, eps={self.eps}"
@@ -80,7 +80,7 @@ class MAC(nn.Module):
     """Global max pooling (MAC), as :class:`skretrieval.MACPooler`."""
 
     def forward(self, x):
-        return x.amax(dim=(-2, -1))
+        return mac(x)
 
 
 class SPoC(nn.Module):
@@ -99,14 +99,9 @@ class SPoC(nn.Module):
 
     def forward(self, x):
         if not self.center_prior:
-            return x.sum(dim=(-2, -1))
+            return spoc(x)
         H, W = x.shape[-2:]
-        sigma = min(H, W) / 6.0
-        dy = torch.arange(H, dtype=x.dtype, device=x.device) + 0.5 - H / 2.0
-        dx = torch.arange(W, dtype=x.dtype, device=x.device) + 0.5 - W / 2.0
-        prior = torch.outer(torch.exp(-dy**2 / (2 * sigma**2)),
-                            torch.exp(-dx**2 / (2 * sigma**2)))
-        return (x * prior).sum(dim=(-2, -1))
+        return spoc(x, center_prior(int(H), int(W), like=x))
 
 
 class RMAC(nn.Module):
@@ -129,11 +124,8 @@ class RMAC(nn.Module):
 
     def forward(self, x):
         H, W = x.shape[-2:]
-        boxes = _region_grid(int(H), int(W), self.levels, self.overlap)
-        out = 0
-        for y0, x0, y1, x1 in boxes.tolist():
-            out = out + F.normalize(x[..., y0:y1, x0:x1].amax(dim=(-2, -1)), dim=-1)
-        return out
+        boxes = cached_region_grid(int(H), int(W), self.levels, self.overlap)
+        return rmac(x, boxes, eps=1e-12)  # the norm floor of F.normalize
 
     def extra_repr(self):
         return f"levels={self.levels}, overlap={self.overlap}"

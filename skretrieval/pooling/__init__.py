@@ -6,7 +6,8 @@ L2-normalised as in its paper; :class:`PCAWhitener` then works on that array.
 """
 
 from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
-from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, region_grid
+from ._global import GeMPooler, MACPooler, SPoCPooler
+from ._regional import CroWPooler, RMACPooler, region_grid
 from ._vlad import VLADEncoder
 from ._whitening import PCAWhitener
 

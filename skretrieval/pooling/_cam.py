@@ -22,7 +22,7 @@ from ..utils._arrays import l2_normalize
 from ..extraction._maps import FeatureMaps, check_maps
 from ..reranking._expansion import label_score
 from ..utils._state import LABELS, Attr, StateSpec
-from ._pooling import CroWPooler
+from ._regional import CroWPooler
 
 __all__ = ["CAMWeighter", "ClassVectors", "OnlineCAMRetriever"]
 

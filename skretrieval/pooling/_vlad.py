@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..extraction._maps import FeatureMaps, check_maps, iter_maps
 from ..utils._state import Attr, StateSpec
-from ._pooling import _check_image, _inspect_maps
+from ._base import check_image, inspect_maps
 
 __all__ = ["VLADEncoder"]
 
@@ -382,7 +382,7 @@ class VLADEncoder(TransformerMixin, BaseEstimator):
         self : object
             The fitted encoder.
         """
-        n_channels, n_scales = _inspect_maps(X)
+        n_channels, n_scales = inspect_maps(X)
         rng = check_random_state(self.random_state)
         sample = self._sample_descriptors(X, n_channels, rng)
         if self.normalize_local:  # in place: the sample may be large
@@ -453,7 +453,7 @@ class VLADEncoder(TransformerMixin, BaseEstimator):
             if bounds[m0] == bounds[m1]:
                 continue  # nothing sampled in this image: do not read it
             maps = _get_image(X, i)
-            _check_image(maps, i, n_channels)
+            check_image(maps, i, n_channels)
             for s, x in enumerate(maps):
                 lo, hi = bounds[m0 + s], bounds[m0 + s + 1]
                 if hi > lo:
@@ -527,7 +527,7 @@ class VLADEncoder(TransformerMixin, BaseEstimator):
                     f"{self.n_scales_} (as in fit): scale_combination='concat' "
                     "needs the same number of scales for every image"
                 )
-            _check_image(maps, i, C)
+            check_image(maps, i, C)
             max_scales = max(max_scales, len(maps))
             for s, x in enumerate(maps):
                 d = _descriptors(x)

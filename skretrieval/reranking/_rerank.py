@@ -25,7 +25,7 @@ from ._expansion import _weighted_mean
 from ..utils._arrays import l2_normalize
 from ..extraction._maps import FeatureMaps, check_maps
 from ..utils._state import LABELS, Attr, StateSpec
-from ..pooling._pooling import region_grid
+from ..pooling._functional import region_grid
 from ..neighbors._retriever import NearestNeighborRetriever
 
 __all__ = ["RegionReranker", "cam_boxes"]

@@ -1,0 +1,228 @@
+"""The argument parser of the ``skretrieval`` command: one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..datasets import DATASETS
+from ..pooling._registry import POOLERS
+from ._common import PROG
+from ._demo import cmd_demo
+from ._evaluate import cmd_evaluate
+from ._index import cmd_index
+from ._search import cmd_search
+
+__all__ = ["build_parser"]
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _weights(text):
+    """``none`` (any case) means random weights."""
+    return None if text.lower() in ("none", "random") else text
+
+
+def _add_descriptor_options(p):
+    """The options of the network and the pooling (index and evaluate)."""
+    p.add_argument("--backbone", default="mobilenet_v2",
+                   help="torchvision model name (default: %(default)s)")
+    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
+                   help="torchvision weights name, path to a state-dict file, or "
+                        "'none' for random weights (default: %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="layer to take the feature maps from (default: the last "
+                        "convolutional layer)")
+    p.add_argument("--max-size", type=_positive_int, default=1024, metavar="PIXELS",
+                   help="longest image side at scale 1 (default: %(default)s)")
+    p.add_argument("--scales", type=_positive_float, nargs="+", default=[1.0],
+                   metavar="S", help="image scales, e.g. '1 0.707' (default: 1)")
+    p.add_argument("--pooler", choices=sorted(POOLERS), default="gem",
+                   help="pooling of the feature maps (default: %(default)s)")
+
+
+def _add_index_command(sub):
+    """``skretrieval index FOLDER -o FILE``: index the images of a folder."""
+    p = sub.add_parser(
+        "index",
+        help="index the images of a folder into a retrieval pipeline file",
+        description="Extract a global descriptor of every image under FOLDER "
+                    "(recursively) and save the fitted pipeline (extractor, pooler, "
+                    "optional PCA whitening, nearest-neighbour retriever) with joblib. "
+                    "The retriever's labels are the image paths relative to FOLDER.",
+    )
+    p.add_argument("folder", metavar="FOLDER", help="folder of images (searched recursively)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="where to save the fitted pipeline (e.g. retriever.joblib)")
+    _add_descriptor_options(p)
+    p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
+                   help="PCA-whiten the descriptors to N dimensions, learned on the "
+                        "indexed images (default: no whitening)")
+    p.add_argument("--algorithm", choices=("brute", "nndescent", "faiss"), default="brute",
+                   help="exact (brute) or approximate (nndescent, or faiss: needs "
+                        "pip install skretrieval[faiss]) search (default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="images of the same size per forward pass (default: 1 on CPU, "
+                        "8 on GPU)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="check every image first and leave out the unreadable ones "
+                        "(with a warning) instead of stopping at the first one")
+    p.add_argument("--append", action="store_true",
+                   help="if FILE exists, open it and add the images of FOLDER it does "
+                        "not hold yet (by path relative to FOLDER) and extract again "
+                        "those whose content changed since (by content hash), with its "
+                        "network, pooling and whitening as saved (their options here "
+                        "are then ignored); also resumes an interrupted --save-every run")
+    p.add_argument("--save-every", type=_positive_int, default=None, metavar="N",
+                   help="index N images at a time and save FILE after each batch, so "
+                        "that an interruption loses at most N images (re-run with "
+                        "--append to resume); a new index learns --pca on its first N "
+                        "images")
+    p.add_argument("--prune", action="store_true",
+                   help="with --append: remove from FILE the images whose files are no "
+                        "longer under FOLDER")
+    p.add_argument("--lock-timeout", type=_positive_float, default=None,
+                   metavar="SECONDS",
+                   help="while another 'skretrieval index' writes FILE, wait at most "
+                        "this long for it, then fail (default: wait until it is done)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="feature-map cache directory: a re-run skips the images whose "
+                        "maps are there (default: none)")
+    p.set_defaults(func=cmd_index)
+
+
+def _add_search_command(sub):
+    """``skretrieval search INDEX QUERY...``: rank the images of an index."""
+    p = sub.add_parser(
+        "search",
+        help="search an index for the images most similar to queries",
+        description="Rank the images of a saved index for each query image.",
+    )
+    p.add_argument("index", metavar="INDEX", help="pipeline file written by 'skretrieval index'")
+    p.add_argument("queries", metavar="QUERY", nargs="+", help="query image file(s)")
+    p.add_argument("-k", type=_positive_int, default=10,
+                   help="number of results per query (default: %(default)s)")
+    p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
+                   help="search with this region of the (single) query only, in "
+                        "pixels of the full-resolution image")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--pairs", metavar="FILE",
+                   help="also write the top-k results of every query as an image-pairs "
+                        "file for visual localization (query names: the QUERY paths as "
+                        "given; database names: the names stored in the index); "
+                        "a database image named like its query is left out")
+    p.add_argument("--pairs-format", choices=("kapture", "colmap"), default="kapture",
+                   help="format of --pairs: 'kapture' (kapture-localization: "
+                        "'query, map, score' lines) or 'colmap' (COLMAP / hloc: "
+                        "'query database' lines) (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the progress of the feature extraction")
+    p.set_defaults(func=cmd_search)
+
+
+def _add_demo_command(sub):
+    """``skretrieval demo``: compare the poolers on the demo collection."""
+    p = sub.add_parser(
+        "demo",
+        help="compare the poolers on a small offline collection",
+        description="Run MobileNetV2 (ImageNet weights) on 128 images generated from "
+                    "photographs shipped with scikit-learn and scikit-image (8 scenes "
+                    "x 8 views, plus 64 distractors), print the mAP of every pooler, "
+                    "raw and PCA-whitened (whitening learned on the other half of the "
+                    "photos), and draw the top results of a few queries.",
+    )
+    p.add_argument("--out", default="skretrieval-demo.png", metavar="PNG",
+                   help="figure file (default: %(default)s)")
+    p.add_argument("--max-size", type=_positive_int, default=256, metavar="PIXELS",
+                   help="longest image side fed to the network (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
+    p.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_evaluate_command(sub):
+    """``skretrieval evaluate --dataset NAME --root DIR``: a benchmark's table."""
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a pipeline on a standard benchmark with its protocol",
+        description="Extract descriptors of a benchmark's database and queries (query "
+                    "crops at full resolution), optionally learn PCA whitening on "
+                    "another benchmark (the pair the papers use: Paris6k for Oxford5k "
+                    "and back), rank the whole database for every query and print the "
+                    "standard table: mAP in percent, revisitop's Easy/Medium/Hard mAP "
+                    "and mP@1,5,10, UKBench's N-S score; plus wall time.",
+    )
+    p.add_argument("--dataset", required=True, choices=DATASETS,
+                   help="benchmark name")
+    p.add_argument("--root", required=True, metavar="DIR",
+                   help="the benchmark's directory, in its standard layout")
+    p.add_argument("--distractors", metavar="DIR", default=None,
+                   help="revisitop1m directory: add its 1M distractors (roxford5k / "
+                        "rparis6k only)")
+    p.add_argument("--rotated", action="store_true",
+                   help="Holidays: use the manually rotated images (ROOT/jpg_rotated)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the benchmark's official files into --root first")
+    _add_descriptor_options(p)
+    p.add_argument("--whiten-root", metavar="DIR", default=None,
+                   help="learn PCA whitening on the benchmark in DIR (by default the "
+                        "dataset's pair, see --whiten-dataset); without it, no whitening")
+    p.add_argument("--whiten-dataset", choices=DATASETS, default=None,
+                   help="benchmark in --whiten-root (default: the pair of --dataset: "
+                        "paris6k for oxford5k, rparis6k for roxford5k, coil20 for coil100, "
+                        "and back)")
+    p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
+                   help="dimensions kept by the whitening (default: all)")
+    p.add_argument("--whiten-power", type=float, default=1.0, metavar="P",
+                   help="whitening power: 1 full, 0.5 shrunk (default: %(default)s)")
+    p.add_argument("--cache", default=os.path.join("~", ".cache", "skretrieval", "features"),
+                   metavar="DIR", help="feature-map cache directory, 'none' to disable "
+                                       "(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="images of the same size per forward pass (default: 1 on CPU, "
+                        "8 on GPU)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--figure", metavar="PNG", default=None,
+                   help="also draw the top results of a few queries to this file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def build_parser():
+    """The argument parser of the ``skretrieval`` command."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Content-based instance image retrieval with deep CNN features "
+                    "(scikit-learn compatible).",
+        epilog="Run 'skretrieval COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add_command in (_add_index_command, _add_search_command, _add_demo_command,
+                        _add_evaluate_command):
+        add_command(sub)
+    return parser
