@@ -12,13 +12,13 @@ are imported when :func:`create_app` or :func:`serve` is called, not when
 this module is.
 """
 
-from ._app import (
+from ._app import create_app
+from ._limits import (
     DEFAULT_MAX_K,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
     THUMBNAIL_SIZE,
-    create_app,
 )
 from ._server import load_model, serve
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ._app import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, \
+from ._limits import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, \
     DEFAULT_REQUEST_TIMEOUT
 
 __all__ = ["add_serve_parser", "add_serve_arguments", "build_parser", "run_serve", "main"]

@@ -7,15 +7,15 @@ import logging
 import os
 import zipfile
 
-from ._app import (
+from ._app import create_app
+from ._limits import (
     DEFAULT_MAX_K,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
-    _check_pipeline,
-    _require_fastapi,
-    create_app,
+    require_fastapi,
 )
+from ._model import check_pipeline
 
 __all__ = ["load_model", "serve"]
 
@@ -70,7 +70,7 @@ def load_model(path, *, allow_pickle=False, device=None):
     if _is_pickle_free_model(path):
         from skretrieval.persistence import load_pipeline
 
-        return _check_pipeline(load_pipeline(path, device=device))
+        return check_pipeline(load_pipeline(path, device=device))
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a folder without manifest.json: not a model "
                          "written by save_pipeline")
@@ -90,7 +90,7 @@ def load_model(path, *, allow_pickle=False, device=None):
             if isinstance(step, ConvFeatureExtractor):
                 step.set_params(device=device)
                 step.fit()
-    return _check_pipeline(pipe)
+    return check_pipeline(pipe)
 
 
 def _is_loopback(host):
@@ -138,7 +138,7 @@ allow_paths
     ValueError, FileNotFoundError
         As for :func:`load_model` and :func:`create_app`.
     """
-    _require_fastapi()
+    require_fastapi()
     try:
         import uvicorn
     except ImportError as exc:
