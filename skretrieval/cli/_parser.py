@@ -7,33 +7,13 @@ import os
 
 from ..datasets import DATASETS
 from ..pooling._registry import POOLERS
-from ._common import PROG
+from ._common import PROG, positive_float, positive_int
 from ._demo import cmd_demo
 from ._evaluate import cmd_evaluate
 from ._index import cmd_index
 from ._search import cmd_search
 
 __all__ = ["build_parser"]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _weights(text):
@@ -51,9 +31,9 @@ def _add_descriptor_options(p):
     p.add_argument("--layer", default=None,
                    help="layer to take the feature maps from (default: the last "
                         "convolutional layer)")
-    p.add_argument("--max-size", type=_positive_int, default=1024, metavar="PIXELS",
+    p.add_argument("--max-size", type=positive_int, default=1024, metavar="PIXELS",
                    help="longest image side at scale 1 (default: %(default)s)")
-    p.add_argument("--scales", type=_positive_float, nargs="+", default=[1.0],
+    p.add_argument("--scales", type=positive_float, nargs="+", default=[1.0],
                    metavar="S", help="image scales, e.g. '1 0.707' (default: 1)")
     p.add_argument("--pooler", choices=sorted(POOLERS), default="gem",
                    help="pooling of the feature maps (default: %(default)s)")
@@ -73,7 +53,7 @@ def _add_index_command(sub):
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="where to save the fitted pipeline (e.g. retriever.joblib)")
     _add_descriptor_options(p)
-    p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--pca", type=positive_int, default=None, metavar="N",
                    help="PCA-whiten the descriptors to N dimensions, learned on the "
                         "indexed images (default: no whitening)")
     p.add_argument("--algorithm", choices=("brute", "nndescent", "faiss"), default="brute",
@@ -81,7 +61,7 @@ def _add_index_command(sub):
                         "pip install skretrieval[faiss]) search (default: %(default)s)")
     p.add_argument("--device", default="auto",
                    help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="images of the same size per forward pass (default: 1 on CPU, "
                         "8 on GPU)")
     p.add_argument("--skip-bad", action="store_true",
@@ -93,7 +73,7 @@ def _add_index_command(sub):
                         "those whose content changed since (by content hash), with its "
                         "network, pooling and whitening as saved (their options here "
                         "are then ignored); also resumes an interrupted --save-every run")
-    p.add_argument("--save-every", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--save-every", type=positive_int, default=None, metavar="N",
                    help="index N images at a time and save FILE after each batch, so "
                         "that an interruption loses at most N images (re-run with "
                         "--append to resume); a new index learns --pca on its first N "
@@ -101,7 +81,7 @@ def _add_index_command(sub):
     p.add_argument("--prune", action="store_true",
                    help="with --append: remove from FILE the images whose files are no "
                         "longer under FOLDER")
-    p.add_argument("--lock-timeout", type=_positive_float, default=None,
+    p.add_argument("--lock-timeout", type=positive_float, default=None,
                    metavar="SECONDS",
                    help="while another 'skretrieval index' writes FILE, wait at most "
                         "this long for it, then fail (default: wait until it is done)")
@@ -120,7 +100,7 @@ def _add_search_command(sub):
     )
     p.add_argument("index", metavar="INDEX", help="pipeline file written by 'skretrieval index'")
     p.add_argument("queries", metavar="QUERY", nargs="+", help="query image file(s)")
-    p.add_argument("-k", type=_positive_int, default=10,
+    p.add_argument("-k", type=positive_int, default=10,
                    help="number of results per query (default: %(default)s)")
     p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
                    help="search with this region of the (single) query only, in "
@@ -153,7 +133,7 @@ def _add_demo_command(sub):
     )
     p.add_argument("--out", default="skretrieval-demo.png", metavar="PNG",
                    help="figure file (default: %(default)s)")
-    p.add_argument("--max-size", type=_positive_int, default=256, metavar="PIXELS",
+    p.add_argument("--max-size", type=positive_int, default=256, metavar="PIXELS",
                    help="longest image side fed to the network (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
     p.add_argument("--no-figure", action="store_true", help="do not draw the figure")
@@ -191,7 +171,7 @@ def _add_evaluate_command(sub):
                    help="benchmark in --whiten-root (default: the pair of --dataset: "
                         "paris6k for oxford5k, rparis6k for roxford5k, coil20 for coil100, "
                         "and back)")
-    p.add_argument("--pca", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--pca", type=positive_int, default=None, metavar="N",
                    help="dimensions kept by the whitening (default: all)")
     p.add_argument("--whiten-power", type=float, default=1.0, metavar="P",
                    help="whitening power: 1 full, 0.5 shrunk (default: %(default)s)")
@@ -199,7 +179,7 @@ def _add_evaluate_command(sub):
                    metavar="DIR", help="feature-map cache directory, 'none' to disable "
                                        "(default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="images of the same size per forward pass (default: 1 on CPU, "
                         "8 on GPU)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -212,6 +192,7 @@ def _add_evaluate_command(sub):
 def build_parser():
     """The argument parser of the ``skretrieval`` command."""
     from .. import __version__
+    from ..serve._cli import add_serve_parser  # serve's own parser imports the CLI's types
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -223,6 +204,6 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add_command in (_add_index_command, _add_search_command, _add_demo_command,
-                        _add_evaluate_command):
+                        _add_evaluate_command, add_serve_parser):
         add_command(sub)
     return parser

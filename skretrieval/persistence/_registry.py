@@ -21,7 +21,8 @@ from ..extraction._extractor import ConvFeatureExtractor
 from ..neighbors._retriever import NearestNeighborRetriever
 from ..nn._trainer import RetrievalNetTrainer
 from ..pooling._cam import CAMWeighter, OnlineCAMRetriever
-from ..pooling._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler
+from ..pooling._global import GeMPooler, MACPooler, SPoCPooler
+from ..pooling._regional import CroWPooler, RMACPooler
 from ..pooling._vlad import VLADEncoder
 from ..pooling._whitening import PCAWhitener
 from ..reranking._expansion import QueryExpansionRetriever

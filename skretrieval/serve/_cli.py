@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from ..cli._common import positive_float, positive_int
 from ._limits import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, \
     DEFAULT_REQUEST_TIMEOUT
 
@@ -22,28 +23,8 @@ _DESCRIPTION = (
 )
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _port(text):
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
     return value
@@ -71,15 +52,15 @@ def add_serve_arguments(p):
                         "stored in the file: only for files you trust")
     p.add_argument("--allow-paths", action="store_true",
                    help="let POST /search take JSON {'path': ...} of a file under --images")
-    p.add_argument("--max-k", type=_positive_int, default=DEFAULT_MAX_K, metavar="K",
+    p.add_argument("--max-k", type=positive_int, default=DEFAULT_MAX_K, metavar="K",
                    help="most results per search (default: %(default)s)")
-    p.add_argument("--max-upload-mb", type=_positive_float,
+    p.add_argument("--max-upload-mb", type=positive_float,
                    default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, metavar="MB",
                    help="largest request body in MiB (default: %(default)g)")
-    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    metavar="N", help="largest image in pixels, checked before decoding "
                                      "(default: %(default)s)")
-    p.add_argument("--timeout", type=_positive_float, default=DEFAULT_REQUEST_TIMEOUT,
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_REQUEST_TIMEOUT,
                    metavar="SECONDS", help="time limit of a request (default: %(default)g)")
     p.add_argument("--device", default=None,
                    help="torch device of the extractor (default: as saved, or cpu)")
