@@ -5,7 +5,7 @@ Every pooler takes the ragged ``C x H x W`` maps of a
 L2-normalised as in its paper; :class:`PCAWhitener` then works on that array.
 """
 
-from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
+from ._cam import CAMWeighter, ClassVectors
 from ._pooling import CroWPooler, GeMPooler, MACPooler, RMACPooler, SPoCPooler, region_grid
 from ._vlad import VLADEncoder
 from ._whitening import PCAWhitener
@@ -16,7 +16,6 @@ __all__ = [
     "CroWPooler",
     "GeMPooler",
     "MACPooler",
-    "OnlineCAMRetriever",
     "PCAWhitener",
     "RMACPooler",
     "SPoCPooler",
