@@ -5,7 +5,8 @@ backend is made from the retriever's parameters and holds no state of its
 own: the index it builds lives in the retriever (``_index``, serialised by
 :meth:`SearchBackend.state`), which re-ranks the candidates exactly.  A new
 search method is one subclass of :class:`SearchBackend` and one entry in
-``BACKENDS`` (and its name in the retriever's ``algorithm`` constraint).
+``BACKENDS`` (the retriever's ``algorithm`` constraint and the index kinds
+of its persisted state are read from the table).
 """
 
 import contextlib
@@ -18,7 +19,8 @@ import numpy as np
 
 from ._store import as_float32
 
-__all__ = ["BACKENDS", "BruteBackend", "FaissBackend", "NNDescentBackend", "SearchBackend"]
+__all__ = ["BACKENDS", "INDEX_KINDS", "BruteBackend", "FaissBackend", "NNDescentBackend",
+           "SearchBackend"]
 
 # Metric names of pynndescent.
 _NNDESCENT_METRICS = {
@@ -354,3 +356,5 @@ BACKENDS = {
     "nndescent": NNDescentBackend,
     "faiss": FaissBackend,
 }
+#: The backends with an index (values of the retriever's ``_index_kind``).
+INDEX_KINDS = tuple(sorted(name for name, cls in BACKENDS.items() if not cls.exact))

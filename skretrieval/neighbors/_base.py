@@ -58,4 +58,3 @@ class WrappingRetrieverMixin(RetrieverMixin):
     @property
     def n_samples_fit_(self):
         return self.retriever_.n_samples_fit_
-

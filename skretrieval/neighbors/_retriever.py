@@ -18,6 +18,7 @@ from sklearn.utils.validation import (
 
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ..metrics._ranking import average_precision_from_relevance
+from ._backends import BACKENDS, INDEX_KINDS
 from ._base import RetrieverMixin
 from ._exact import block_query_rows
 from ._index_state import INDEX_BLOB, IndexStateMixin
@@ -243,7 +244,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     _parameter_constraints: dict = {
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions({"cosine", "inner_product", "euclidean"})],
-        "algorithm": [StrOptions({"brute", "nndescent", "faiss"})],
+        "algorithm": [StrOptions(set(BACKENDS))],
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
         "algorithm_params": [dict, None],
         "n_jobs": [Integral, None],
@@ -274,8 +275,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             "_n_keys": Attr("int", values=(0, None), optional="ids"),
             "fingerprints_": Attr("array", dtype="UO", shape=("n_samples_fit_",),
                                   none=True, optional=True),
-            "_index_kind": Attr("str", choices=("faiss", "nndescent"), none=True,
-                                optional=True),
+            "_index_kind": Attr("str", choices=INDEX_KINDS, none=True, optional=True),
             "_index_seed": Attr("int", optional=True),
             "_faiss_index": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
         },
