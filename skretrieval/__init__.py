@@ -44,7 +44,6 @@ from .pooling import (  # noqa: E402
     CroWPooler,
     GeMPooler,
     MACPooler,
-    OnlineCAMRetriever,
     PCAWhitener,
     RMACPooler,
     SPoCPooler,
@@ -61,7 +60,12 @@ from .neighbors import (  # noqa: E402
     load_index,
     save_index,
 )
-from .reranking import QueryExpansionRetriever, RegionReranker, cam_boxes  # noqa: E402
+from .reranking import (  # noqa: E402
+    OnlineCAMRetriever,
+    QueryExpansionRetriever,
+    RegionReranker,
+    cam_boxes,
+)
 from .utils import IndexLockedError  # noqa: E402
 from .metrics import RetrievalMAP  # noqa: E402
 from .display import RetrievalDisplay  # noqa: E402

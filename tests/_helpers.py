@@ -17,7 +17,8 @@ a second call) is still compared exactly, with ``assert_array_equal``.
 import numpy as np
 from numpy.testing import assert_allclose
 
-__all__ = ["FLOAT32_RTOL", "FLOAT32_ATOL", "assert_rankings_equivalent", "write_images"]
+__all__ = ["FLOAT32_RTOL", "FLOAT32_ATOL", "assert_rankings_equivalent", "write_images",
+           "assert_removed_and_recall", "clustered_descriptors", "grown_retriever", "recall"]
 
 #: Relative tolerance of float32 results computed by two different code
 #: paths: sums of a few hundred products differ by a few ``eps = 1.2e-7``
@@ -113,3 +114,45 @@ def write_images(folder, names, seed):
         arr = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(folder / name)
+
+
+# ---------------------------------------------------------------------------
+# growing indexes (test_index_growth.py and neighbors/)
+# ---------------------------------------------------------------------------
+def clustered_descriptors():
+    """2,000 clustered 32-d descriptors with labels and path-like ids, and queries."""
+    rng = np.random.RandomState(0)
+    centers = rng.randn(40, 32) * 2
+    labels = rng.randint(0, 40, size=2100)
+    X = (centers[labels] + rng.randn(2100, 32)).astype(np.float32)
+    ids = np.array([f"img/{i:05d}.jpg" for i in range(2000)])
+    return X[:2000], labels[:2000], ids, X[2000:], labels[2000:]
+
+
+def recall(ind, ind_exact):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ind, ind_exact)])
+
+
+def assert_removed_and_recall(r, X, y, ids, Q, gone):
+    """After ``r.remove(gone)``: no removed id is returned, and recall@10 against
+    an exact search of the remaining items is at least 0.9 (queries and
+    leave-one-out)."""
+    from skretrieval import NearestNeighborRetriever
+
+    keep = ~np.isin(ids, gone)
+    ref = NearestNeighborRetriever(n_neighbors=10).fit(X[keep], y[keep], ids=ids[keep])
+    for queries in (Q, None):
+        _, found = r.kneighbors(queries, return_ids=True)
+        assert not np.isin(found, gone).any()
+        assert recall(found, ref.kneighbors(queries, return_ids=True)[1]) >= 0.9
+
+
+def grown_retriever(X, y, ids, splits=(700, 1500), **params):
+    """A NearestNeighborRetriever(**params) grown by partial_fit in three parts."""
+    from skretrieval import NearestNeighborRetriever
+
+    r = NearestNeighborRetriever(**params)
+    bounds = (0, *splits, X.shape[0])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        r.partial_fit(X[a:b], y[a:b], ids=None if ids is None else ids[a:b])
+    return r

@@ -177,7 +177,7 @@ def _reference_class_weighting(maps, acts, n_classes, whitener=None):
 
 
 def test_cam_weighting_matches_a_reference(cam_maps):
-    import skretrieval.pooling._pooling as pooling
+    import skretrieval.pooling._regional as pooling
 
     assert pooling._CROW_EPS == 1e-6
     sub = cam_maps[:4]

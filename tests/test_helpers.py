@@ -79,7 +79,7 @@ def test_shapes_and_ids():
 def test_duplicate_database_rows_tie_and_only_they_may_swap(metric, tmp_path, monkeypatch):
     """Exact duplicates in the database are exact ties: a ranking that lists them
     in the other order is equivalent; one that puts another item there is not."""
-    import skretrieval.neighbors._retriever as module
+    import skretrieval.neighbors._store as module
 
     rng = np.random.RandomState(0)
     base = rng.randn(20, 16).astype(np.float32)

@@ -1,57 +1,29 @@
-"""Growing indexes: partial_fit, ids, remove, memory-mapped stores, FAISS, persistence."""
+"""Growing indexes: partial_fit, ids, remove, persistence (FAISS, the store and the
+top-k selection: tests/neighbors/)."""
 
 import os
-import pickle
-import sys
-import warnings
 
 import joblib
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 from sklearn.pipeline import make_pipeline
 
 from skretrieval import NearestNeighborRetriever, PCAWhitener, add_to_index
 from skretrieval.persistence import load_pipeline, save_pipeline
 
-from _helpers import FLOAT32_RTOL, assert_rankings_equivalent, write_images
-
-faiss = pytest.importorskip("faiss")
-
+from _helpers import (
+    assert_rankings_equivalent,
+    assert_removed_and_recall,
+    clustered_descriptors,
+    grown_retriever,
+    recall,
+    write_images,
+)
 
 @pytest.fixture(scope="module")
 def clustered():
-    """2,000 clustered 32-d descriptors with labels and path-like ids, and queries."""
-    rng = np.random.RandomState(0)
-    centers = rng.randn(40, 32) * 2
-    labels = rng.randint(0, 40, size=2100)
-    X = (centers[labels] + rng.randn(2100, 32)).astype(np.float32)
-    ids = np.array([f"img/{i:05d}.jpg" for i in range(2000)])
-    return X[:2000], labels[:2000], ids, X[2000:], labels[2000:]
-
-
-def _recall(ind, ind_exact):
-    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ind, ind_exact)])
-
-
-def _assert_removed_and_recall(r, X, y, ids, Q, gone):
-    """After ``r.remove(gone)``: no removed id is returned, and recall@10 against
-    an exact search of the remaining items is at least 0.9 (queries and
-    leave-one-out)."""
-    keep = ~np.isin(ids, gone)
-    ref = NearestNeighborRetriever(n_neighbors=10).fit(X[keep], y[keep], ids=ids[keep])
-    for queries in (Q, None):
-        _, found = r.kneighbors(queries, return_ids=True)
-        assert not np.isin(found, gone).any()
-        assert _recall(found, ref.kneighbors(queries, return_ids=True)[1]) >= 0.9
-
-
-def _grown(X, y, ids, splits=(700, 1500), **params):
-    r = NearestNeighborRetriever(**params)
-    bounds = (0, *splits, X.shape[0])
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        r.partial_fit(X[a:b], y[a:b], ids=None if ids is None else ids[a:b])
-    return r
+    return clustered_descriptors()
 
 
 # ---------------------------------------------------------------------------
@@ -66,7 +38,7 @@ def test_partial_fit_equals_fit(clustered, metric, params, tmp_path):
     full = NearestNeighborRetriever(n_neighbors=10, metric=metric, **params).fit(X, y, ids=ids)
     if "store" in params:
         params = {"store": tmp_path / "grown.f32"}
-    grown = _grown(X, y, ids, n_neighbors=10, metric=metric, **params)
+    grown = grown_retriever(X, y, ids, n_neighbors=10, metric=metric, **params)
     assert grown.n_samples_fit_ == 2000
     assert_array_equal(grown.X_fit_, full.X_fit_)
     assert grown.X_fit_.dtype == full.X_fit_.dtype
@@ -167,35 +139,6 @@ def test_remove_equals_fit_on_the_rest(clustered, store, tmp_path):
 # ---------------------------------------------------------------------------
 # memory-mapped store and persistence
 # ---------------------------------------------------------------------------
-def test_store_pickle_references_the_file_and_reopens(clustered, tmp_path):
-    X, y, ids, Q, _ = clustered
-    store = tmp_path / "descriptors.f32"
-    r = NearestNeighborRetriever(store=store).fit(X[:1500], y[:1500], ids=ids[:1500])
-    expected = r.kneighbors(Q)
-    blob = pickle.dumps(r)
-    in_memory = NearestNeighborRetriever().fit(X[:1500], y[:1500], ids=ids[:1500])
-    # the descriptors stay in the file
-    assert len(blob) < len(pickle.dumps(in_memory)) - 0.99 * X[:1500].nbytes
-    loaded = pickle.loads(blob)
-    assert isinstance(loaded.X_fit_, np.memmap)
-    assert_array_equal(loaded.kneighbors(Q)[1], expected[1])
-    # append to the reopened index, save, reopen
-    loaded.partial_fit(X[1500:], y[1500:], ids=ids[1500:])
-    joblib.dump(loaded, tmp_path / "index.joblib")
-    again = joblib.load(tmp_path / "index.joblib")
-    full = NearestNeighborRetriever().fit(X, y, ids=ids)
-    # a streamed search (the store) against a search in memory: ties may swap
-    assert_rankings_equivalent(*again.kneighbors(Q), *full.kneighbors(Q))
-    # save_pipeline copies the descriptors into the model
-    save_pipeline(again, tmp_path / "model.zip")
-    safe = load_pipeline(tmp_path / "model.zip")
-    assert not isinstance(safe.X_fit_, np.memmap)
-    assert_array_equal(safe.kneighbors(Q)[1], full.kneighbors(Q)[1])
-    os.remove(store)
-    with pytest.raises(FileNotFoundError, match="descriptor store"):
-        pickle.loads(blob)
-
-
 def test_persisted_pipeline_append_and_reopen(clustered, tmp_path):
     X, y, ids, Q, _ = clustered
     pipe = make_pipeline(PCAWhitener(n_components=16, random_state=0),
@@ -243,89 +186,6 @@ def test_retriever_pickled_before_ids_gets_default_ids(clustered):
 # ---------------------------------------------------------------------------
 # FAISS
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-@pytest.mark.parametrize("factory,k_factor", [("IVF{nlist},Flat", 1), ("IVF{nlist},PQ{m}", 4)])
-def test_faiss_agrees_with_brute(clustered, metric, factory, k_factor, tmp_path):
-    X, y, ids, Q, y_q = clustered
-    brute = NearestNeighborRetriever(n_neighbors=10, metric=metric).fit(X, y, ids=ids)
-    params = {"factory": factory, "k_factor": k_factor, "nprobe": 8}
-    r = NearestNeighborRetriever(n_neighbors=10, metric=metric, algorithm="faiss",
-                                 algorithm_params=params, random_state=0).fit(X, y, ids=ids)
-    for queries in (Q, None):
-        dist, ind = r.kneighbors(queries)
-        assert _recall(ind, brute.kneighbors(queries)[1]) >= 0.9
-        assert np.all(np.diff(dist, axis=1) >= 0)
-        if queries is None:
-            assert not np.any(ind == np.arange(2000)[:, None])
-    # distances are the exact ones of the returned items
-    dist, ind = r.kneighbors(Q)
-    exact = brute._keys_to_distances(brute._exact_keys(brute._validate_queries(Q), ind))
-    assert_allclose(dist, exact, rtol=FLOAT32_RTOL, atol=1e-5)
-    with pytest.raises(ValueError, match="needs algorithm='brute'"):
-        r.kneighbors(Q, n_neighbors="all")
-
-    # joblib and save_pipeline round trips: identical results, no refit
-    expected = r.kneighbors(Q)
-    loaded = joblib.load(joblib.dump(r, tmp_path / "faiss.joblib")[0])
-    assert loaded._index is None and loaded._faiss_index.dtype == np.uint8
-    got = loaded.kneighbors(Q)
-    assert_array_equal(got[1], expected[1])
-    assert_array_equal(got[0], expected[0])
-    save_pipeline(r, tmp_path / "faiss.zip")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        safe = load_pipeline(tmp_path / "faiss.zip")
-    assert_array_equal(safe.kneighbors(Q)[1], expected[1])
-
-
-def test_faiss_partial_fit_and_remove(clustered, tmp_path):
-    X, y, ids, Q, _ = clustered
-    brute = NearestNeighborRetriever(n_neighbors=10).fit(X, y, ids=ids)
-    r = _grown(X, y, ids, n_neighbors=10, algorithm="faiss", random_state=0,
-               store=tmp_path / "db.f32")
-    index = r._index
-    assert index.ntotal == 2000  # one index, grown without retraining
-    _, found = r.kneighbors(Q, return_ids=True)
-    assert _recall(found, brute.kneighbors(Q, return_ids=True)[1]) >= 0.9
-
-    gone = ids[1::2]
-    r.remove(gone)
-    assert r._index is index and index.ntotal == 1000
-    _assert_removed_and_recall(r, X, y, ids, Q, gone)
-    back = np.array([1, 3, 5])  # removed above
-    r.partial_fit(X[back], y[back], ids=["a", "b", "c"])
-    assert index.ntotal == 1003
-    assert_array_equal(r.kneighbors(X[back], n_neighbors=1, return_ids=True)[1].ravel(),
-                       ["a", "b", "c"])
-    # nprobe changes without refitting; a tiny nprobe falls back to exact rows
-    r.set_params(algorithm_params={"nprobe": 1})
-    _, found = r.kneighbors(Q, return_ids=True)
-    assert not np.isin(found, gone).any()
-    reloaded = joblib.load(joblib.dump(r, tmp_path / "r.joblib")[0])
-    assert_array_equal(reloaded.kneighbors(Q)[1], r.kneighbors(Q)[1])
-
-
-def test_faiss_missing_gives_install_hint(clustered, monkeypatch):
-    X = clustered[0][:100]
-    monkeypatch.setitem(sys.modules, "faiss", None)
-    with pytest.raises(ImportError, match=r"pip install skretrieval\[faiss\]"):
-        NearestNeighborRetriever(algorithm="faiss").fit(X)
-
-
-def test_faiss_params_are_checked(clustered):
-    X = clustered[0][:100]
-    with pytest.raises(ValueError, match="takes the keys"):
-        NearestNeighborRetriever(algorithm="faiss", algorithm_params={"nlsit": 4}).fit(X)
-    with pytest.raises(ValueError, match="positive int"):
-        NearestNeighborRetriever(algorithm="faiss", algorithm_params={"nprobe": 0}).fit(X)
-    flat = NearestNeighborRetriever(algorithm="faiss", algorithm_params={"factory": "Flat"},
-                                    n_neighbors=5).fit(X)
-    brute = NearestNeighborRetriever(n_neighbors=5).fit(X)
-    assert_rankings_equivalent(*flat.kneighbors(), *brute.kneighbors())
-    flat.remove([0, 1])
-    assert not np.isin(flat.kneighbors(return_ids=True)[1], [0, 1]).any()
-
-
 # ---------------------------------------------------------------------------
 # NN-descent (one small index: numba compiles pynndescent once per process)
 # ---------------------------------------------------------------------------
@@ -339,66 +199,12 @@ def test_nndescent_grow_remove_and_pickle(clustered, tmp_path):
     assert r._index is None  # rebuilt over all the items on the next query
     brute = NearestNeighborRetriever(n_neighbors=10).fit(X, y, ids=ids)
     _, found = r.kneighbors(Q, return_ids=True)
-    assert _recall(found, brute.kneighbors(Q, return_ids=True)[1]) >= 0.9
+    assert recall(found, brute.kneighbors(Q, return_ids=True)[1]) >= 0.9
     gone = ids[::4]
     r.remove(gone)
-    _assert_removed_and_recall(r, X, y, ids, Q, gone)
+    assert_removed_and_recall(r, X, y, ids, Q, gone)
     loaded = joblib.load(joblib.dump(r, tmp_path / "nnd.joblib")[0])
     assert_array_equal(loaded.kneighbors(Q)[1], r.kneighbors(Q)[1])
-
-
-# ---------------------------------------------------------------------------
-# the blocked top-k selection of long rows
-# ---------------------------------------------------------------------------
-@pytest.mark.parametrize("k,n_cols,levels", [(10, 50_003, 40), (100, 60_000, 5000), (7, 30_000, 0)])
-def test_blocked_top_k_equals_direct_selection(k, n_cols, levels):
-    from skretrieval.neighbors._retriever import _block_size, _top_k, _top_k_blocked
-
-    rng = np.random.RandomState(k)
-    if levels:  # many exact ties
-        keys = rng.randint(0, levels, size=(9, n_cols)).astype(np.float32)
-    else:
-        keys = rng.randn(9, n_cols).astype(np.float32)
-    keys[np.arange(9), rng.randint(0, n_cols, 9)] = np.nan  # excluded items
-    keys[0, :] = 1.0  # a row of ties only
-    keys[0, 5] = np.nan
-    size = _block_size(k, n_cols)
-    assert size
-    direct = _top_k(keys, k, blocked=False)
-    for s in {size, 16, 1024}:
-        if n_cols // s < k:
-            continue
-        values, cols = _top_k_blocked(keys, k, s)
-        assert_array_equal(cols, direct[1])
-        assert_array_equal(values, direct[0])
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_streamed_search_reads_blocks_and_equals_in_memory(clustered, metric, dtype, tmp_path,
-                                                           monkeypatch):
-    import skretrieval.neighbors._retriever as module
-
-    X, y, ids, Q, _ = clustered
-    # the reference: the same descriptors in RAM (float16 ones read in one block)
-    ref = NearestNeighborRetriever(metric=metric, dtype=dtype).fit(X, y)
-    cases = [(queries, k) for queries in (Q, None) for k in (1, 10, 150)]
-    expected = [ref.kneighbors(queries, n_neighbors=k) for queries, k in cases]
-    scores = ref.score(Q, y[:100]), ref.score(None, None, n_neighbors=10)
-    # blocks of 96 rows: the search merges 21 blocks, the last one shorter (and
-    # float16 blocks are converted into one reused buffer); k larger than a block too
-    monkeypatch.setattr(module, "_STORE_BLOCK_BYTES", 96 * 4 * 32)
-    monkeypatch.setattr(module, "_STREAMED_QUERY_ROWS", 700)  # X=None: 3 groups
-    r = NearestNeighborRetriever(metric=metric, store=tmp_path / "x.store",
-                                 dtype=dtype).fit(X, y)
-    for (queries, k), (d_ref, i_ref) in zip(cases, expected):
-        # blocks of another shape than the whole database: BLAS may sum in
-        # another order, and items tied to float32 precision may swap
-        assert_rankings_equivalent(*r.kneighbors(queries, n_neighbors=k), d_ref, i_ref,
-                                   err_msg=f"k={k}, queries={queries is not None}")
-    # a swap of two tied items of different labels moves an AP a little
-    assert (r.score(Q, y[:100]), r.score(None, None, n_neighbors=10)) == pytest.approx(
-        scores, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sklearn.exceptions import NotFittedError, UndefinedMetricWarning
 from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import InvalidParameterError
 
+import skretrieval.neighbors._backends as backends_module
 import skretrieval.neighbors._retriever as retriever_module
 from skretrieval import NearestNeighborRetriever
 
@@ -399,8 +400,9 @@ def test_pickle_brute(data, tmp_path):
     assert loaded.score(Q, y_q) == retriever.score(Q, y_q)
 
 
-def test_pynndescent_is_imported_lazily():
-    tree = ast.parse(pathlib.Path(retriever_module.__file__).read_text())
+@pytest.mark.parametrize("module", [retriever_module, backends_module])
+def test_pynndescent_is_imported_lazily(module):
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
     for node in tree.body:  # module-level statements only
         if isinstance(node, ast.Import):
             assert not any(a.name.startswith("pynndescent") for a in node.names)

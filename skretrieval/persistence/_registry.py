@@ -20,7 +20,8 @@ from .. import __version__
 from ..extraction._extractor import ConvFeatureExtractor
 from ..neighbors._retriever import NearestNeighborRetriever
 from ..nn._trainer import RetrievalNetTrainer
-from ..pooling._cam import CAMWeighter, OnlineCAMRetriever
+from ..pooling._cam import CAMWeighter
+from ..reranking._online_cam import OnlineCAMRetriever
 from ..pooling._global import GeMPooler, MACPooler, SPoCPooler
 from ..pooling._regional import CroWPooler, RMACPooler
 from ..pooling._vlad import VLADEncoder

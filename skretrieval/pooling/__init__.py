@@ -5,7 +5,7 @@ Every pooler takes the ragged ``C x H x W`` maps of a
 L2-normalised as in its paper; :class:`PCAWhitener` then works on that array.
 """
 
-from ._cam import CAMWeighter, ClassVectors, OnlineCAMRetriever
+from ._cam import CAMWeighter, ClassVectors
 from ._global import GeMPooler, MACPooler, SPoCPooler
 from ._regional import CroWPooler, RMACPooler, region_grid
 from ._vlad import VLADEncoder
@@ -17,7 +17,6 @@ __all__ = [
     "CroWPooler",
     "GeMPooler",
     "MACPooler",
-    "OnlineCAMRetriever",
     "PCAWhitener",
     "RMACPooler",
     "SPoCPooler",

@@ -11,13 +11,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..utils._arrays import l2_normalize
 from ..utils._state import LABELS, Attr, StateSpec
+from ..neighbors._base import WrappingRetrieverMixin
 from ..neighbors._retriever import NearestNeighborRetriever
-from ..metrics._ranking import mean_average_precision
 
-__all__ = ["QueryExpansionRetriever"]
+__all__ = ["QueryExpansionRetriever", "weighted_mean"]
 
 
-def _weighted_mean(V, X, ind, sims, alpha, self_weight=True):
+def weighted_mean(V, X, ind, sims, alpha, self_weight=True):
     """``normalize(v + sum_j w_j x_j)``, ``w_j = max(sim_j, 0) ** alpha``.
 
     ``alpha = 0`` gives equal weights (average query expansion).  With
@@ -31,25 +31,7 @@ def _weighted_mean(V, X, ind, sims, alpha, self_weight=True):
     return l2_normalize(out).astype(np.float32)
 
 
-def label_score(estimator, X, y, n_neighbors):
-    """Label mAP of the queries ``X`` of a fitted retriever with database labels
-    ``estimator.y_`` (leave-one-out when ``X`` is None): the shared ``score``."""
-    if estimator.y_ is None:
-        raise ValueError("score needs the database labels: fit with y")
-    if X is None:
-        if y is not None:
-            raise ValueError("y must be None when X is None (leave-one-out)")
-        y = estimator.y_
-    ind = estimator.kneighbors(X, n_neighbors="all" if n_neighbors is None else n_neighbors,
-                               return_distance=False)
-    positives = []
-    for q, label in enumerate(np.asarray(y)):
-        same = np.flatnonzero(estimator.y_ == label)
-        positives.append(same[same != q] if X is None else same)
-    return mean_average_precision(ind, positives)
-
-
-class QueryExpansionRetriever(BaseEstimator):
+class QueryExpansionRetriever(WrappingRetrieverMixin, BaseEstimator):
     """A retriever with query expansion and database-side augmentation.
 
     Wraps a :class:`~skretrieval.NearestNeighborRetriever` (cosine or inner
@@ -110,6 +92,8 @@ class QueryExpansionRetriever(BaseEstimator):
     (1, 3)
     """
 
+    _fitted_attr = "retriever_"
+
     _parameter_constraints = {
         "retriever": [HasMethods(["fit", "kneighbors"]), None],
         "qe_k": [Interval(Integral, 0, None, closed="left")],
@@ -166,7 +150,7 @@ class QueryExpansionRetriever(BaseEstimator):
             # every vector's k nearest database vectors, itself first
             plain = clone(retriever).fit(X_db)
             dist, ind = plain.kneighbors(X_db, n_neighbors=k)
-            X_db = _weighted_mean(X_db, X_db, ind, self._similarity(dist), self.dba_alpha,
+            X_db = weighted_mean(X_db, X_db, ind, self._similarity(dist), self.dba_alpha,
                                   self_weight=False)
         self.retriever_ = clone(retriever).fit(X_db, y)
         return self
@@ -180,7 +164,7 @@ class QueryExpansionRetriever(BaseEstimator):
         if rows is not None:
             dist, ind = dist[rows], ind[rows]
         X_db = self.retriever_.X_fit_
-        return _weighted_mean(Q, X_db, ind, self._similarity(dist), self.qe_alpha)
+        return weighted_mean(Q, X_db, ind, self._similarity(dist), self.qe_alpha)
 
     def _similarity(self, dist):
         metric = getattr(self.retriever, "metric", "cosine")  # None: a cosine retriever
@@ -231,13 +215,6 @@ class QueryExpansionRetriever(BaseEstimator):
         dist = np.take_along_axis(dist, order, axis=1)
         return (dist, ind) if return_distance else ind
 
-    def predict(self, X=None):
-        """Labels of the top results, shape (n_queries, n_neighbors)."""
-        check_is_fitted(self, "retriever_")
-        if self.y_ is None:
-            raise ValueError("predict needs the database labels: fit with y")
-        return self.y_[self.kneighbors(X, return_distance=False)]
-
     def score(self, X=None, y=None, n_neighbors=None):
         """Label mAP of the queries (leave-one-out when ``X`` is None).
 
@@ -254,12 +231,7 @@ class QueryExpansionRetriever(BaseEstimator):
         -------
         score : float
         """
-        check_is_fitted(self, "retriever_")
-        return label_score(self, X, y, n_neighbors)
-
-    @property
-    def n_samples_fit_(self):
-        return self.retriever_.n_samples_fit_
+        return super().score(X, y, n_neighbors)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -20,12 +20,12 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._expansion import label_score
-from ._expansion import _weighted_mean
+from ._expansion import weighted_mean
 from ..utils._arrays import l2_normalize
 from ..extraction._maps import FeatureMaps, check_maps
 from ..utils._state import LABELS, Attr, StateSpec
 from ..pooling._functional import region_grid
+from ..neighbors._base import RetrieverMixin
 from ..neighbors._retriever import NearestNeighborRetriever
 
 __all__ = ["RegionReranker", "cam_boxes"]
@@ -77,7 +77,7 @@ def _crop(arr, box):
     return arr[:, y0:y1, x0:x1]
 
 
-class RegionReranker(BaseEstimator):
+class RegionReranker(RetrieverMixin, BaseEstimator):
     """Global search, then re-ranking of the short list with regional descriptors.
 
     The final step of a pipeline after :class:`ConvFeatureExtractor`: it
@@ -154,6 +154,8 @@ class RegionReranker(BaseEstimator):
     >>> rr.kneighbors(maps[:2], n_neighbors=4)[1].shape
     (2, 4)
     """
+
+    _fitted_attr = "region_vectors_"
 
     _parameter_constraints = {
         "aggregator": [HasMethods(["fit", "transform"])],
@@ -347,23 +349,11 @@ class RegionReranker(BaseEstimator):
         dist, ind = self._rerank(Q, *self._search(Q, rows, depth))
         if self.qe_k > 0:
             top = min(self.qe_k, depth)
-            Q2 = _weighted_mean(Q, self.global_, ind[:, :top],
+            Q2 = weighted_mean(Q, self.global_, ind[:, :top],
                                 self._similarity(dist[:, :top]), self.qe_alpha)
             dist, ind = self._search(Q2, rows, k)
         dist, ind = dist[:, :k], ind[:, :k]
         return (dist, ind) if return_distance else ind
-
-    def predict(self, X=None):
-        """Labels of the top results, shape (n_queries, n_neighbors)."""
-        check_is_fitted(self, "region_vectors_")
-        if self.y_ is None:
-            raise ValueError("predict needs the database labels: fit with y")
-        return self.y_[self.kneighbors(X, return_distance=False)]
-
-    def score(self, X=None, y=None, n_neighbors=None):
-        """Label mAP of the queries (leave-one-out when ``X`` is None)."""
-        check_is_fitted(self, "region_vectors_")
-        return label_score(self, X, y, n_neighbors)
 
     @property
     def n_samples_fit_(self):

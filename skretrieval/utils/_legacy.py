@@ -34,7 +34,7 @@ LEGACY_MODULES = {
     "skretrieval._pooling": ("skretrieval.pooling",),
     "skretrieval._vlad": ("skretrieval.pooling._vlad",),
     "skretrieval._whitening": ("skretrieval.pooling._whitening",),
-    "skretrieval._cam": ("skretrieval.pooling", "skretrieval.reranking"),
+    "skretrieval._cam": ("skretrieval.pooling._cam", "skretrieval.reranking._online_cam"),
     "skretrieval._retriever": ("skretrieval.neighbors",),
     "skretrieval._indexing": ("skretrieval.neighbors._indexing",),
     "skretrieval._expansion": ("skretrieval.reranking._expansion",),

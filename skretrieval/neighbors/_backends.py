@@ -1,0 +1,360 @@
+"""The search methods of :class:`NearestNeighborRetriever`, one class each.
+
+``BACKENDS`` maps the ``algorithm`` parameter to its backend class.  A
+backend is made from the retriever's parameters and holds no state of its
+own: the index it builds lives in the retriever (``_index``, serialised by
+:meth:`SearchBackend.state`), which re-ranks the candidates exactly.  A new
+search method is one subclass of :class:`SearchBackend` and one entry in
+``BACKENDS`` (the retriever's ``algorithm`` constraint and the index kinds
+of its persisted state are read from the table).
+"""
+
+import contextlib
+import math
+import os
+import warnings
+from numbers import Integral
+
+import numpy as np
+
+from ._store import as_float32
+
+__all__ = ["BACKENDS", "INDEX_KINDS", "BruteBackend", "FaissBackend", "NNDescentBackend",
+           "SearchBackend"]
+
+# Metric names of pynndescent.
+_NNDESCENT_METRICS = {
+    "cosine": "cosine",
+    "inner_product": "dot",
+    "euclidean": "euclidean",
+}
+# Rows added to a FAISS index per call (bounds the float32 copy of a store).
+_FAISS_ADD_ROWS = 65536
+# Keys of ``algorithm_params`` with algorithm="faiss".
+_FAISS_PARAMS = {"factory", "nlist", "m", "nprobe", "k_factor", "train_size"}
+_FAISS_DEFAULT_FACTORY = "IVF{nlist},Flat"
+_FAISS_DEFAULT_NPROBE = 16
+
+
+class SearchBackend:
+    """One search method (``algorithm``) of the retriever.
+
+    Parameters are those of the retriever: ``params`` its
+    ``algorithm_params`` (a dict), ``metric``, ``n_neighbors`` and
+    ``n_jobs``.  Class attributes say how the retriever uses it:
+
+    * ``exact``: rankings come from the exact blocked search (no index; full
+      rankings and the exact mAP are available);
+    * ``incremental``: :meth:`add` and :meth:`remove` update a built index
+      in place (otherwise the index is dropped and rebuilt on the next
+      query);
+    * ``keyed``: the index knows the rows by the retriever's keys
+      (``_keys``); otherwise by position, and a build renumbers the keys.
+    """
+
+    exact = False
+    incremental = False
+    keyed = True
+
+    def __init__(self, params, metric, n_neighbors, n_jobs):
+        self.params = params or {}
+        self.metric = metric
+        self.n_neighbors = n_neighbors
+        self.n_jobs = n_jobs
+
+    def check_params(self):
+        """Raise a ValueError if ``algorithm_params`` do not fit this method."""
+
+    def check_data(self, X):
+        """Warn about database rows ``X`` (prepared for storage) at ``fit``."""
+
+    def build(self, store, keys, seed):
+        """The index of the rows of ``store`` (a :class:`DescriptorStore`)."""
+        raise NotImplementedError
+
+    def add(self, index, X, keys):
+        """Add rows ``X`` with ``keys``: the updated index, or None (rebuild)."""
+        return None
+
+    def remove(self, index, keys):
+        """Remove the rows of ``keys``: the updated index, or None (rebuild)."""
+        return None
+
+    def n_candidates(self, k):
+        """Candidates to take from the index for the top-``k``."""
+        return k
+
+    def candidates(self, index, queries, n_candidates, rows, keys):
+        """Rows of the approximate neighbours of ``queries`` (-1: none).
+
+        ``rows`` are the database rows of the queries when they are database
+        items (their own row may be among the candidates), else None;
+        ``keys`` the keys of the database rows.
+        """
+        raise NotImplementedError
+
+    def state(self, index):
+        """The index serialised (a uint8 array), or None: not saved, rebuilt."""
+        return None
+
+    def from_state(self, blob):
+        """The index of a :meth:`state`."""
+        raise NotImplementedError
+
+
+class BruteBackend(SearchBackend):
+    """Exact search: blocks of float32 matrix products, no index."""
+
+    exact = True
+
+
+class NNDescentBackend(SearchBackend):
+    """Approximate search in a :class:`pynndescent.NNDescent` graph.
+
+    The graph is rebuilt over the whole database after any change
+    (pynndescent's own incremental ``update`` was slower than a rebuild), and
+    never serialised (its pickles break across numba versions): it is rebuilt,
+    with the same seed, on the first query.
+    """
+
+    keyed = False
+
+    def check_params(self):
+        reserved = {"metric", "random_state", "n_jobs"} & set(self.params)
+        if reserved:
+            raise ValueError(
+                f"algorithm_params must not contain {sorted(reserved)}: they are "
+                "set from the parameters of NearestNeighborRetriever of the same "
+                "names."
+            )
+
+    def check_data(self, X):
+        if self.metric != "inner_product":
+            return
+        norms = np.linalg.norm(X, axis=1)
+        if not np.allclose(norms, 1.0, atol=1e-3):
+            warnings.warn(
+                "With algorithm='nndescent', metric='inner_product' uses "
+                "pynndescent's 'dot' metric, which L2-normalises the "
+                "descriptors: the neighbours are found by cosine "
+                "similarity (the returned distances are -inner "
+                "products). These descriptors are not L2-normalised; "
+                "normalise them or use algorithm='brute' for an exact "
+                "maximum inner product search.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def build(self, store, keys, seed):
+        """Build and prepare the pynndescent index of the store's rows."""
+        try:
+            from pynndescent import NNDescent
+        except ImportError as exc:  # pragma: no cover - a hard dependency
+            raise ImportError(
+                "algorithm='nndescent' needs the pynndescent package: "
+                "pip install pynndescent"
+            ) from exc
+        n_samples = store.n_samples
+        if n_samples < 3:
+            raise ValueError(
+                "algorithm='nndescent' needs at least 3 database items, got "
+                f"n_samples = {n_samples}; use algorithm='brute'."
+            )
+        params = dict(self.params)
+        params.pop("epsilon", None)  # a parameter of the queries
+        params.setdefault("n_neighbors", max(30, self.n_neighbors + 1))
+        params["n_neighbors"] = min(params["n_neighbors"], n_samples - 1)
+        index = NNDescent(
+            store.rows(0, n_samples),
+            metric=_NNDESCENT_METRICS[self.metric],
+            random_state=seed,
+            n_jobs=self.n_jobs,
+            **params,
+        )
+        index.prepare()
+        return index
+
+    def candidates(self, index, queries, n_candidates, rows, keys):
+        graph = index.neighbor_graph if rows is not None else None
+        if graph is not None and graph[0].shape[1] >= n_candidates:
+            cand = graph[0][rows, :n_candidates]
+        else:
+            epsilon = self.params.get("epsilon", 0.1)
+            cand = index.query(queries, k=n_candidates, epsilon=epsilon)[0]
+        cand = np.asarray(cand, dtype=np.intp)
+        cand[cand >= keys.shape[0]] = -1
+        return cand
+
+
+def import_faiss():
+    """The faiss module, or an ImportError naming the extra that installs it."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            "algorithm='faiss' needs the faiss package (faiss-cpu), an optional "
+            "dependency of skretrieval: pip install skretrieval[faiss] (or pip "
+            "install faiss-cpu)"
+        ) from exc
+    return faiss
+
+
+@contextlib.contextmanager
+def _faiss_threads(faiss, n_jobs):
+    """Run FAISS with ``n_jobs`` OpenMP threads (None or -1: leave as is)."""
+    if n_jobs is None or n_jobs == -1:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    n = n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    faiss.omp_set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _default_nlist(n_samples):
+    """Number of IVF lists: about ``4 sqrt(n)``, at least 39 points per list."""
+    return int(max(1, min(round(4 * math.sqrt(n_samples)), n_samples // 39)))
+
+
+def _default_pq_m(n_features):
+    """Sub-quantizers of PQ: the largest divisor of ``d`` up to ``d / 4``."""
+    for m in range(max(1, n_features // 4), 0, -1):
+        if n_features % m == 0:
+            return m
+    return 1
+
+
+class FaissBackend(SearchBackend):
+    """Approximate search in a FAISS index (by default an inverted file).
+
+    The index is trained once, on (a sample of) the rows given to ``fit``;
+    rows are then added and removed by key without retraining, and the index
+    is serialised with :func:`faiss.serialize_index`.
+    """
+
+    incremental = True
+
+    def check_params(self):
+        params = self.params
+        unknown = set(params) - _FAISS_PARAMS
+        if unknown:
+            raise ValueError(
+                f"algorithm_params with algorithm='faiss' takes the keys "
+                f"{sorted(_FAISS_PARAMS)}, got {sorted(unknown)}."
+            )
+        for key in ("nlist", "m", "nprobe", "train_size"):
+            value = params.get(key)
+            if value is not None and (
+                not isinstance(value, Integral) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(
+                    f"algorithm_params[{key!r}] must be a positive int, got {value!r}."
+                )
+        k_factor = params.get("k_factor", 1)
+        if not isinstance(k_factor, (int, float)) or not k_factor >= 1:
+            raise ValueError(
+                f"algorithm_params['k_factor'] must be a number >= 1, got {k_factor!r}."
+            )
+        if not isinstance(params.get("factory", ""), str):
+            raise ValueError("algorithm_params['factory'] must be a string.")
+
+    def settings(self, n_samples, n_features):
+        """Resolved ``(factory, train_size)`` for the database size."""
+        params = self.params
+        nlist = params.get("nlist") or _default_nlist(n_samples)
+        m = params.get("m") or _default_pq_m(n_features)
+        factory = params.get("factory", _FAISS_DEFAULT_FACTORY)
+        factory = factory.replace("{nlist}", str(nlist)).replace("{m}", str(m))
+        train_size = params.get("train_size") or max(40 * nlist, 10000)
+        return factory, min(train_size, n_samples)
+
+    def build(self, store, keys, seed):
+        """Train a FAISS index on the store's rows and add all of them, with ``keys``."""
+        faiss = import_faiss()
+        factory, train_size = self.settings(store.n_samples, store.n_features)
+        metric = (faiss.METRIC_L2 if self.metric == "euclidean"
+                  else faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(store.n_features, factory, metric)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+            ivf = faiss.downcast_index(ivf)
+            pq = getattr(ivf, "pq", None)
+            if pq is not None:
+                pq.cp.seed = seed
+            if getattr(ivf, "do_polysemous_training", False):
+                # slow (tens of seconds for a few thousand vectors), and only
+                # useful for polysemous search, which the exact re-ranking
+                # replaces
+                ivf.do_polysemous_training = False
+        else:  # Flat, HNSW, ...: ids through a map
+            index = faiss.IndexIDMap2(index)
+        with _faiss_threads(faiss, self.n_jobs):
+            if not index.is_trained:
+                n = store.n_samples
+                if train_size < n:
+                    rng = np.random.RandomState(seed)
+                    rows = np.sort(rng.choice(n, train_size, replace=False))
+                    sample = store.take(rows)
+                else:
+                    sample = store.rows(0, n)
+                index.train(sample)
+                del sample
+        self._add_rows(index, store.rows, keys)
+        return index
+
+    def _add_rows(self, index, rows, keys):
+        """Add ``rows(start, stop)`` (float32) to the index with ``keys``."""
+        faiss = import_faiss()
+        n = keys.shape[0]
+        with _faiss_threads(faiss, self.n_jobs):
+            for start in range(0, n, _FAISS_ADD_ROWS):
+                stop = min(start + _FAISS_ADD_ROWS, n)
+                index.add_with_ids(rows(start, stop), np.ascontiguousarray(keys[start:stop]))
+
+    def add(self, index, X, keys):
+        self._add_rows(index, lambda start, stop: as_float32(X[start:stop]), keys)
+        return index
+
+    def remove(self, index, keys):
+        faiss = import_faiss()
+        removed = np.ascontiguousarray(keys, dtype=np.int64)
+        with _faiss_threads(faiss, self.n_jobs):
+            index.remove_ids(faiss.IDSelectorBatch(removed))
+        return index
+
+    def n_candidates(self, k):
+        return math.ceil(k * self.params.get("k_factor", 1))
+
+    def candidates(self, index, queries, n_candidates, rows, keys):
+        faiss = import_faiss()
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.nprobe = int(self.params.get("nprobe", _FAISS_DEFAULT_NPROBE))
+        with _faiss_threads(faiss, self.n_jobs):
+            _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32),
+                                    n_candidates)
+        # keys -> rows (the keys of the rows are increasing)
+        cand = np.searchsorted(keys, found)
+        np.minimum(cand, keys.shape[0] - 1, out=cand)
+        valid = (found >= 0) & (keys[cand] == found)
+        return np.where(valid, cand, -1).astype(np.intp, copy=False)
+
+    def state(self, index):
+        return import_faiss().serialize_index(index)
+
+    def from_state(self, blob):
+        return import_faiss().deserialize_index(np.asarray(blob, dtype=np.uint8))
+
+
+#: ``algorithm`` -> its backend class.
+BACKENDS = {
+    "brute": BruteBackend,
+    "nndescent": NNDescentBackend,
+    "faiss": FaissBackend,
+}
+#: The backends with an index (values of the retriever's ``_index_kind``).
+INDEX_KINDS = tuple(sorted(name for name, cls in BACKENDS.items() if not cls.exact))

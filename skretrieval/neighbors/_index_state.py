@@ -1,0 +1,137 @@
+"""The search state of a retriever: its descriptor store, its index, and their persistence."""
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from ._backends import BACKENDS
+from ._exact import ExactSearch
+from ._store import DescriptorStore
+
+__all__ = ["IndexStateMixin"]
+
+# The attribute holding the serialised index of an unpickled or loaded
+# retriever (named after the first backend that had one).
+INDEX_BLOB = "_faiss_index"
+
+
+class IndexStateMixin:
+    """Store, index and pickling of :class:`NearestNeighborRetriever`.
+
+    The fitted state is plain attributes (``X_fit_``, ``_store_path``,
+    ``_store_dtype``, ``_index``, ``_index_kind``, ``_index_seed``,
+    ``_keys``, ``_n_keys``): the :class:`DescriptorStore`, the
+    :class:`ExactSearch` and the backend of ``algorithm`` (``BACKENDS``) are
+    views made from them when needed, so pickles and the pickle-free format
+    see the same attributes as before the backends existed.
+    """
+
+    def _backend(self, algorithm=None):
+        """The backend of ``algorithm`` (default: the ``algorithm`` parameter)."""
+        return BACKENDS[algorithm or self.algorithm](
+            self.algorithm_params, self.metric, self.n_neighbors, self.n_jobs
+        )
+
+    @property
+    def _store(self):
+        """The :class:`DescriptorStore` of ``X_fit_``."""
+        return DescriptorStore(self.X_fit_, self._store_path)
+
+    def _set_store(self, store):
+        self.X_fit_ = store.X
+        self._store_path = store.path
+        self._store_dtype = None if store.path is None else store.X.dtype.name
+
+    def _exact(self):
+        """The exact search of the database."""
+        return ExactSearch(self._store, self.metric, self._chunk_rows())
+
+    def _new_index_seed(self):
+        self._index_seed = int(
+            check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        )
+
+    def _get_index(self):
+        """The index of ``algorithm``: built, deserialised or rebuilt if needed."""
+        index = getattr(self, "_index", None)
+        kind = getattr(self, "_index_kind", None)
+        if index is not None and kind == self.algorithm:
+            return index
+        if getattr(self, "_index_seed", None) is None:  # fitted as "brute"
+            self._new_index_seed()
+        backend = self._backend()
+        blob = self.__dict__.pop(INDEX_BLOB, None)
+        if blob is not None and kind == self.algorithm:
+            index = backend.from_state(blob)
+        else:
+            index = backend.build(self._store, self._keys, self._index_seed)
+            if not backend.keyed:
+                # built over the current database, whose rows are then the
+                # positions in the index
+                self._keys = np.arange(self.n_samples_fit_, dtype=np.int64)
+                self._n_keys = self.n_samples_fit_
+        self._index, self._index_kind = index, self.algorithm
+        return index
+
+    def _updatable_index(self):
+        """The index, if the backend updates it in place, else None."""
+        if self._backend().incremental and self._index_kind == self.algorithm:
+            return self._get_index()  # deserialised before the arrays change
+        return None
+
+    def _serialised_state(self, state):
+        """``state`` with the index serialised (FAISS) or dropped (NN-descent)."""
+        index = state.get("_index")
+        if index is not None:
+            blob = self._backend(state.get("_index_kind")).state(index)
+            if blob is not None:
+                state[INDEX_BLOB] = blob
+            else:
+                # The pynndescent index is not pickled: its pickles break
+                # across numba versions. It is rebuilt, with the same seed, on
+                # the first query.
+                state["_index_kind"] = None
+            state["_index"] = None
+        return state
+    def __getstate__(self):
+        state = self._serialised_state(dict(super().__getstate__()))
+        if state.get("_store_path") is not None:
+            state["X_fit_"] = None  # the memory-mapped file, reopened on loading
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._after_load()
+
+    def _persistent_state(self):
+        """Fitted state for :func:`skretrieval.persistence.save_pipeline`.
+
+        The FAISS index is serialised; descriptors of a store are copied
+        into the model (loaded back in memory).
+        """
+        state = self._serialised_state(dict(vars(self)))
+        if state.get("_store_path") is not None:
+            state["_store_path"] = None
+            state["_store_dtype"] = None
+        return state
+
+    def _after_load(self):
+        """Complete the state of an unpickled or loaded retriever.
+
+        Reopens the memory-mapped store, and gives retrievers saved before
+        ids existed their default ids.
+        """
+        state = self.__dict__
+        if "n_samples_fit_" not in state:
+            return
+        n = self.n_samples_fit_
+        if "ids_" not in state:
+            self.ids_ = np.arange(n, dtype=np.int64)
+            self._next_id = n
+            self._keys = np.arange(n, dtype=np.int64)
+            self._n_keys = n
+            self._store_path = None
+            self._store_dtype = None
+            self._index_kind = None if state.get("_index") is None else "nndescent"
+        if state.get("_store_path") is not None and state.get("X_fit_") is None:
+            self.X_fit_ = DescriptorStore.open(
+                self._store_path, self._store_dtype, (n, self.n_features_in_)).X
