@@ -248,7 +248,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec(
         {
             "device_": Attr("str"),

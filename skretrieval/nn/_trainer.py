@@ -297,7 +297,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         "verbose": ["verbose"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec(
         {
             "device_": Attr("str"),
