@@ -1,0 +1,72 @@
+"""What the graph re-rankers share: the metric of a wrapped search, similarities, depths."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import clone
+
+from ..neighbors._retriever import NearestNeighborRetriever
+from ..utils._arrays import l2_normalize
+
+__all__ = ["database_vectors", "fit_similarity_retriever", "resolve_n_neighbors",
+           "retriever_metric", "to_similarity"]
+
+
+def retriever_metric(retriever):
+    """The metric of a retriever, looked up through wrappers (default "cosine")."""
+    seen = 0
+    while retriever is not None and seen < 16:
+        metric = getattr(retriever, "metric", None)
+        if isinstance(metric, str):
+            return metric
+        retriever = getattr(retriever, "retriever_", getattr(retriever, "retriever", None))
+        seen += 1
+    return "cosine"
+
+
+def to_similarity(dist, metric):
+    """Similarities from the distances of a cosine or inner-product search."""
+    dist = np.asarray(dist, dtype=np.float64)
+    return 1.0 - dist if metric == "cosine" else -dist
+
+
+def database_vectors(retriever):
+    """The database vectors that a (possibly wrapped) fitted retriever searches."""
+    for _ in range(16):
+        inner = getattr(retriever, "retriever_", None)
+        if isinstance(retriever, NearestNeighborRetriever) or inner is None:
+            break
+        retriever = inner
+    return retriever.X_fit_
+
+
+def fit_similarity_retriever(estimator, X, y, what):
+    """L2-normalise ``X`` and fit a clone of ``estimator.retriever`` on it.
+
+    Refuses a Euclidean search: ``what`` (e.g. "diffusion") needs similarities.
+    Returns ``(X_normalised, fitted_retriever)``.
+    """
+    retriever = NearestNeighborRetriever() if estimator.retriever is None else estimator.retriever
+    if retriever_metric(retriever) == "euclidean":
+        raise ValueError(f"{what} needs a similarity search: use a retriever with "
+                         "metric='cosine' or 'inner_product'")
+    X = l2_normalize(np.asarray(X, dtype=np.float32)).astype(np.float32)
+    return X, clone(retriever).fit(X, y)
+
+
+def resolve_n_neighbors(n_neighbors, retriever, n_available):
+    """``n_neighbors`` (None: the retriever's; "all": every item) as an int."""
+    if n_neighbors is None:
+        n_neighbors = getattr(retriever, "n_neighbors", 10)
+    if isinstance(n_neighbors, str):
+        if n_neighbors != "all":
+            raise ValueError(f"n_neighbors must be a positive int, 'all' or None, "
+                             f"got {n_neighbors!r}")
+        return n_available
+    n_neighbors = int(n_neighbors)
+    if n_neighbors < 1:
+        raise ValueError(f"Expected n_neighbors > 0. Got {n_neighbors}")
+    if n_neighbors > n_available:
+        raise ValueError(f"Expected n_neighbors <= {n_available} (the items a query can "
+                         f"return), got {n_neighbors}")
+    return n_neighbors
