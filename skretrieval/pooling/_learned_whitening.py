@@ -179,7 +179,7 @@ class LearnedWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.l2_after = l2_after
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y=None):
         """Learn the whitening from the pairs of descriptors of the same label.
 
         Parameters
@@ -187,7 +187,8 @@ class LearnedWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         X : array-like of shape (n_samples, n_features)
             Training descriptors.
         y : array-like of shape (n_samples,)
-            Their labels: descriptors of one label are matching pairs.
+            Their labels: descriptors of one label are matching pairs
+            (required; None raises a ValueError).
 
         Returns
         -------
