@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.utils.validation import validate_data
 
 from ..neighbors._retriever import NearestNeighborRetriever
 from ..utils._arrays import l2_normalize
 
-__all__ = ["database_vectors", "fit_similarity_retriever", "resolve_n_neighbors",
-           "retriever_metric", "to_similarity"]
+__all__ = ["database_vectors", "fit_similarity_retriever", "normalized_queries",
+           "resolve_n_neighbors", "retriever_metric", "to_similarity"]
 
 
 def retriever_metric(retriever):
@@ -40,18 +41,33 @@ def database_vectors(retriever):
     return retriever.X_fit_
 
 
-def fit_similarity_retriever(estimator, X, y, what):
-    """L2-normalise ``X`` and fit a clone of ``estimator.retriever`` on it.
+def fit_similarity_retriever(estimator, X, y, what, ensure_min_samples=1):
+    """Validate ``X, y``, L2-normalise ``X`` and fit a clone of ``estimator.retriever``.
 
-    Refuses a Euclidean search: ``what`` (e.g. "diffusion") needs similarities.
-    Returns ``(X_normalised, fitted_retriever)``.
+    Sets ``estimator.y_`` (and ``n_features_in_`` through ``validate_data``).
+    Refuses a Euclidean search: ``what`` (e.g. "diffusion") needs
+    similarities.  Returns ``(X_normalised, fitted_retriever)``.
     """
+    if y is None:
+        X = validate_data(estimator, X, dtype=np.float32, ensure_min_samples=ensure_min_samples)
+    else:
+        X, y = validate_data(estimator, X, y, dtype=np.float32,
+                             ensure_min_samples=ensure_min_samples)
     retriever = NearestNeighborRetriever() if estimator.retriever is None else estimator.retriever
     if retriever_metric(retriever) == "euclidean":
         raise ValueError(f"{what} needs a similarity search: use a retriever with "
                          "metric='cosine' or 'inner_product'")
-    X = l2_normalize(np.asarray(X, dtype=np.float32)).astype(np.float32)
+    X = l2_normalize(X).astype(np.float32)
+    estimator.y_ = None if y is None else np.asarray(y)
     return X, clone(retriever).fit(X, y)
+
+
+def normalized_queries(estimator, X):
+    """``(None, rows)`` for leave-one-out, else ``(validated L2-normalised X, None)``."""
+    if X is None:
+        return None, np.arange(estimator.n_samples_fit_)
+    X = validate_data(estimator, X, dtype=np.float32, reset=False)
+    return l2_normalize(X).astype(np.float32), None
 
 
 def resolve_n_neighbors(n_neighbors, retriever, n_available):

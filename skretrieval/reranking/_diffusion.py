@@ -10,14 +10,18 @@ from scipy.sparse import linalg as sparse_linalg
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ..neighbors._base import WrappingRetrieverMixin
 from ..neighbors._topk import top_k
-from ..utils._arrays import l2_normalize
 from ..utils._state import LABELS, Attr, StateSpec
-from ._common import fit_similarity_retriever, resolve_n_neighbors, retriever_metric, \
-    to_similarity
+from ._common import (
+    fit_similarity_retriever,
+    normalized_queries,
+    resolve_n_neighbors,
+    retriever_metric,
+    to_similarity,
+)
 
 __all__ = ["DiffusionRetriever", "mutual_knn_graph", "normalize_graph"]
 
@@ -243,12 +247,7 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
         -------
         self : DiffusionRetriever
         """
-        if y is None:
-            X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
-        else:
-            X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
-        X, self.retriever_ = fit_similarity_retriever(self, X, y, "diffusion")
-        self.y_ = None if y is None else np.asarray(y)
+        X, self.retriever_ = fit_similarity_retriever(self, X, y, "diffusion", 2)
         n = X.shape[0]
         dist, ind = self.retriever_.kneighbors(None, n_neighbors=min(self.k, n - 1))
         A = mutual_knn_graph(ind, to_similarity(dist, self._metric()), self.gamma, n)
@@ -353,12 +352,7 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
         indices : ndarray of shape (n_queries, n_neighbors)
         """
         check_is_fitted(self, "retriever_")
-        rows = None
-        if X is None:
-            rows = np.arange(self.n_samples_fit_)
-        else:
-            X = validate_data(self, X, dtype=np.float32, reset=False)
-            X = l2_normalize(X).astype(np.float32)
+        X, rows = normalized_queries(self, X)
         n_avail = self.n_samples_fit_ - (rows is not None)
         k = resolve_n_neighbors(n_neighbors, self.retriever_, n_avail)
         if self.method == "spectral":
@@ -368,24 +362,6 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
         else:
             dist, ind = self._search_cg(X, k, n_avail)
         return (dist, ind) if return_distance else ind
-
-    def score(self, X=None, y=None, n_neighbors=None):
-        """Label mAP of the queries (leave-one-out when ``X`` is None).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features), default=None
-            Query descriptors, or None for leave-one-out.
-        y : array-like of shape (n_queries,), default=None
-            Query labels (None with ``X=None``).
-        n_neighbors : int, default=None
-            Rank depth; None ranks the whole database.
-
-        Returns
-        -------
-        score : float
-        """
-        return super().score(X, y, n_neighbors)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

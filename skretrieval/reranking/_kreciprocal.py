@@ -7,12 +7,16 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ..neighbors._base import WrappingRetrieverMixin
-from ..utils._arrays import l2_normalize
 from ..utils._state import LABELS, Attr, StateSpec
-from ._common import database_vectors, fit_similarity_retriever, resolve_n_neighbors
+from ._common import (
+    database_vectors,
+    fit_similarity_retriever,
+    normalized_queries,
+    resolve_n_neighbors,
+)
 
 __all__ = ["KReciprocalRetriever", "k_reciprocal_distances"]
 
@@ -192,12 +196,7 @@ class KReciprocalRetriever(WrappingRetrieverMixin, BaseEstimator):
         -------
         self : KReciprocalRetriever
         """
-        if y is None:
-            X = validate_data(self, X, dtype=np.float32)
-        else:
-            X, y = validate_data(self, X, y, dtype=np.float32)
         _, self.retriever_ = fit_similarity_retriever(self, X, y, "k-reciprocal re-ranking")
-        self.y_ = None if y is None else np.asarray(y)
         return self
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
@@ -222,13 +221,7 @@ class KReciprocalRetriever(WrappingRetrieverMixin, BaseEstimator):
         """
         check_is_fitted(self, "retriever_")
         DB = database_vectors(self.retriever_)
-        if X is None:
-            rows = np.arange(self.n_samples_fit_)
-            Q = None
-        else:
-            rows = None
-            X = validate_data(self, X, dtype=np.float32, reset=False)
-            Q = l2_normalize(X).astype(np.float32)
+        Q, rows = normalized_queries(self, X)
         n_avail = self.n_samples_fit_ - (rows is not None)
         k = resolve_n_neighbors(n_neighbors, self.retriever_, n_avail)
         depth = min(n_avail, max(k, self.n_rerank))
@@ -252,24 +245,6 @@ class KReciprocalRetriever(WrappingRetrieverMixin, BaseEstimator):
                 d = np.maximum(2.0 - 2.0 * rest.astype(np.float64), 0.0) / (scale or 1.0)
                 out_d[j, R:] = self.lambda_value * d + (1.0 - self.lambda_value)
         return (out_d, out_i) if return_distance else out_i
-
-    def score(self, X=None, y=None, n_neighbors=None):
-        """Label mAP of the queries (leave-one-out when ``X`` is None).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features), default=None
-            Query descriptors, or None for leave-one-out.
-        y : array-like of shape (n_queries,), default=None
-            Query labels (None with ``X=None``).
-        n_neighbors : int, default=None
-            Rank depth; None ranks the whole database.
-
-        Returns
-        -------
-        score : float
-        """
-        return super().score(X, y, n_neighbors)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
