@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.base import clone
 from sklearn.utils.validation import validate_data
@@ -13,16 +15,21 @@ __all__ = ["database_vectors", "fit_similarity_retriever", "normalized_queries",
            "resolve_n_neighbors", "retriever_metric", "to_similarity"]
 
 
+def _through_wrappers(retriever, name, kind, default):
+    """The first ``name`` attribute of type ``kind`` of a retriever or the ones it wraps."""
+    for _ in range(16):
+        if retriever is None:
+            break
+        value = getattr(retriever, name, None)
+        if isinstance(value, kind) and not isinstance(value, bool):
+            return value
+        retriever = getattr(retriever, "retriever_", getattr(retriever, "retriever", None))
+    return default
+
+
 def retriever_metric(retriever):
     """The metric of a retriever, looked up through wrappers (default "cosine")."""
-    seen = 0
-    while retriever is not None and seen < 16:
-        metric = getattr(retriever, "metric", None)
-        if isinstance(metric, str):
-            return metric
-        retriever = getattr(retriever, "retriever_", getattr(retriever, "retriever", None))
-        seen += 1
-    return "cosine"
+    return _through_wrappers(retriever, "metric", str, "cosine")
 
 
 def to_similarity(dist, metric):
@@ -73,7 +80,7 @@ def normalized_queries(estimator, X):
 def resolve_n_neighbors(n_neighbors, retriever, n_available):
     """``n_neighbors`` (None: the retriever's; "all": every item) as an int."""
     if n_neighbors is None:
-        n_neighbors = getattr(retriever, "n_neighbors", 10)
+        n_neighbors = min(_through_wrappers(retriever, "n_neighbors", Integral, 10), n_available)
     if isinstance(n_neighbors, str):
         if n_neighbors != "all":
             raise ValueError(f"n_neighbors must be a positive int, 'all' or None, "

@@ -21,28 +21,25 @@ from ._common import (
 __all__ = ["KReciprocalRetriever", "k_reciprocal_distances"]
 
 
-def _reciprocal(rank, i, k):
-    """``R(i, k)``: the items among the ``k + 1`` first of ``i`` that have ``i`` in theirs."""
-    forward = rank[i, : k + 1]
-    return forward[(rank[forward, : k + 1] == i).any(axis=1)]
+def _reciprocal_sets(rank, k):
+    """Boolean ``M[p, g]``: ``g`` in ``R(p, k)`` (each in the ``k + 1`` first of the other)."""
+    n = rank.shape[0]
+    near = np.zeros((n, n), dtype=bool)
+    np.put_along_axis(near, rank[:, : k + 1], True, axis=1)
+    return near & near.T
 
 
 def _encodings(dist, rank, k1):
-    """The rows ``V_i``: Gaussian weights over the expanded k-reciprocal sets."""
-    n = dist.shape[0]
-    V = np.zeros((n, n), dtype=np.float64)
-    half = int(np.around(k1 / 2.0))
-    for i in range(n):
-        base = _reciprocal(rank, i, k1)
-        expanded = [base]
-        for c in base:
-            cand = _reciprocal(rank, c, half)
-            if len(np.intersect1d(cand, base)) > 2.0 / 3.0 * len(cand):
-                expanded.append(cand)
-        members = np.unique(np.concatenate(expanded))
-        w = np.exp(-dist[i, members])
-        V[i, members] = w / w.sum()
-    return V
+    """The rows ``V_p``: Gaussian weights over the expanded k-reciprocal sets ``R*(p, k1)``."""
+    base = _reciprocal_sets(rank, k1)
+    half = _reciprocal_sets(rank, int(np.around(k1 / 2.0)))
+    # overlap[c, p] = |R(c, k1/2) & R(p, k1)|; c's set joins p's when over 2/3 of it
+    overlap = half.astype(np.int32) @ base.T.astype(np.int32)
+    size = half.sum(axis=1)
+    joins = base & (overlap.T > 2.0 / 3.0 * size[None, :])
+    star = base | ((joins.astype(np.int32) @ half.astype(np.int32)) > 0)
+    V = np.where(star, np.exp(-dist), 0.0)
+    return V / V.sum(axis=1, keepdims=True)
 
 
 def k_reciprocal_distances(V_rows, k1, k2, lambda_value):
