@@ -65,7 +65,9 @@ def k_reciprocal_distances(V_rows, k1, k2, lambda_value):
     np.fill_diagonal(raw, 0.0)
     top = raw.max(axis=1, keepdims=True)
     dist = raw / np.where(top > 0, top, 1.0)  # each row divided by its maximum (Zhong's code)
-    rank = np.argsort(dist, axis=1, kind="stable")
+    keys = dist.copy()
+    np.fill_diagonal(keys, -1.0)  # each item first in its own list, even among duplicates
+    rank = np.argsort(keys, axis=1, kind="stable")
     V = _encodings(dist, rank, k1)
     if k2 > 1:  # local query expansion: the mean of the k2 nearest rows
         V = V[rank[:, :k2]].mean(axis=1)
