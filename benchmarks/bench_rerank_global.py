@@ -43,7 +43,7 @@ from skretrieval import (
 from skretrieval.datasets import load_coil
 
 DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data"))
+                           Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()
 
 
 def descriptors(name, cache):
@@ -114,6 +114,12 @@ def main(argv=None):
             t = time.perf_counter()
             est = clone(est).fit(D, y)
             t_fit = time.perf_counter() - t
+            if hasattr(est, "graph_indices_"):
+                extra = getattr(est, "eigenvectors_", np.empty((len(D), 0), np.float32))
+                size = (est.graph_indices_.nbytes + est.graph_weights_.nbytes
+                        + est.graph_indptr_.nbytes + extra.nbytes) / len(D)
+                print(f"{mname}: {size:.0f} bytes per image besides the descriptors",
+                      file=sys.stderr)
             t = time.perf_counter()
             score = est.score(None, None)
             per_query = (time.perf_counter() - t) / len(D) * 1e3
