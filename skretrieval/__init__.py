@@ -43,6 +43,7 @@ from .pooling import (  # noqa: E402
     ClassVectors,
     CroWPooler,
     GeMPooler,
+    LearnedWhitener,
     MACPooler,
     PCAWhitener,
     RMACPooler,
@@ -61,6 +62,8 @@ from .neighbors import (  # noqa: E402
     save_index,
 )
 from .reranking import (  # noqa: E402
+    DiffusionRetriever,
+    KReciprocalRetriever,
     OnlineCAMRetriever,
     QueryExpansionRetriever,
     RegionReranker,
@@ -78,6 +81,7 @@ __all__ = [
     "ConvFeatureExtractor",
     "Crop",
     "CroWPooler",
+    "DiffusionRetriever",
     "DistributedExtractionError",
     "FeatureMaps",
     "GeMPooler",
@@ -85,6 +89,8 @@ __all__ = [
     "IndexFile",
     "IndexLockedError",
     "IndexUpdate",
+    "KReciprocalRetriever",
+    "LearnedWhitener",
     "MACPooler",
     "NearestNeighborRetriever",
     "OnlineCAMRetriever",
