@@ -64,6 +64,7 @@ from .reranking import (  # noqa: E402
     OnlineCAMRetriever,
     QueryExpansionRetriever,
     RegionReranker,
+    SpatialVerificationReranker,
     cam_boxes,
 )
 from .utils import IndexLockedError  # noqa: E402
@@ -97,6 +98,7 @@ __all__ = [
     "RetrievalNet",
     "RetrievalNetTrainer",
     "SPoCPooler",
+    "SpatialVerificationReranker",
     "VLADEncoder",
     "WeightsNotFoundError",
     "add_to_index",

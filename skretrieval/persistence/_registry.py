@@ -28,6 +28,7 @@ from ..pooling._vlad import VLADEncoder
 from ..pooling._whitening import PCAWhitener
 from ..reranking._expansion import QueryExpansionRetriever
 from ..reranking._rerank import RegionReranker
+from ..reranking._spatial import SpatialVerificationReranker
 from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = [
@@ -82,6 +83,7 @@ SUPPORTED_CLASSES = {
     "skretrieval.QueryExpansionRetriever": QueryExpansionRetriever,
     "skretrieval.OnlineCAMRetriever": OnlineCAMRetriever,
     "skretrieval.RegionReranker": RegionReranker,
+    "skretrieval.SpatialVerificationReranker": SpatialVerificationReranker,
     "skretrieval.RetrievalNetTrainer": RetrievalNetTrainer,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.frozen.FrozenEstimator": FrozenEstimator,
