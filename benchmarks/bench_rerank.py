@@ -19,7 +19,8 @@ scenes + 120 distractor scenes, 384 x 384, regenerated from seed 0),
 its time per query: search and re-ranking (the fit, which describes and
 indexes the database, is timed separately; the feature maps are shared).
 
-Run:  python benchmarks/bench_rerank.py [--step 8] [--rerank 20] [--out FILE]
+Run:  python benchmarks/bench_rerank.py [--step 8] [--rerank 20] [--max-trials 50]
+      [--only coil|cluttered] [--out FILE]
 """
 
 import argparse
@@ -116,7 +117,8 @@ def _methods(bench, args, qe, lw_maps, lw_y):
     as_pipe = lambda agg, r: make_pipeline(agg, r)  # noqa: E731
     qe_r = QueryExpansionRetriever(nn, qe_k=qe, qe_alpha=3.0)
     dba_qe = QueryExpansionRetriever(nn, qe_k=qe, qe_alpha=3.0, dba_k=qe + 1, dba_alpha=3.0)
-    sv = dict(n_rerank=args.rerank, max_features=100, n_components=128)
+    sv = dict(n_rerank=args.rerank, max_features=100, n_components=128,
+              max_trials=args.max_trials)
     rows = [
         ("GeM", lambda: as_pipe(gem, nn)),
         (f"GeM + alpha-QE{qe}", lambda: as_pipe(gem, qe_r)),
@@ -164,6 +166,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--step", type=int, default=8, help="COIL-100: keep every STEP-th view")
     ap.add_argument("--rerank", type=int, default=20, help="short list re-ranked per query")
+    ap.add_argument("--max-trials", type=int, default=50, help="RANSAC iterations")
     ap.add_argument("--only", choices=("coil", "cluttered"), help="run one benchmark only")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/skretrieval-bench"))
     ap.add_argument("--out", help="also write the Markdown tables here")

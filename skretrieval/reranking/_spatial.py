@@ -31,7 +31,7 @@ from ..utils._state import LABELS, Attr, StateSpec
 __all__ = ["SpatialVerificationReranker", "count_inliers", "match_features",
            "top_activations"]
 
-_PCA_SAMPLE = 50_000  # local features the PCA of the descriptors is fitted on
+_PCA_SAMPLE = 20_000  # local features the PCA of the descriptors is fitted on
 _MIN_SAMPLES = {"similarity": 2, "affine": 3}
 
 
@@ -315,8 +315,9 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
         D = np.concatenate([self._raw_features(X, i)[1] for i in images])
         d = min(self.n_components, len(D))
         self.local_mean_ = D.mean(0).astype(np.float32)
-        _, _, Vt = np.linalg.svd(D - self.local_mean_, full_matrices=False)
-        self.local_components_ = np.ascontiguousarray(Vt[:d], dtype=np.float32)
+        centred = (D - self.local_mean_).astype(np.float64)
+        _, V = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        self.local_components_ = np.ascontiguousarray(V[:, ::-1][:, :d].T, dtype=np.float32)
 
     def query_features(self, X):
         """Keypoints and (projected) descriptors of the images of ``X``.
