@@ -67,6 +67,7 @@ from .reranking import (  # noqa: E402
     OnlineCAMRetriever,
     QueryExpansionRetriever,
     RegionReranker,
+    SpatialVerificationReranker,
     cam_boxes,
 )
 from .utils import IndexLockedError  # noqa: E402
@@ -103,6 +104,7 @@ __all__ = [
     "RetrievalNet",
     "RetrievalNetTrainer",
     "SPoCPooler",
+    "SpatialVerificationReranker",
     "VLADEncoder",
     "WeightsNotFoundError",
     "add_to_index",

@@ -31,6 +31,7 @@ from ..reranking._diffusion import DiffusionRetriever
 from ..reranking._expansion import QueryExpansionRetriever
 from ..reranking._kreciprocal import KReciprocalRetriever
 from ..reranking._rerank import RegionReranker
+from ..reranking._spatial import SpatialVerificationReranker
 from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = [
@@ -88,6 +89,7 @@ SUPPORTED_CLASSES = {
     "skretrieval.KReciprocalRetriever": KReciprocalRetriever,
     "skretrieval.OnlineCAMRetriever": OnlineCAMRetriever,
     "skretrieval.RegionReranker": RegionReranker,
+    "skretrieval.SpatialVerificationReranker": SpatialVerificationReranker,
     "skretrieval.RetrievalNetTrainer": RetrievalNetTrainer,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.frozen.FrozenEstimator": FrozenEstimator,
