@@ -132,6 +132,11 @@ def test_torchvision_vit_weights_file(tmp_path):
     torch.save(state, path)
     loaded, _, _ = build_model("vit_b_32", str(path))
     torch.testing.assert_close(loaded.model.conv_proj.weight, state["conv_proj.weight"])
+    safetensors = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "vit.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    loaded, _, _ = build_model("vit_b_32", str(path))
+    torch.testing.assert_close(loaded.model.encoder.ln.bias, state["encoder.ln.bias"])
 
 
 def test_no_class_activation_maps_for_transformers():

@@ -112,7 +112,12 @@ def _load_official_state_dict(enum, progress=False):
 
 def _load_file_state_dict(path):
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsNotFoundError(f"cannot read the state-dict file {path!r}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
