@@ -71,26 +71,25 @@ def one(backbone, size, n_images, layer):
 
 
 def timing(sizes, n_images):
-    rows = []
+    print(f"load average before: {os.getloadavg()}")
+    print("| backbone | px | params (M) | map (C x h x w) | s / image | peak RSS (MB) | "
+          "after loading (MB) |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     for backbone, layer in TIMING:
-        for size in sizes:
+        for size in sizes:  # one process per row; each row printed when measured
             cmd = [sys.executable, __file__, "--one", backbone, str(size), str(n_images),
                    layer or ""]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 print(f"{backbone} {size}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"load average before: {os.getloadavg()}")
-    print("| backbone | px | params (M) | map (C x h x w) | s / image | peak RSS (MB) | "
-          "after loading (MB) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        c, h, w = r["map"]
-        print(f"| {r['backbone']} | {r['size']} | {r['params_m']:.1f} | {c} x {h} x {w} | "
-              f"{r['s_per_image']:.3f} | {r['peak_mb']:.0f} | {r['network_mb']:.0f} |")
-    print(f"(torch threads: {rows[0]['threads'] if rows else '?'}; median of {n_images} "
-          "images after one warm-up; random weights)")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            c, h, w = r["map"]
+            print(f"| {r['backbone']} | {r['size']} | {r['params_m']:.1f} | {c} x {h} x {w} | "
+                  f"{r['s_per_image']:.3f} | {r['peak_mb']:.0f} | {r['network_mb']:.0f} |",
+                  flush=True)
+    print(f"(median of {n_images} images after one warm-up; random weights; load average "
+          f"after: {os.getloadavg()})")
 
 
 def coil(root, n_objects, weights):
