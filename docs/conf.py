@@ -99,6 +99,9 @@ numpydoc_attributes_as_param_list = True
 # its code and text but not run: its figures are in benchmarks.md.
 EXECUTED_EXAMPLES = ("plot_frozen_whitening", "grid_search_layers",
                      "query_crop_and_persistence")
+# The examples find ../shared/data from their __file__, which sphinx-gallery
+# does not define: give them the folder next to the project.
+os.environ.setdefault("SKRETRIEVAL_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
