@@ -54,7 +54,7 @@ def _reference_cams(images, layer_node, K, max_size=96):
     """CAMs straight from the classifier weights of the same random network."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from skretrieval.extraction._extractor import _resize, _resized_shape
+    from skretrieval.extraction._batches import resize as _resize, resized_shape as _resized_shape
 
     model, mean, std = load_backbone("resnet18", None)
     with warnings.catch_warnings():

@@ -13,13 +13,12 @@ import pytest
 from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_image
 
+from skretrieval.extraction._collections import check_images, list_images
 from skretrieval.extraction._images import (
     Crop,
     ImageLoadError,
-    check_images,
     describe,
     image_key,
-    list_images,
     load_image,
 )
 

@@ -1,6 +1,7 @@
 """Index files: append by content, prune, locks, atomic saves, permissions."""
 
 import errno
+import json
 import os
 import threading
 import time
@@ -188,13 +189,15 @@ def test_second_writer_waits_or_times_out(tmp_path, capsys):
         IndexFile(path).save(pipe)
 
 
-def test_load_index_points_to_the_right_loader(tmp_path):
+def test_load_index_reads_both_formats_and_names_what_it_expected(tmp_path):
     from skretrieval.persistence import save_pipeline
 
-    pipe, _ = vector_pipeline()
-    save_pipeline(pipe, tmp_path / "model.zip")
-    with pytest.raises(ValueError, match="persistence.load_pipeline"):
-        load_index(tmp_path / "model.zip")
+    pipe, X = vector_pipeline()
+    save_pipeline(pipe, tmp_path / "model.zip")  # a pickle-free index file
+    save_index(pipe, tmp_path / "saved.zip")
+    for path in (tmp_path / "model.zip", tmp_path / "saved.zip"):
+        loaded = load_index(path)
+        np.testing.assert_array_equal(loaded.predict(X[:5]), pipe.predict(X[:5]))
     (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="cannot load"):
         load_index(tmp_path / "junk.joblib")
@@ -203,15 +206,21 @@ def test_load_index_points_to_the_right_loader(tmp_path):
         load_index(tmp_path / "dict.joblib")
 
 
-def test_cli_search_on_a_saved_model_names_the_loader(tmp_path, capsys):
-    from skretrieval.persistence import save_pipeline
+def test_cli_index_to_a_zip_is_pickle_free_and_searchable(tmp_path, capsys):
+    import zipfile
 
-    pipe, _ = vector_pipeline()
-    save_pipeline(pipe, tmp_path / "model.zip")
-    write_images(tmp_path, ["q.png"], seed=0)
-    assert main(["search", str(tmp_path / "model.zip"), str(tmp_path / "q.png")]) == 2
-    err = capsys.readouterr().err
-    assert "load_pipeline" in err and "UnpicklingError" not in err
+    names = [f"im{i}.png" for i in range(6)]
+    write_images(tmp_path / "photos", names, seed=0)
+    out = tmp_path / "photos.zip"
+    assert main(["index", str(tmp_path / "photos"), "-o", str(out), *FAST]) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert "manifest.json" in zf.namelist()
+        assert not any(n.endswith((".pkl", ".pickle", ".joblib")) for n in zf.namelist())
+    capsys.readouterr()
+    query = tmp_path / "photos" / "im3.png"
+    assert main(["search", str(out), str(query), "-k", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["results"][0]["name"].endswith("im3.png")
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 
 from skretrieval import ConvFeatureExtractor, MACPooler, PCAWhitener
 from skretrieval.extraction._backbones import load_backbone
-from skretrieval.extraction._extractor import _resize
+from skretrieval.extraction._batches import resize as _resize
 
 
 @pytest.mark.parametrize("layer, depth", [("fc6", 3), ("fc7", 6), ("fc6_prerelu", 2)])

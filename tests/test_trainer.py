@@ -21,6 +21,7 @@ from skretrieval import (
     SPoCPooler,
 )
 from skretrieval.nn import GeM, MAC, RMAC, SPoC
+from skretrieval.nn._training import backward, loss_function, train_mode
 
 # resnet18 cut after its second stage: 128 channels, 0.7 M parameters, fast at 32 px
 TINY = dict(backbone="resnet18", weights=None, layer="layer2", image_size=32)
@@ -241,16 +242,17 @@ def test_multistage_backprop_gives_the_gradient_of_the_whole_batch(data):
     (X, y), _ = data
     trainer = _trainer()
     net = RetrievalNet(**{k: TINY[k] for k in ("backbone", "weights", "layer")}, dim=None)
-    trainer._train_mode(net)
+    train_mode(net, trainer.freeze_batchnorm)
     trainer.device_ = "cpu"
     x = torch.from_numpy(np.stack(X[:16])).permute(0, 3, 1, 2).float() / 255
     labels = torch.as_tensor(y[:16])
-    loss_fn = trainer._loss_fn(None, labels, 1)
+    loss_fn = loss_function(trainer.loss, None, labels, 1, n_bins=trainer.n_bins,
+                            margin=trainer.margin)
     grads = []
     for chunk in (None, 5):
         net.zero_grad()
         trainer.chunk_size = chunk
-        value = trainer._backward(net, x, loss_fn)
+        value = backward(net, x, loss_fn, trainer.chunk_size)
         grads.append([q.grad.clone() for q in net.parameters()])
     assert value > 0
     for g1, g2 in zip(*grads):

@@ -35,7 +35,7 @@ def cmd_index(args):
 def _list_images_checked(folder, skip_bad):
     """The images of FOLDER (the unreadable ones left out with ``--skip-bad``)
     and the number found."""
-    from ..extraction._images import check_images, list_images
+    from ..extraction._collections import check_images, list_images
 
     paths = list_images(folder)  # FileNotFoundError / NotADirectoryError / ValueError
     n_found = len(paths)

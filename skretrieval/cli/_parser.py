@@ -51,7 +51,8 @@ def _add_index_command(sub):
     )
     p.add_argument("folder", metavar="FOLDER", help="folder of images (searched recursively)")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="where to save the fitted pipeline (e.g. retriever.joblib)")
+                   help="where to save the fitted pipeline: NAME.joblib (pickle) or NAME.zip "
+                        "(pickle-free, what 'skretrieval serve' loads by default)")
     _add_descriptor_options(p)
     p.add_argument("--pca", type=positive_int, default=None, metavar="N",
                    help="PCA-whiten the descriptors to N dimensions, learned on the "

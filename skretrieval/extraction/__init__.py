@@ -14,7 +14,8 @@ from ._backbones import WeightsNotFoundError, layer_names, weights_search_dirs
 from ._cache import clear_memory_cache, forward_pass_count
 from ._distributed import DistributedExtractionError
 from ._extractor import ConvFeatureExtractor
-from ._images import Crop, ImageLoadError, check_images, list_images, load_image
+from ._collections import check_images, list_images
+from ._images import Crop, ImageLoadError, load_image
 from ._maps import ClassActivations, FeatureMaps
 
 __all__ = [

@@ -29,6 +29,7 @@ import torch
 __all__ = [
     "WeightsNotFoundError",
     "load_backbone",
+    "model_builder_kwargs",
     "layer_names",
     "resolve_layer",
     "weights_search_dirs",
@@ -62,7 +63,8 @@ def weights_search_dirs():
     return dirs
 
 
-def _model_builder_kwargs(backbone):
+def model_builder_kwargs(backbone):
+    """Keyword arguments of the torchvision builder of ``backbone``."""
     # GoogLeNet / Inception-v3 build auxiliary classifiers and run a slow
     # scipy initialisation unless told otherwise; the ImageNet files have no
     # auxiliary heads.
@@ -165,7 +167,7 @@ def build_model(backbone, weights=None, *, progress=False):
             f"unknown backbone {backbone!r}; choose a torchvision classification "
             f"model: {known}"
         )
-    kwargs = _model_builder_kwargs(backbone)
+    kwargs = model_builder_kwargs(backbone)
     # Random weights are drawn from a fixed seed: the same backbone gives the
     # same network in every process, so features (and feature caches) of
     # randomly initialised models are reproducible.

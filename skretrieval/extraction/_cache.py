@@ -31,6 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..utils._files import give_default_mode
+from ._images import ImageLoadError, image_key
 
 __all__ = ["get_cache", "clear_memory_cache", "forward_pass_count"]
 
@@ -460,3 +461,20 @@ def forward_pass_count():
     e.g. how many times a grid search ran the backbone.
     """
     return FORWARD_PASSES.value
+
+
+def image_cache_keys(items, indices, recipe, nodes, dtype, max_size, scales):
+    """Cache keys of the images ``items[indices]``: per image, ``{node: [one key
+    per scale]}`` for the network ``recipe`` (backbone, weights id) cut at each
+    of ``nodes``; None for an image without a key (e.g. a missing file: it
+    fails to load)."""
+    out = []
+    for i in indices:
+        try:
+            ikey = image_key(items[i], index=i)
+        except (ImageLoadError, TypeError):
+            out.append(None)
+            continue
+        out.append({node: [make_key((*recipe, node, dtype), ikey, max_size, s) for s in scales]
+                    for node in nodes})
+    return out

@@ -50,13 +50,12 @@ import time
 import traceback
 import uuid
 import warnings
-import weakref
-from collections import OrderedDict
 
 import numpy as np
 
 from ._images import Crop, ImageLoadError, describe
 from ._maps import FeatureMaps
+from ._network import network_token, resolve_device, shared
 
 __all__ = ["DistributedExtractionError", "distributed_backend", "transform_distributed"]
 
@@ -69,13 +68,11 @@ CHUNKS_PER_THREAD = 4
 #: Times a chunk that raised is run again on its worker before it is given up.
 RETRIES = 2
 
-_LOCK = threading.Lock()  # worker side: one rebuild of a shared extractor's network
-# Caller side, a token per network object (networks are shared by the
-# extractors of a process with the same backbone, weights and layers); worker
-# side, the networks rebuilt for these tokens, so that later transforms with
-# the same network do not rebuild it.
-_TOKENS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_NETS: "OrderedDict[tuple, object]" = OrderedDict()
+# Worker side: one rebuild of a shared extractor's network at a time.  The
+# networks rebuilt are kept in the process-wide cache of ._network, keyed by
+# the token of the caller's network object (see network_token), so that
+# later transforms with the same network do not rebuild it.
+_LOCK = threading.Lock()
 
 
 class DistributedExtractionError(RuntimeError):
@@ -171,21 +168,16 @@ def _worker_copy(estimator, cache, token=None):
         _tune_malloc()
         if estimator.trunk_ is None:
             if estimator.device == "auto":  # the best device of this worker
-                from ._network import resolve_device
-
                 estimator.device_ = resolve_device("auto")
-            key = (token, estimator.device_)
-            net = _NETS.get(key) if token is not None else None
-            if net is not None:
-                _NETS.move_to_end(key)
-                estimator.trunk_ = net
-                estimator.__dict__.pop("_trunk_state", None)
-            else:
+            if token is None:
                 estimator._ensure_trunk()
-                if token is not None:
-                    _NETS[key] = estimator.trunk_
-                    while len(_NETS) > 4:
-                        _NETS.popitem(last=False)
+            else:
+                def rebuild():
+                    estimator._ensure_trunk()
+                    return estimator.trunk_
+
+                estimator.trunk_ = shared(("shipped", token, estimator.device_), rebuild)
+                estimator.__dict__.pop("_trunk_state", None)
     local = object.__new__(type(estimator))  # not copy.copy: that would pickle the net
     local.__dict__.update(estimator.__dict__)
     local.store, local.verbose, local.cache = "memory", 0, cache
@@ -233,10 +225,10 @@ def _portable(item):
     return item
 
 
-def _chunk_size(estimator, n_images, n_threads):
+def _chunk_size(estimator, scales, n_images, n_threads):
     itemsize = np.dtype(estimator.dtype).itemsize
     per_image = 0
-    for s in estimator._scales():
+    for s in scales:
         side = math.ceil(estimator.max_size * s / estimator.stride_) + 1
         per_image += estimator.n_channels_ * side * side * itemsize
     by_bytes = max(1, CHUNK_BYTES // max(per_image, 1))
@@ -273,12 +265,22 @@ def _unpickle(payload):
     return pickle.loads(payload)
 
 
-def transform_distributed(estimator, items, backend=None):
+def transform_distributed(estimator, items, backend=None, *, scales):
     """Extract the maps of ``items`` on the workers of the dask backend.
 
     Called by :meth:`ConvFeatureExtractor.transform` when
     :func:`distributed_backend` is not None; returns what the in-process
     path returns (the same maps, CAMs included, in the order of ``items``).
+
+    Parameters
+    ----------
+    estimator : ConvFeatureExtractor
+        Fitted; shipped to the workers, whose tasks run its ``transform``.
+    items : list of images
+    backend : joblib's DaskDistributedBackend or None
+        None: :func:`distributed_backend`.
+    scales : tuple of float
+        The extractor's scales (they size the chunks).
 
     The chunks are submitted to the backend's dask client directly rather
     than through ``joblib.Parallel``: joblib's dask backend never completes
@@ -287,154 +289,186 @@ def transform_distributed(estimator, items, backend=None):
     backend's ``submit_kwargs`` (``parallel_config(backend="dask",
     resources=..., workers=...)``) go to every chunk's task.
     """
-    from distributed import wait
+    run = _Run(estimator, items, backend if backend is not None else distributed_backend(),
+               scales)
+    try:
+        for c in range(len(run.bounds)):  # append the chunks in order
+            run.append(c, run.result(c))
+    finally:
+        run.close()
+    return run.output(scales)
 
-    backend = backend if backend is not None else distributed_backend()
-    client = backend.client
-    n_threads = max(1, backend.effective_n_jobs(-1))
-    n = len(items)
-    size = _chunk_size(estimator, n, n_threads)
-    bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
-    portable = [_portable(item) for item in items]
-    cache = estimator.cache
-    if cache is not None and not (isinstance(cache, str) and cache == "memory"):
-        cache = os.path.abspath(os.fspath(cache))
-    submit_kwargs = dict(getattr(backend, "submit_kwargs", None) or {})
-    retries = submit_kwargs.pop("retries", None)
-    retries = RETRIES if retries is None else int(retries)
-    # chunks in flight at most: bounds what the workers hold for the caller
-    window = max(4, 3 * n_threads)
-    verbose = estimator.verbose
-    if verbose:
-        print(f"[ConvFeatureExtractor] dask: {n} images in {len(bounds)} chunks of "
-              f"<= {size} on {n_threads} worker threads", file=sys.stderr, flush=True)
 
-    token = _TOKENS.get(estimator.trunk_)
-    if token is None:
-        token = _TOKENS[estimator.trunk_] = uuid.uuid4().hex
-    # The extractor is the result of a task whose input is its pickle: the
-    # workers fetch it from one another, and when every worker holding it has
-    # died the scheduler computes it again (scattered data would be lost).
-    payload = pickle.dumps(estimator, protocol=5)
+class _Run:
+    """One distributed transform: the chunks, their tasks, the output."""
 
-    def ship():
+    def __init__(self, estimator, items, backend, scales):
+        self.estimator, self.items, self.client = estimator, items, backend.client
+        n_threads = max(1, backend.effective_n_jobs(-1))
+        self.n = n = len(items)
+        size = _chunk_size(estimator, scales, n, n_threads)
+        self.bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
+        self.portable = [_portable(item) for item in items]
+        cache = estimator.cache
+        if cache is not None and not (isinstance(cache, str) and cache == "memory"):
+            cache = os.path.abspath(os.fspath(cache))
+        self.cache = cache
+        self.submit_kwargs = dict(getattr(backend, "submit_kwargs", None) or {})
+        retries = self.submit_kwargs.pop("retries", None)
+        self.retries = RETRIES if retries is None else int(retries)
+        # chunks in flight at most: bounds what the workers hold for the caller
+        self.window = max(4, 3 * n_threads)
+        self.verbose = estimator.verbose
+        if self.verbose:
+            print(f"[ConvFeatureExtractor] dask: {n} images in {len(self.bounds)} chunks of "
+                  f"<= {size} on {n_threads} worker threads", file=sys.stderr, flush=True)
+        self.token = network_token(estimator.trunk_)
+        # The extractor is the result of a task whose input is its pickle: the
+        # workers fetch it from one another, and when every worker holding it has
+        # died the scheduler computes it again (scattered data would be lost).
+        self.payload = pickle.dumps(estimator, protocol=5)
+        self.shipped = self._ship()
+        self.futures = {}  # chunk number -> its task, in flight
+        self.suspects = set()  # chunks whose workers died too often: run again on their own
+        self.reshipped = 0
+        self.following = 0  # next chunk to submit
+        self.out, self.indices, self.failed = None, [], []
+        self.t0 = time.perf_counter()
+
+    def _ship(self):
         with warnings.catch_warnings():  # the payload is in the graph on purpose
             warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-            return client.submit(_unpickle, payload, pure=False, **submit_kwargs,
-                                 key=f"skretrieval_extractor-{uuid.uuid4().hex}")
+            return self.client.submit(_unpickle, self.payload, pure=False, **self.submit_kwargs,
+                                      key=f"skretrieval_extractor-{uuid.uuid4().hex}")
 
-    shipped = {"est": ship()}
-    futures = {}  # chunk number -> its task, in flight
-    suspects = set()  # chunks whose workers died too often: run again on their own
-    reshipped = 0
-    out, indices, failed = None, [], []
-    t0 = time.perf_counter()
+    def _submit(self, c):
+        a, b = self.bounds[c]
+        self.futures[c] = self.client.submit(
+            _Chunk(c, a, b), self.shipped, self.portable[a:b], self.cache, self.retries,
+            self.token, key=f"skretrieval_chunk_{c}-{uuid.uuid4().hex}", pure=False,
+            **self.submit_kwargs)
 
-    def submit(c):
-        a, b = bounds[c]
-        futures[c] = client.submit(
-            _Chunk(c, a, b), shipped["est"], portable[a:b], cache, retries, token,
-            key=f"skretrieval_chunk_{c}-{uuid.uuid4().hex}", pure=False, **submit_kwargs)
-
-    def give_up(c, attempts, errors, trace=None):
-        a, b = bounds[c]
-        failed.append({"chunk": c, "start": a, "stop": b, "attempts": attempts,
-                       "errors": errors, "traceback": trace})
+    def _give_up(self, c, attempts, errors, trace=None):
+        a, b = self.bounds[c]
+        self.failed.append({"chunk": c, "start": a, "stop": b, "attempts": attempts,
+                            "errors": errors, "traceback": trace})
         warnings.warn(f"chunk {c} (images {a}-{b - 1}) failed {attempts} times, given "
-                      f"up: {errors[-1]}", RuntimeWarning, stacklevel=5)
+                      f"up: {errors[-1]}", RuntimeWarning, stacklevel=7)
 
-    try:
-        following = 0  # next chunk to submit
-        for c, (a, b) in enumerate(bounds):  # append the chunks in order
-            while True:
-                if c in suspects:  # alone: once the others in flight are done
-                    wait([f for k, f in futures.items() if k != c])
-                    submit(c)
-                else:
-                    while following < len(bounds) and len(futures) < window:
-                        if following not in futures:
-                            submit(following)
-                        following += 1
-                try:
-                    result = futures[c].result()
-                except Exception as exc:
-                    del futures[c]
-                    if (type(exc).__name__ == "KilledWorker"
-                            and getattr(exc, "task", None) == shipped["est"].key
-                            and reshipped <= RETRIES):
-                        # the workers died while unpickling the extractor (for
-                        # another reason: it is innocent): ship it again
-                        reshipped += 1
-                        shipped["est"].release()
-                        shipped["est"] = ship()
-                        for k, f in list(futures.items()):
-                            if f.status != "finished":  # they needed the lost one
-                                f.cancel()
-                                submit(k)
-                        if c not in suspects:
-                            submit(c)
-                        continue
-                    if type(exc).__name__ == "KilledWorker":
-                        if c in suspects:
-                            give_up(c, 2, [f"KilledWorker: {exc}"])
-                            result = None
-                            break
-                        suspects.add(c)
-                        if verbose:
-                            print(f"[ConvFeatureExtractor] chunk {c + 1}/{len(bounds)} "
-                                  f"(images {a}-{b - 1}): its workers died, running it "
-                                  "again on its own", file=sys.stderr, flush=True)
-                        continue
-                    raise RuntimeError(
-                        f"distributed extraction stopped at chunk {c} (images {a}-{b - 1}) "
-                        f"after {len(indices)} of {n} images: {type(exc).__name__}: {exc}. "
-                        "With cache=<a directory every worker sees>, running it again "
-                        "resumes where it stopped") from exc
-                del futures[c]
-                break
-            if result is None:
-                continue
-            if result[0] == "input":
-                raise _input_error(result, items, portable, a, b, c) from None
-            if result[0] == "failed":
-                give_up(c, retries + 1, result[1], result[2])
-                continue
-            maps, errors = result[1], result[2]
-            del result
-            if errors:
-                warnings.warn(f"chunk {c} (images {a}-{b - 1}) succeeded after "
-                              f"{len(errors)} failed attempt(s): {errors[0]}",
-                              RuntimeWarning, stacklevel=4)
-            if out is None:
-                out = FeatureMaps(scales=maps.scales, layer=maps.layer,
-                                  store=estimator.store, dtype=estimator.dtype)
-            out.extend(maps)
-            indices.extend(range(a, b))
-            del maps
-            if verbose:
-                now = time.perf_counter() - t0
-                done = b
-                rate = len(indices) / max(now, 1e-9)
-                print(f"[ConvFeatureExtractor] chunk {c + 1}/{len(bounds)} "
-                      f"(images {a}-{b - 1}) done: {done}/{n} images, {rate:.1f} img/s, "
-                      f"{(n - done) / max(rate, 1e-9):.0f} s left", file=sys.stderr,
-                      flush=True)
-    finally:
-        if futures:
-            client.cancel(list(futures.values()))
-        shipped["est"].release()
+    def result(self, c):
+        """The result of chunk ``c`` (None when given up), its task resubmitted
+        as long as its failures are not its own."""
+        from distributed import wait
 
-    if out is None:  # every chunk failed
-        out = FeatureMaps(scales=estimator._scales(), layer=estimator.layer_name_,
-                          store=estimator.store, dtype=estimator.dtype)
-    if failed:
-        lost = sum(f["stop"] - f["start"] for f in failed)
-        lines = "; ".join(f"chunk {f['chunk']} (images {f['start']}-{f['stop'] - 1}, "
-                          f"{f['attempts']} attempts): {f['errors'][-1]}" for f in failed)
-        raise DistributedExtractionError(
-            f"{len(failed)} of {len(bounds)} chunks failed ({lost} of {n} images): "
-            f"{lines}. The maps of the other {len(indices)} images are in .maps (their "
-            "positions in .indices); extract the failed images again, or use "
-            "cache=<a directory every worker sees> so that a rerun resumes",
-            failed, out, np.asarray(indices, dtype=np.intp))
-    return out
+        while True:
+            if c in self.suspects:  # alone: once the others in flight are done
+                wait([f for k, f in self.futures.items() if k != c])
+                self._submit(c)
+            else:
+                while self.following < len(self.bounds) and len(self.futures) < self.window:
+                    if self.following not in self.futures:
+                        self._submit(self.following)
+                    self.following += 1
+            try:
+                result = self.futures[c].result()
+            except Exception as exc:
+                del self.futures[c]
+                if self._lost_extractor(exc):
+                    self._reship(c)
+                    continue
+                if type(exc).__name__ != "KilledWorker":
+                    self._stopped(c, exc)
+                if c in self.suspects:
+                    self._give_up(c, 2, [f"KilledWorker: {exc}"])
+                    return None
+                self.suspects.add(c)
+                if self.verbose:
+                    a, b = self.bounds[c]
+                    print(f"[ConvFeatureExtractor] chunk {c + 1}/{len(self.bounds)} "
+                          f"(images {a}-{b - 1}): its workers died, running it "
+                          "again on its own", file=sys.stderr, flush=True)
+                continue
+            del self.futures[c]
+            return result
+
+    def _lost_extractor(self, exc):
+        """Whether the workers died while unpickling the extractor (for another
+        reason: it is innocent), and it may be shipped again."""
+        return (type(exc).__name__ == "KilledWorker"
+                and getattr(exc, "task", None) == self.shipped.key
+                and self.reshipped <= RETRIES)
+
+    def _reship(self, c):
+        self.reshipped += 1
+        self.shipped.release()
+        self.shipped = self._ship()
+        for k, f in list(self.futures.items()):
+            if f.status != "finished":  # they needed the lost one
+                f.cancel()
+                self._submit(k)
+        if c not in self.suspects:
+            self._submit(c)
+
+    def _stopped(self, c, exc):
+        a, b = self.bounds[c]
+        raise RuntimeError(
+            f"distributed extraction stopped at chunk {c} (images {a}-{b - 1}) "
+            f"after {len(self.indices)} of {self.n} images: {type(exc).__name__}: {exc}. "
+            "With cache=<a directory every worker sees>, running it again "
+            "resumes where it stopped") from exc
+
+    def append(self, c, result):
+        """Append the maps of chunk ``c`` to the output (or raise its input error)."""
+        if result is None:
+            return
+        a, b = self.bounds[c]
+        if result[0] == "input":
+            raise _input_error(result, self.items, self.portable, a, b, c) from None
+        if result[0] == "failed":
+            self._give_up(c, self.retries + 1, result[1], result[2])
+            return
+        maps, errors = result[1], result[2]
+        del result
+        if errors:
+            warnings.warn(f"chunk {c} (images {a}-{b - 1}) succeeded after "
+                          f"{len(errors)} failed attempt(s): {errors[0]}",
+                          RuntimeWarning, stacklevel=6)
+        if self.out is None:
+            est = self.estimator
+            self.out = FeatureMaps(scales=maps.scales, layer=maps.layer, store=est.store,
+                                   dtype=est.dtype)
+        self.out.extend(maps)
+        self.indices.extend(range(a, b))
+        del maps
+        if self.verbose:
+            now = time.perf_counter() - self.t0
+            rate = len(self.indices) / max(now, 1e-9)
+            print(f"[ConvFeatureExtractor] chunk {c + 1}/{len(self.bounds)} "
+                  f"(images {a}-{b - 1}) done: {b}/{self.n} images, {rate:.1f} img/s, "
+                  f"{(self.n - b) / max(rate, 1e-9):.0f} s left", file=sys.stderr,
+                  flush=True)
+
+    def close(self):
+        if self.futures:
+            self.client.cancel(list(self.futures.values()))
+        self.shipped.release()
+
+    def output(self, scales):
+        """The maps; :class:`DistributedExtractionError` when chunks were given up."""
+        est = self.estimator
+        out = self.out
+        if out is None:  # every chunk failed
+            out = FeatureMaps(scales=scales, layer=est.layer_name_, store=est.store,
+                              dtype=est.dtype)
+        if self.failed:
+            failed, n = self.failed, self.n
+            lost = sum(f["stop"] - f["start"] for f in failed)
+            lines = "; ".join(f"chunk {f['chunk']} (images {f['start']}-{f['stop'] - 1}, "
+                              f"{f['attempts']} attempts): {f['errors'][-1]}" for f in failed)
+            raise DistributedExtractionError(
+                f"{len(failed)} of {len(self.bounds)} chunks failed ({lost} of {n} images): "
+                f"{lines}. The maps of the other {len(self.indices)} images are in .maps "
+                "(their positions in .indices); extract the failed images again, or use "
+                "cache=<a directory every worker sees> so that a rerun resumes",
+                failed, out, np.asarray(self.indices, dtype=np.intp))
+        return out

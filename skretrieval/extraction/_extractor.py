@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import copy
 import os
-import sys
 import time
 import warnings
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from . import _distributed
-from ._cache import FORWARD_PASSES, RESUME_STORE, get_cache, make_key
-from ._images import (ImageLoadError, item_path, short_description, describe, image_key,
-                      load_image)
-from ._maps import FeatureMaps
-from ._network import resolve_device
+from ._batches import (as_image_list, numbered_error, report_progress, resize, resized_shape,
+                       stop_error, to_batch)
+from ._cache import FORWARD_PASSES, RESUME_STORE, get_cache, image_cache_keys, make_key
+from ._images import ImageLoadError, item_path, describe, image_key, load_image
+from ._maps import FeatureMaps, class_activations
+from ._network import (backbone_network, fallback_device, network_from_state, probed,
+                       resolve_device, smallest_input, state_arrays)
 from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = ["ConvFeatureExtractor"]
@@ -32,78 +31,11 @@ __all__ = ["ConvFeatureExtractor"]
 # Images decoded ahead of the network, per chunk: bounds the RAM held by
 # decoded pixels and by not-yet-stored maps.
 _CHUNK = 64
-_TRUNKS: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
 # NHWC tensors let oneDNN pick its fast convolution kernels on CPU (about
 # 1.5x for MobileNetV2 here, see benchmarks/bench_extraction.py).
 CHANNELS_LAST = True
-_GEOMETRY: dict = {}
 # Images named in full in the warning of on_error="skip" (the rest are counted).
 _SKIP_LISTED = 20
-
-
-
-
-def _as_image_list(X):
-    """Validate the collection ``X`` and return it as a list of images."""
-    if isinstance(X, (str, os.PathLike, Image.Image)):
-        raise TypeError(
-            "X must be a collection of images (a list of paths, PIL images or "
-            f"arrays), got a single {type(X).__name__}; wrap it in a list"
-        )
-    if isinstance(X, np.ndarray):
-        if X.dtype != object and X.ndim != 4:
-            raise ValueError(
-                "an array X must hold a batch of images, shape (n, H, W, 3); got "
-                f"shape {X.shape}. Pass a list of images instead"
-            )
-        items = list(X)
-    elif isinstance(X, FeatureMaps):
-        raise TypeError("X is already FeatureMaps: it goes to a pooler, not to the extractor")
-    else:
-        try:
-            items = list(X)
-        except TypeError:
-            raise TypeError(
-                f"X must be a list of images (paths, PIL images or arrays), got "
-                f"{type(X).__name__}"
-            ) from None
-    if not items:
-        raise ValueError("X is empty: no image to extract features from")
-    return items
-
-
-def _resized_shape(h, w, longest):
-    s = longest / max(h, w)
-    return max(1, int(round(h * s))), max(1, int(round(w * s)))
-
-
-def _resize(arr, shape):
-    if arr.shape[:2] == shape:
-        return arr
-    img = Image.fromarray(arr).resize((shape[1], shape[0]), Image.BILINEAR)
-    return np.asarray(img)
-
-
-def _smallest_input(forward, start, device):
-    """Smallest square input side (>= ``start``) that ``forward`` accepts."""
-    size = max(1, int(start))
-
-    def ok(side):
-        try:
-            forward(torch.zeros(1, 3, side, side, device=device))
-            return True
-        except RuntimeError:
-            return False
-
-    if ok(size):
-        return size
-    lo = size
-    while size < 4096 and not ok(size):
-        lo, size = size, size * 2
-    for s in range(lo + 1, size):  # refine between the last failure and success
-        if ok(s):
-            return s
-    return size
 
 
 class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -316,7 +248,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec(
         {
             "device_": Attr("str"),
@@ -423,7 +355,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self : ConvFeatureExtractor
         """
         if X is not None:
-            _as_image_list(X)
+            as_image_list(X)
         self._scales()
         self.skipped_ = []
         self.device_ = resolve_device(self.device)
@@ -441,16 +373,10 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                 raise ValueError(f"cams={self.cams} but {self.backbone} has "
                                  f"{self.n_classes_} classes")
         key, self.trunk_ = self._shared_trunk(model, node)
-        # the geometry depends only on the trunk: probe once per trunk, not
-        # at every refit of a grid search
-        geometry = _GEOMETRY.get(key)
-        if geometry is None:
-            self._probe()
-            _GEOMETRY[key] = (self.n_channels_, self.stride_, self.min_input_size_,
-                              self.fully_connected_)
-        else:
-            (self.n_channels_, self.stride_, self.min_input_size_,
-             self.fully_connected_) = geometry
+        # the geometry depends only on the trunk: probed once per trunk, not at
+        # every refit of a grid search
+        (self.n_channels_, self.stride_, self.min_input_size_,
+         self.fully_connected_) = probed(key, self._probe)
         self._fit_cache_layers(model)
         return self
 
@@ -474,12 +400,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             return
         key, trunk = self._shared_trunk(model, (self.layer_node_,) + tuple(sorted(extra)))
         self._multi_trunk = trunk
-        size = _GEOMETRY.get(key)
-        if size is None:
-            with torch.inference_mode():
-                size = _GEOMETRY[key] = _smallest_input(
-                    lambda x: trunk(x), self.min_input_size_, self.device_)
-        self._multi_min_size = size
+        self._multi_min_size = probed(
+            key, lambda: smallest_input(trunk, self.min_input_size_, self.device_))
 
     def _cam_extra(self):
         """``(cam_node,)`` when the CAMs need maps of another node than the layer's."""
@@ -488,38 +410,11 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _shared_trunk(self, model, node):
         """The truncated network for ``node`` (a node or a tuple of nodes) on
-        this device, shared by the extractors of this process (LRU of 8)."""
-        cam = () if isinstance(node, tuple) else self._cam_extra()
+        this device, shared by the process (see :func:`._network.shared`)."""
+        cam = None if isinstance(node, tuple) else (self._cam_extra() or (None,))[0]
         key = (self.backbone, self._weights_id, node, cam, self.device_, CHANNELS_LAST)
-        trunk = _TRUNKS.get(key)
-        if trunk is None:
-            trunk = self._build_trunk(model, node, *cam).to(self.device_)
-            if CHANNELS_LAST:
-                trunk = trunk.to(memory_format=torch.channels_last)
-            _TRUNKS[key] = trunk
-            while len(_TRUNKS) > 8:
-                _TRUNKS.popitem(last=False)
-        else:
-            _TRUNKS.move_to_end(key)
-        return key, trunk
-
-    @staticmethod
-    def _build_trunk(model, node, cam_node=None):
-        """The network cut at ``node`` (output "out", and "cam" for ``cam_node``),
-        or returning every node of a tuple (outputs named by their nodes)."""
-        from torchvision.models.feature_extraction import create_feature_extractor
-
-        return_nodes = {n: n for n in node} if isinstance(node, tuple) else {node: "out"}
-        if cam_node is not None:
-            return_nodes[cam_node] = "cam"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            trunk = create_feature_extractor(model, return_nodes=return_nodes)
-        # The graph module shares its submodules with ``model`` (which the
-        # backbone cache hands to other extractors): own copy, so that moving
-        # it to a device or to channels-last leaves the shared model alone.
-        trunk = copy.deepcopy(trunk).eval()
-        return trunk
+        return key, backbone_network(*key[:3], cam_node=cam, device=self.device_,
+                                     channels_last=CHANNELS_LAST, model=model)
 
     def _forward(self, batch):
         return self._as_map(self.trunk_(batch)["out"])
@@ -537,46 +432,23 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         return out
 
     def _probe(self):
-        """Find the channel count, stride and smallest accepted input."""
-        with torch.inference_mode():
-            x = torch.zeros(1, 3, 224, 224, device=self.device_)
-            self.fully_connected_ = self.trunk_(x)["out"].ndim == 2
-            out = self._forward(x)
-            self.n_channels_ = int(out.shape[1])
-            self.stride_ = 224 / out.shape[-1]
-            self.min_input_size_ = _smallest_input(self._forward, 1, self.device_)
+        """The channel count, stride, smallest accepted input and whether the
+        layer is fully connected."""
+        x = torch.zeros(1, 3, 224, 224, device=self.device_)
+        fully_connected = self.trunk_(x)["out"].ndim == 2
+        out = self._forward(x)
+        return (int(out.shape[1]), 224 / out.shape[-1],
+                smallest_input(self._forward, 1, self.device_), fully_connected)
 
     def _ensure_trunk(self):
         """Rebuild the network after unpickling (from the stored state dict)."""
         if self.trunk_ is not None:
             return
-        from torchvision.models import get_model
-
-        from ._backbones import _model_builder_kwargs
-
-        device = self.device_
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            warnings.warn(
-                f"this extractor was fitted on {device!r}, which is not available "
-                "here; running on CPU",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            device = self.device_ = "cpu"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            model = get_model(self.backbone, weights=None,
-                              **_model_builder_kwargs(self.backbone))
-        model.eval()
-        trunk = self._build_trunk(model, self.layer_node_, *self._cam_extra())
-        state = {k: torch.from_numpy(np.array(v)) for k, v in self._trunk_state.items()}
-        trunk.load_state_dict(state)
-        for p in trunk.parameters():
-            p.requires_grad_(False)
-        if CHANNELS_LAST:
-            trunk = trunk.to(memory_format=torch.channels_last)
-        self.trunk_ = trunk.to(device)
+        self.device_ = fallback_device(self.device_, "extractor", stacklevel=3)
+        cam = (self._cam_extra() or (None,))[0]
+        self.trunk_ = network_from_state(self.backbone, self.layer_node_, self._trunk_state,
+                                         cam_node=cam, device=self.device_,
+                                         channels_last=CHANNELS_LAST)
         del self._trunk_state
 
     def __getstate__(self):
@@ -586,9 +458,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         trunk = state.get("trunk_")
         if trunk is not None:
             state["trunk_"] = None
-            state["_trunk_state"] = {
-                k: v.detach().cpu().numpy() for k, v in trunk.state_dict().items()
-            }
+            state["_trunk_state"] = state_arrays(trunk)
         return state
 
     def _persistent_state(self):
@@ -605,17 +475,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         """
         if device is not None:
             self.device_ = device
-        elif self.device_.startswith("mps") and not (
-            getattr(torch.backends, "mps", None) is not None
-            and torch.backends.mps.is_available()
-        ):
-            warnings.warn(
-                f"this extractor was fitted on {self.device_!r}, which is not available "
-                "here; running on CPU",
-                RuntimeWarning,
-                stacklevel=5,
-            )
-            self.device_ = "cpu"
+        elif self.device_.startswith("mps"):  # a CUDA one falls back on first use
+            self.device_ = fallback_device(self.device_, "extractor", stacklevel=5)
 
     # ------------------------------------------------------------------
     def _prepare(self, index, item, scales):
@@ -625,7 +486,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         out = []
         square = getattr(self, "fully_connected_", False)
         for s in scales:
-            shape = _resized_shape(h, w, self.max_size * s)
+            shape = resized_shape(h, w, self.max_size * s)
             if square:  # fully-connected codes: the whole image, aspect ignored
                 shape = (max(1, round(self.max_size * s)),) * 2
             if min(shape) < self.min_input_size_:
@@ -636,7 +497,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                     "each side. Raise max_size or drop this image")
                 raise ImageLoadError(f"{describe(item, index)} is {reason}", index=index,
                                      reason=reason, path=item_path(item))
-            out.append(_resize(arr, shape))
+            out.append(resize(arr, shape))
         return out
 
     def _resume_key(self, item, scales):
@@ -657,19 +518,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         nodes = (self.layer_node_,) + self._cam_extra()
         if getattr(self, "_multi_trunk", None) is not None:
             nodes += tuple(n for n in self.cache_nodes_ if n not in nodes)
-        out = []
-        for i in indices:
-            try:
-                ikey = image_key(items[i], index=i)
-            except (ImageLoadError, TypeError):
-                out.append(None)
-                continue
-            out.append({
-                node: [make_key((self.backbone, self._weights_id, node, self.dtype), ikey,
-                                self.max_size, s) for s in scales]
-                for node in nodes
-            })
-        return out
+        return image_cache_keys(items, indices, (self.backbone, self._weights_id), nodes,
+                                self.dtype, self.max_size, scales)
 
     def transform(self, X):
         """Extract feature maps.
@@ -694,32 +544,39 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             for the next call (see ``on_error``).
         """
         check_is_fitted(self, "trunk_")
-        items = _as_image_list(X)
+        items = as_image_list(X)
         self._ensure_trunk()
         on_error = getattr(self, "on_error", "raise")  # extractors pickled before it
         backend = _distributed.distributed_backend()
         if backend is not None:  # joblib's dask backend: chunks run on its workers
-            if on_error != "raise":
-                raise ValueError(
-                    "on_error='skip' is not supported with the dask backend (the "
-                    "workers' outputs could not be placed in X): screen the images "
-                    "first with skretrieval.check_images(X) and keep on_error='raise', "
-                    "or extract outside the dask backend")
-            maps = _distributed.transform_distributed(self, items, backend)
-            self.skipped_ = []
-            return maps
-        out, placed, skipped = self._extract(items, on_error)
-        if skipped:
-            lines = [msg for _, msg in skipped[:_SKIP_LISTED]]
-            if len(skipped) > _SKIP_LISTED:
-                lines.append(f"... and {len(skipped) - _SKIP_LISTED} more")
-            warnings.warn(
-                f"on_error='skip': left out {len(skipped)} of {len(items)} images that "
-                "cannot be used (the output has a row per image kept; skipped_ lists "
-                "the positions left out: drop them from the labels too):\n  "
-                + "\n  ".join(lines), UserWarning, stacklevel=3)
-        self.skipped_ = skipped
-        return out
+            maps = self._transform_distributed(items, backend, on_error)
+        else:
+            maps, _, skipped = self._extract(items, on_error)
+            if skipped:
+                self._warn_skipped(skipped, len(items))
+        self.skipped_ = [] if backend is not None else skipped
+        return maps
+
+    def _transform_distributed(self, items, backend, on_error):
+        """The maps of ``items`` extracted by the workers of the dask ``backend``."""
+        if on_error != "raise":
+            raise ValueError(
+                "on_error='skip' is not supported with the dask backend (the "
+                "workers' outputs could not be placed in X): screen the images "
+                "first with skretrieval.check_images(X) and keep on_error='raise', "
+                "or extract outside the dask backend")
+        return _distributed.transform_distributed(self, items, backend, scales=self._scales())
+
+    @staticmethod
+    def _warn_skipped(skipped, n):
+        lines = [msg for _, msg in skipped[:_SKIP_LISTED]]
+        if len(skipped) > _SKIP_LISTED:
+            lines.append(f"... and {len(skipped) - _SKIP_LISTED} more")
+        warnings.warn(
+            f"on_error='skip': left out {len(skipped)} of {n} images that "
+            "cannot be used (the output has a row per image kept; skipped_ lists "
+            "the positions left out: drop them from the labels too):\n  "
+            + "\n  ".join(lines), UserWarning, stacklevel=4)
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit, then extract the feature maps of ``X`` (see :meth:`transform`).
@@ -740,7 +597,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         maps : FeatureMaps
             As :meth:`transform` returns them.
         """
-        items = _as_image_list(X)
+        items = as_image_list(X)
         self.fit(items, y, **fit_params)
         out = self.transform(items)
         if y is not None and self.skipped_:
@@ -759,13 +616,6 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                 "and fit again: the maps extracted now are reused")
         return out
 
-    def _numbered(self, exc, i, items):
-        """``exc`` of image ``i`` as an ImageLoadError numbered in the whole ``X``."""
-        reason = getattr(exc, "reason", None) or str(exc)
-        return ImageLoadError(
-            f"image {i} of {len(items)} ({short_description(items[i])}): {reason}",
-            index=i, reason=reason, path=getattr(exc, "path", None) or item_path(items[i]))
-
     def _stash(self, out, placed, items, scales):
         """Keep ``out`` (the maps of ``items[placed]``) for the next transform."""
         index = {}
@@ -777,147 +627,142 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _extract(self, items, on_error):
         """The maps of ``items`` in process: ``(maps, position in items of each
-        image of maps, [(position, message) of the images skipped])``."""
+        image of maps, [(position, message) of the images skipped])``.
+
+        The images go in chunks of :data:`_CHUNK`: the next chunk is looked
+        up (resume store, cache) and decoded in threads while the network
+        runs on the current one (:meth:`_run_chunk`)."""
         scales = self._scales()
         cache = get_cache(self.cache)
         out = FeatureMaps(scales=scales, layer=self.layer_name_, store=self.store,
                           dtype=self.dtype)
         placed, skipped = [], []
-        stash, stash_index = RESUME_STORE.get()
+        stash = RESUME_STORE.get()
         reused = [0]
-        needed = (self.layer_node_,) + self._cam_extra()
         # On CPU the network already uses every core: one decoding thread
         # overlaps I/O without oversubscribing (benchmarks/bench_extraction.py).
         n_threads = self.n_jobs or (1 if self.device_ == "cpu" else min(4, os.cpu_count() or 1))
-        batch_size = self.batch_size or (1 if self.device_ == "cpu" else 8)
-        mean = torch.tensor(self.mean_, device=self.device_).view(1, 3, 1, 1)
-        std = torch.tensor(self.std_, device=self.device_).view(1, 3, 1, 1)
-        t0, last_report = time.perf_counter(), 0.0
         n = len(items)
         chunks = [range(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
+        progress = [time.perf_counter(), 0.0]  # start, last report
         try:
             with ThreadPoolExecutor(max_workers=n_threads) as pool:
 
-                def submit(chunk):
-                    keys = self._keys(items, chunk, scales)
-                    futures = []
-                    for j, i in enumerate(chunk):
-                        if stash_index:  # maps left by a transform that failed
-                            pos = stash_index.get(self._resume_key(items[i], scales))
-                            if pos is not None:
-                                futures.append(("stash", pos, None))
-                                continue
-                        keys_j = None if keys is None else keys[j]
-                        if keys_j is not None:
-                            hits = [{node: cache.get(keys_j[node][s]) for node in needed}
-                                    for s in range(len(scales))]
-                            if all(h is not None for hit in hits for h in hit.values()):
-                                futures.append(("cache", hits, keys_j))
-                                continue
-                        futures.append(("run", pool.submit(self._prepare, i, items[i], scales),
-                                        keys_j))
-                    return futures
+                def lookup(chunk):
+                    return self._lookup_chunk(pool, items, chunk, scales, cache, stash[1])
 
-                pending = submit(chunks[0]) if chunks else []
+                pending = lookup(chunks[0]) if chunks else []
                 for c, chunk in enumerate(chunks):
                     current = pending
                     if c + 1 < len(chunks):  # decode the next chunk while this one runs
-                        pending = submit(chunks[c + 1])
-                    results, ready, failed = {}, {}, {}
-                    groups = defaultdict(list)
-                    for j, (kind, what, keys) in enumerate(current):
-                        if kind == "stash":
-                            ready[j] = (stash[what], stash.class_activations(what)
-                                        if stash.has_cams else None)
-                            reused[0] += 1
-                            continue
-                        if kind == "cache":
-                            results.update({(j, s): what[s] for s in range(len(scales))})
-                            continue
-                        try:
-                            arrays = what.result()
-                        except ImageLoadError as exc:  # this image only: see on_error
-                            failed[j] = self._numbered(exc, chunk[j], items)
-                            continue
-                        for s, arr in enumerate(arrays):
-                            groups[arr.shape].append((j, s, arr, keys))
-                    with torch.inference_mode():
-                        for shape in sorted(groups):
-                            members = groups[shape]
-                            for b in range(0, len(members), batch_size):
-                                batch = members[b:b + batch_size]
-                                outputs = self._run_batch(
-                                    [m[2] for m in batch], mean, std,
-                                    [chunk[m[0]] for m in batch], items,
-                                    multi=cache is not None)
-                                for (j, s, _, keys_j), maps in zip(batch, outputs):
-                                    results[(j, s)] = {node: maps[node] for node in needed}
-                                    if cache is not None and keys_j is not None:
-                                        for node, fmap in maps.items():
-                                            if self.dtype == "float16":  # in the key too
-                                                fmap = fmap.astype(np.float16)
-                                            cache.put(keys_j[node][s], fmap)
-                    for j in range(len(chunk)):
-                        if j in failed:
-                            continue
-                        if j in ready:
-                            entry, cams = ready.pop(j)
-                        else:
-                            got = [results.pop((j, s)) for s in range(len(scales))]
-                            entry = tuple(g[self.layer_node_] for g in got)
-                            cams = None
-                            if self.cams is not None:
-                                node = self.cam_node_
-                                cams = self._class_activations(entry, [g[node] for g in got])
-                        out.append(entry, cams)
-                        placed.append(chunk[j])
+                        pending = lookup(chunks[c + 1])
+                    failed = self._run_chunk(current, chunk, items, scales, cache, stash[0],
+                                             reused, out, placed)
                     if failed:
                         errors = [failed[j] for j in sorted(failed)]
                         if on_error == "raise":
-                            raise self._stop_error(errors, len(placed), cache is not None)
+                            raise stop_error(errors, len(placed), cache is not None)
                         skipped.extend((e.index, str(e)) for e in errors)
                     if self.verbose:
-                        now = time.perf_counter() - t0
-                        done = chunk.stop
-                        if now - last_report > 5 or done == n:
-                            last_report = now
-                            rate = done / max(now, 1e-9)
-                            eta = (n - done) / max(rate, 1e-9)
-                            print(f"[ConvFeatureExtractor] {done}/{n} images, "
-                                  f"{rate:.1f} img/s, {eta:.0f} s left", file=sys.stderr,
-                                  flush=True)
+                        report_progress("ConvFeatureExtractor", chunk.stop, n, progress)
         except Exception:
             if cache is None and placed:  # keep the work done for the next call
                 self._stash(out, placed, items, scales)
             raise
         if reused[0]:
-            RESUME_STORE.release(stash)
+            RESUME_STORE.release(stash[0])
         return out, placed, skipped
 
-    @staticmethod
-    def _stop_error(errors, n_done, cached):
-        """The error that stops a transform at the first image of ``errors``."""
-        first = errors[0]
-        message = (f"{first}. Fix or remove this image (skretrieval.check_images(X) "
-                   "lists every image that cannot be used; on_error='skip' leaves them "
-                   "out)")
-        if len(errors) > 1:
-            message += ("; images " + ", ".join(str(e.index) for e in errors[1:])
-                        + " cannot be used either")
-        if n_done:
-            where = "in the cache" if cached else "in this process"
-            message += (f". The maps of the {n_done} images extracted are kept {where}: "
-                        "the next transform takes them from there")
-        return ImageLoadError(message, index=first.index, reason=first.reason,
-                              path=first.path)
+    def _lookup_chunk(self, pool, items, chunk, scales, cache, stash_index):
+        """Per image of ``chunk``: ``("stash", position, None)`` for maps left by a
+        transform that failed, ``("cache", maps per scale, keys)`` for maps in
+        the cache, else ``("run", future of the resized arrays, keys)``."""
+        keys = self._keys(items, chunk, scales)
+        needed = (self.layer_node_,) + self._cam_extra()
+        jobs = []
+        for j, i in enumerate(chunk):
+            if stash_index:  # maps left by a transform that failed
+                pos = stash_index.get(self._resume_key(items[i], scales))
+                if pos is not None:
+                    jobs.append(("stash", pos, None))
+                    continue
+            keys_j = None if keys is None else keys[j]
+            if keys_j is not None:
+                hits = [{node: cache.get(keys_j[node][s]) for node in needed}
+                        for s in range(len(scales))]
+                if all(h is not None for hit in hits for h in hit.values()):
+                    jobs.append(("cache", hits, keys_j))
+                    continue
+            jobs.append(("run", pool.submit(self._prepare, i, items[i], scales), keys_j))
+        return jobs
+
+    def _run_chunk(self, jobs, chunk, items, scales, cache, stash, reused, out, placed):
+        """Run the network on the images of ``chunk`` that need it, append the
+        maps of the chunk to ``out`` (their positions to ``placed``); returns
+        ``{j: ImageLoadError}`` for the images that cannot be used."""
+        results, ready, failed = {}, {}, {}
+        groups = defaultdict(list)
+        for j, (kind, what, keys) in enumerate(jobs):
+            if kind == "stash":
+                ready[j] = (stash[what], stash.class_activations(what)
+                            if stash.has_cams else None)
+                reused[0] += 1
+                continue
+            if kind == "cache":
+                results.update({(j, s): what[s] for s in range(len(scales))})
+                continue
+            try:
+                arrays = what.result()
+            except ImageLoadError as exc:  # this image only: see on_error
+                failed[j] = numbered_error(exc, chunk[j], items)
+                continue
+            for s, arr in enumerate(arrays):
+                groups[arr.shape].append((j, s, arr, keys))
+        with torch.inference_mode():
+            self._run_groups(groups, chunk, items, cache, results)
+        for j in range(len(chunk)):
+            if j in failed:
+                continue
+            if j in ready:
+                entry, cams = ready.pop(j)
+            else:
+                got = [results.pop((j, s)) for s in range(len(scales))]
+                entry = tuple(g[self.layer_node_] for g in got)
+                cams = None
+                if self.cams is not None:
+                    node = self.cam_node_
+                    cams = class_activations(self._cam_weight, self._cam_bias, self.cams,
+                                             entry, [g[node] for g in got])
+            out.append(entry, cams)
+            placed.append(chunk[j])
+        return failed
+
+    def _run_groups(self, groups, chunk, items, cache, results):
+        """Run the network on the resized arrays of ``groups`` (by shape), in
+        batches; maps into ``results[(j, scale)]`` and into ``cache``."""
+        needed = (self.layer_node_,) + self._cam_extra()
+        batch_size = self.batch_size or (1 if self.device_ == "cpu" else 8)
+        mean = torch.tensor(self.mean_, device=self.device_).view(1, 3, 1, 1)
+        std = torch.tensor(self.std_, device=self.device_).view(1, 3, 1, 1)
+        for shape in sorted(groups):
+            members = groups[shape]
+            for b in range(0, len(members), batch_size):
+                batch = members[b:b + batch_size]
+                outputs = self._run_batch([m[2] for m in batch], mean, std,
+                                          [chunk[m[0]] for m in batch], items,
+                                          multi=cache is not None)
+                for (j, s, _, keys_j), maps in zip(batch, outputs):
+                    results[(j, s)] = {node: maps[node] for node in needed}
+                    if cache is not None and keys_j is not None:
+                        for node, fmap in maps.items():
+                            if self.dtype == "float16":  # in the key too
+                                fmap = fmap.astype(np.float16)
+                            cache.put(keys_j[node][s], fmap)
 
     def _run_batch(self, arrays, mean, std, indices, items, multi=False):
         """Run a batch; per image, ``{node: map}`` (the cache layers too when
         ``multi`` and the multi-layer network accepts the input size)."""
-        x = torch.from_numpy(np.stack(arrays)).to(self.device_)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
-        if CHANNELS_LAST:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_batch(arrays, self.device_, mean, std, channels_last=CHANNELS_LAST)
         trunk = getattr(self, "_multi_trunk", None) if multi else None
         if trunk is not None and min(arrays[0].shape[:2]) < self._multi_min_size:
             trunk = None  # too small for the deepest cache layer: this layer only
@@ -938,30 +783,6 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         outputs = {node: y.float().cpu().numpy() for node, y in outputs.items()}
         return [{node: np.ascontiguousarray(y[b]) for node, y in outputs.items()}
                 for b in range(len(arrays))]
-
-    def _class_activations(self, entry, cam_maps):
-        """Top-``cams`` classes, their probabilities and CAMs on the layer grid."""
-        W, b = self._cam_weight, self._cam_bias
-        probs = np.zeros(W.shape[0])
-        for F in cam_maps:
-            logits = W @ np.asarray(F, np.float32).mean(axis=(1, 2)) + b
-            e = np.exp(logits - logits.max())
-            probs += e / e.sum()
-        probs /= len(cam_maps)
-        top = np.argsort(-probs, kind="stable")[: self.cams]
-        cams = []
-        for fmap, F in zip(entry, cam_maps):
-            C, h, w = F.shape
-            cam = (W[top] @ np.asarray(F, np.float32).reshape(C, -1)).reshape(-1, h, w)
-            if (h, w) != fmap.shape[1:]:
-                cam = torch.nn.functional.interpolate(
-                    torch.from_numpy(cam)[None], size=fmap.shape[1:], mode="bilinear",
-                    align_corners=False)[0].numpy()
-            lo = cam.min(axis=(1, 2), keepdims=True)
-            span = cam.max(axis=(1, 2), keepdims=True) - lo
-            cam = np.where(span > 0, (cam - lo) / np.where(span > 0, span, 1), 1.0)
-            cams.append(cam.astype(np.float32))
-        return top, probs[top].astype(np.float32), tuple(cams)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ClassActivations", "FeatureMaps", "iter_maps", "check_maps"]
+__all__ = ["ClassActivations", "FeatureMaps", "class_activations", "iter_maps", "check_maps"]
 
 
 class ClassActivations(NamedTuple):
@@ -382,3 +382,50 @@ def check_maps(X):
     if n == 0:
         raise ValueError("no feature maps: X is empty")
     return n
+
+
+def class_activations(weight, bias, top_k, entry, cam_maps):
+    """Top classes, their probabilities and CAMs of one image, on the grid of its maps.
+
+    Parameters
+    ----------
+    weight : ndarray of shape (n_classes, C)
+    bias : ndarray of shape (n_classes,)
+        The linear classifier on the globally averaged ``cam_maps``.
+    top_k : int
+        Classes kept (ranked by the softmax averaged over the scales).
+    entry : tuple of ndarray
+        The image's maps, one per scale (their grids are the CAMs' grids).
+    cam_maps : sequence of ndarray of shape (C, h, w)
+        The maps the classifier reads, one per scale.
+
+    Returns
+    -------
+    classes : ndarray of int
+    probabilities : ndarray of float32
+    cams : tuple of ndarray
+        Per scale, ``(top_k, H, W)`` maps min-max normalised to [0, 1].
+    """
+    import torch
+
+    W, b = weight, bias
+    probs = np.zeros(W.shape[0])
+    for F in cam_maps:
+        logits = W @ np.asarray(F, np.float32).mean(axis=(1, 2)) + b
+        e = np.exp(logits - logits.max())
+        probs += e / e.sum()
+    probs /= len(cam_maps)
+    top = np.argsort(-probs, kind="stable")[:top_k]
+    cams = []
+    for fmap, F in zip(entry, cam_maps):
+        C, h, w = F.shape
+        cam = (W[top] @ np.asarray(F, np.float32).reshape(C, -1)).reshape(-1, h, w)
+        if (h, w) != fmap.shape[1:]:
+            cam = torch.nn.functional.interpolate(
+                torch.from_numpy(cam)[None], size=fmap.shape[1:], mode="bilinear",
+                align_corners=False)[0].numpy()
+        lo = cam.min(axis=(1, 2), keepdims=True)
+        span = cam.max(axis=(1, 2), keepdims=True) - lo
+        cam = np.where(span > 0, (cam - lo) / np.where(span > 0, span, 1), 1.0)
+        cams.append(cam.astype(np.float32))
+    return top, probs[top].astype(np.float32), tuple(cams)

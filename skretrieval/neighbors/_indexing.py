@@ -4,8 +4,11 @@
 by content: an image whose id is already in the database is skipped when its
 content is the one indexed, and re-extracted (its entry replaced) when it
 changed.  :func:`save_index`, :func:`load_index` and :func:`edit_index` are
-the index files of ``skretrieval index``: joblib files written atomically,
-whose read-modify-write cycles hold an exclusive lock.
+the index files of ``skretrieval index``, written atomically, whose
+read-modify-write cycles hold an exclusive lock.  An index file is a joblib
+file (a pickle), or, when its name ends with ``.zip`` (or it is a model
+folder), the pickle-free format of :mod:`skretrieval.persistence`, which
+``skretrieval serve`` loads without ``--allow-pickle``.
 """
 
 from __future__ import annotations
@@ -283,12 +286,14 @@ def _check_index(obj, path):
 
 
 def load_index(path):
-    """Load an index file (a joblib file of a fitted retrieval pipeline).
+    """Load an index file: a fitted retrieval pipeline.
 
     Parameters
     ----------
     path : str or path-like
-        A file written by ``skretrieval index`` or :func:`save_index`.
+        A file written by ``skretrieval index`` or :func:`save_index`: a
+        joblib file, or a pickle-free model (a ``.zip`` file or a folder
+        written by :func:`skretrieval.persistence.save_pipeline`).
 
     Returns
     -------
@@ -300,25 +305,24 @@ def load_index(path):
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If it is not a joblib file of a fitted retrieval pipeline, e.g. a
-        model saved by :func:`skretrieval.persistence.save_pipeline` (the
-        message names the loader to use).
+        If it is neither a joblib file nor a pickle-free model of a fitted
+        retrieval pipeline.
 
     Notes
     -----
     A joblib file is a pickle: loading one runs code chosen by whoever wrote
-    it.  Only load index files you or someone you trust wrote; exchange
-    models with :mod:`skretrieval.persistence`.
+    it.  Only load joblib index files you or someone you trust wrote; a
+    ``.zip`` index is read without pickle (:mod:`skretrieval.persistence`).
     """
     import joblib
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"index file not found: {path!r}")
-    if os.path.isdir(path) or _is_model_zip(path):
-        raise ValueError(
-            f"{path!r} is a model saved by skretrieval.persistence.save_pipeline, not "
-            "a joblib index file; load it with skretrieval.persistence.load_pipeline")
+    if is_model_file(path):
+        from ..persistence import load_pipeline
+
+        return _check_index(load_pipeline(path), path)
     try:
         obj = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure
@@ -328,7 +332,8 @@ def load_index(path):
     return _check_index(obj, path)
 
 
-def _is_model_zip(path):
+def is_model_file(path):
+    """Whether ``path`` is a pickle-free model (a folder or zip with a manifest)."""
     import zipfile
 
     if os.path.isdir(path):
@@ -351,8 +356,13 @@ def _dump(pipeline, path):
         saved = {k: params[k] for k in ("verbose", "cache") if k in params}
         extractor.set_params(**{k: (0 if k == "verbose" else None) for k in saved})
     try:
-        with atomic_write(path) as fh:
-            joblib.dump(pipeline, fh)
+        if os.fspath(path).endswith(".zip"):  # the pickle-free format, written atomically
+            from ..persistence import save_pipeline
+
+            save_pipeline(pipeline, path, overwrite=True)
+        else:
+            with atomic_write(path) as fh:
+                joblib.dump(pipeline, fh)
     finally:
         if saved:
             extractor.set_params(**saved)
@@ -422,7 +432,9 @@ class IndexFile:
 def save_index(pipeline, path, *, timeout=None):
     """Save a fitted retrieval pipeline to an index file, atomically, locked.
 
-    Writes a joblib file through a temporary file renamed over ``path``: an
+    Writes a joblib file, or the pickle-free format of
+    :mod:`skretrieval.persistence` when ``path`` ends with ``.zip``, through
+    a temporary file renamed over ``path``: an
     interruption or a failed write (a full disk) leaves the previous file
     intact.  Holds ``path``'s lock (``<path>.lock``) while writing, and
     removes the temporary files that killed writers of ``path`` left.  The

@@ -253,7 +253,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         "store": [None, str, os.PathLike],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec(
         {
             "n_features_in_": Attr("int", values=(1, None)),

@@ -21,9 +21,6 @@ network that :class:`skretrieval.RetrievalNetTrainer` trains:
 from __future__ import annotations
 
 import copy
-import threading
-import warnings
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -31,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..extraction._backbones import describe_weights, load_backbone, resolve_layer
+from ..extraction._network import cut_network, shared
 from ..pooling._functional import cached_region_grid, center_prior, gem, mac, rmac, spoc
 
 __all__ = ["GeM", "MAC", "POOLINGS", "RMAC", "RetrievalNet", "SPoC", "make_pooling"]
@@ -147,49 +145,28 @@ def make_pooling(name, *, p=3.0, learn_p=True):
     raise ValueError(f"pooling must be one of {POOLINGS}, got {name!r}")
 
 
-def _cut(model, node):
-    """``model`` cut at graph node ``node``: a module returning ``{"out": map}``."""
-    from torchvision.models.feature_extraction import create_feature_extractor
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        trunk = create_feature_extractor(model, return_nodes={node: "out"})
-    # the graph module shares its submodules with the (cached, shared) model:
-    # own copy, so that training it leaves the shared model alone
-    return copy.deepcopy(trunk)
-
-
-_TEMPLATES: "OrderedDict[tuple, tuple]" = OrderedDict()
-_TEMPLATES_LOCK = threading.Lock()
-
-
 def _trunk_template(backbone, weights, layer):
     """``(trunk, node, name, n_channels, mean, std)`` of a backbone cut at a layer.
 
     Cutting (tracing) and probing a network takes seconds; the result is kept
-    for the last four (backbone, weights, layer) and every
-    :class:`RetrievalNet` deep-copies it.
+    in the process-wide cache of networks (:func:`skretrieval.extraction.
+    _network.shared`) and every :class:`RetrievalNet` deep-copies it.
     """
-    key = (backbone, describe_weights(backbone, weights), repr(layer))
-    with _TEMPLATES_LOCK:
-        if key in _TEMPLATES:
-            _TEMPLATES.move_to_end(key)
-            return _TEMPLATES[key]
-    model, mean, std = load_backbone(backbone, weights)
-    node, name = resolve_layer(backbone, model, layer)
-    trunk = _cut(model, node).eval()
-    with torch.no_grad():
-        maps = trunk(torch.zeros(1, 3, 128, 128))["out"]
-    if maps.ndim != 4:
-        raise ValueError(f"layer {name!r} of {backbone} outputs a tensor of shape "
-                         f"{tuple(maps.shape)}, not a C x H x W map; choose a "
-                         "convolutional layer")
-    entry = (trunk, node, name, int(maps.shape[1]), tuple(mean), tuple(std))
-    with _TEMPLATES_LOCK:
-        _TEMPLATES[key] = entry
-        while len(_TEMPLATES) > 4:
-            _TEMPLATES.popitem(last=False)
-    return entry
+
+    def build():
+        model, mean, std = load_backbone(backbone, weights)
+        node, name = resolve_layer(backbone, model, layer)
+        trunk = cut_network(model, node)
+        with torch.no_grad():
+            maps = trunk(torch.zeros(1, 3, 128, 128))["out"]
+        if maps.ndim != 4:
+            raise ValueError(f"layer {name!r} of {backbone} outputs a tensor of shape "
+                             f"{tuple(maps.shape)}, not a C x H x W map; choose a "
+                             "convolutional layer")
+        return trunk, node, name, int(maps.shape[1]), tuple(mean), tuple(std)
+
+    return shared(("template", backbone, describe_weights(backbone, weights), repr(layer)),
+                  build)
 
 
 class RetrievalNet(nn.Module):

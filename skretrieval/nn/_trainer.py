@@ -15,12 +15,10 @@ import math
 import os
 import sys
 import time
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -32,106 +30,32 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..extraction._backbones import describe_weights
-from ._layers import POOLINGS, RetrievalNet
+from ..extraction._batches import as_image_list, resize, resized_shape, to_batch
 from ..extraction._images import load_image
-from ..extraction._maps import FeatureMaps
-from ..extraction._network import resolve_device
+from ..extraction._network import fallback_device, load_state, resolve_device, state_arrays
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
-from ._losses import ap_loss, contrastive_loss, triplet_loss
+from ._augment import random_crops
+from ._layers import POOLINGS, RetrievalNet
+from ._mining import ap_batches, mine_tuples
+from ._training import (CosineClassifier, backward, check_labels, loo_map, loss_function,
+                        make_optimizer, set_lr, train_mode)
+from ._session import (Session, check_fingerprint, load_checkpoint, restore_checkpoint,
+                       save_checkpoint, state_copy)
 
 __all__ = ["RetrievalNetTrainer"]
 
 LOSSES = ("ap", "tie_aware_ap", "triplet", "contrastive", "classification")
-_DEFAULT_MARGIN = {"triplet": 0.1, "contrastive": 0.7}
 # Images decoded and described at once by transform (bounds the RAM).
 _CHUNK = 256
-# Temperature of the cosine classifier of loss="classification".
-_TEMPERATURE = 0.05
-# New layers (GeM exponent, classifier head) learn this much faster.
-_NEW_LAYER_LR = 10.0
 
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def _as_image_list(X, what="X"):
-    if isinstance(X, (str, os.PathLike, Image.Image)):
-        raise TypeError(f"{what} must be a collection of images (a list of paths, PIL "
-                        f"images or arrays), got a single {type(X).__name__}; wrap it "
-                        "in a list")
-    if isinstance(X, FeatureMaps):
-        raise TypeError(f"{what} holds feature maps: RetrievalNetTrainer takes images")
-    if isinstance(X, np.ndarray) and X.dtype != object and X.ndim != 4:
-        raise ValueError(f"an array {what} must hold a batch of images, shape (n, H, W, "
-                         f"3); got shape {X.shape}. Pass a list of images instead")
-    try:
-        items = list(X)
-    except TypeError:
-        raise TypeError(f"{what} must be a list of images (paths, PIL images or arrays), "
-                        f"got {type(X).__name__}") from None
-    if not items:
-        raise ValueError(f"{what} is empty: no image")
-    return items
-
-
-def _check_labels(y, n, what="y"):
-    if y is None:
-        raise ValueError(f"RetrievalNetTrainer.fit needs the labels {what} of the images "
-                         "(same label = same object or place)")
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y.ravel()
-    if y.ndim != 1:
-        raise ValueError(f"{what} must be 1-D (one label per image), got shape {y.shape}")
-    if y.shape[0] != n:
-        raise ValueError(f"{what} has {y.shape[0]} labels for {n} images")
-    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        raise ValueError(f"{what} contains NaN or infinite labels")
-    return y
-
-
-def _resized_shape(h, w, longest):
-    s = longest / max(h, w)
-    return max(1, int(round(h * s))), max(1, int(round(w * s)))
-
-
-def _resize(arr, shape):
-    if arr.shape[:2] == tuple(shape):
-        return arr
-    return np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), Image.BILINEAR))
-
-
-def _to_batch(arrays, device):
-    """Stack ``H x W x 3`` uint8 arrays into a channels-last float batch in [0, 1]."""
-    x = torch.from_numpy(np.stack(arrays)).to(device)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def _label_map(y, classes):
-    return np.searchsorted(classes, y)
-
-
-def _loo_map(descriptors, codes):
-    """Leave-one-out label mAP (Oxford AP) of descriptors, every image a query."""
-    from ..neighbors._retriever import NearestNeighborRetriever
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        retriever = NearestNeighborRetriever(metric="inner_product").fit(descriptors, codes)
-        return float(retriever.score(None, None))
-
-
-class _CosineClassifier(torch.nn.Module):
-    """Logits ``cos(w_c, d) / temperature`` over the classes (normalised softmax)."""
-
-    def __init__(self, dim, n_classes, generator):
-        super().__init__()
-        w = torch.randn(n_classes, dim, generator=generator) / math.sqrt(dim)
-        self.weight = torch.nn.Parameter(w)
-
-    def forward(self, d):
-        return d @ torch.nn.functional.normalize(self.weight, dim=1).T / _TEMPERATURE
+def _as_images(X, what="X"):
+    return as_image_list(X, what, empty_message=f"{what} is empty: no image",
+                         maps_message=f"{what} holds feature maps: RetrievalNetTrainer "
+                                      "takes images")
 
 
 # ---------------------------------------------------------------------------
@@ -373,7 +297,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         "verbose": ["verbose"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec(
         {
             "device_": Attr("str"),
@@ -538,148 +462,147 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self : RetrievalNetTrainer
             The fitted trainer.
         """
-        items = _as_image_list(X)
-        y = _check_labels(y, len(items))
+        items = _as_images(X)
+        y = check_labels(y, len(items))
         crop_scale = self._crop_scale()
         if self.resume and self.checkpoint is None:
             raise ValueError("resume=True needs a checkpoint file (checkpoint=...)")
         state = None
         if self.resume and os.path.exists(self.checkpoint):
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            state = load_checkpoint(self.checkpoint)
             seed = int(state["seed"])
         else:
             seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        items, y, val_items, val_y = self._held_out(items, y, eval_set, seed)
+        classes = self._check_training_labels(y)
 
-        # held-out data
+        self.device_ = resolve_device(self.device)
+        self.classes_ = classes
+        self._arch = dict(backbone=self.backbone, layer=self.layer, pooling=self.pooling,
+                          p=float(self.p), learn_p=bool(self.learn_p), dim=self.dim)
+        run = self._start(items, np.searchsorted(classes, y), val_items, val_y, seed, state)
+        run.crop_scale = crop_scale
+        self._fit_loop(run)
+
+        net, best = run.net, run.best
+        if self.keep_best and best["state"] is not None:
+            net.load_state_dict(best["state"])
+        self.best_epoch_ = best["epoch"] if best["state"] is not None else None
+        self.best_score_ = best["score"] if best["state"] is not None else None
+        self.history_ = run.history
+        self.n_epochs_ = max(run.start_epoch, self.n_epochs)
+        net.eval()
+        for param in net.parameters():
+            param.requires_grad_(False)
+        return self
+
+    def _held_out(self, items, y, eval_set, seed):
+        """``(items, y, val_items, val_y)``: the training images and the held-out
+        ones (``eval_set``, or the labels of ``validation_fraction``; None)."""
         if eval_set is not None and self.validation_fraction is not None:
             raise ValueError("give either validation_fraction or eval_set, not both")
-        val_items = val_y = None
         if eval_set is not None:
             try:
                 val_items, val_y = eval_set
             except (TypeError, ValueError):
                 raise ValueError("eval_set must be a pair (images, labels)") from None
-            val_items = _as_image_list(val_items, "eval_set images")
-            val_y = _check_labels(val_y, len(val_items), "eval_set labels")
-        elif self.validation_fraction is not None:
-            classes = np.unique(y)
-            n_val = int(round(self.validation_fraction * len(classes)))
-            if n_val < 1 or len(classes) - n_val < 2:
-                raise ValueError(
-                    f"validation_fraction={self.validation_fraction} of {len(classes)} "
-                    f"labels leaves {n_val} for validation and {len(classes) - n_val} for "
-                    "training; each side needs labels (training at least 2)")
-            held = np.random.default_rng([seed, 1]).choice(classes, n_val, replace=False)
-            is_val = np.isin(y, held)
-            val_items = [items[i] for i in np.flatnonzero(is_val)]
-            val_y = y[is_val]
-            items = [items[i] for i in np.flatnonzero(~is_val)]
-            y = y[~is_val]
-        classes = self._check_training_labels(y)
-        codes = _label_map(y, classes)
+            val_items = _as_images(val_items, "eval_set images")
+            return items, y, val_items, check_labels(val_y, len(val_items), "eval_set labels")
+        if self.validation_fraction is None:
+            return items, y, None, None
+        classes = np.unique(y)
+        n_val = int(round(self.validation_fraction * len(classes)))
+        if n_val < 1 or len(classes) - n_val < 2:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} of {len(classes)} "
+                f"labels leaves {n_val} for validation and {len(classes) - n_val} for "
+                "training; each side needs labels (training at least 2)")
+        held = np.random.default_rng([seed, 1]).choice(classes, n_val, replace=False)
+        is_val = np.isin(y, held)
+        return ([items[i] for i in np.flatnonzero(~is_val)], y[~is_val],
+                [items[i] for i in np.flatnonzero(is_val)], y[is_val])
 
-        self.device_ = device = resolve_device(self.device)
-        self.classes_ = classes
-        self._arch = dict(backbone=self.backbone, layer=self.layer, pooling=self.pooling,
-                          p=float(self.p), learn_p=bool(self.learn_p), dim=self.dim)
-        fingerprint = {
+    def _fingerprint(self, n_images):
+        """What a checkpoint must have been saved by to be resumed."""
+        return {
             "backbone": self.backbone,
             "weights": describe_weights(self.backbone, self.weights),
             "layer": repr(self.layer), "pooling": self.pooling,
             "dim": -1 if self.dim is None else int(self.dim), "loss": self.loss,
-            "n_images": len(items),
-            "classes": [str(c) for c in classes.tolist()],
+            "n_images": n_images,
+            "classes": [str(c) for c in self.classes_.tolist()],
         }
-        if state is not None and state["fingerprint"] != fingerprint:
-            diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-            raise ValueError(f"the checkpoint {str(self.checkpoint)!r} was saved by a different "
-                             f"training ({', '.join(diff)} differ); remove it or resume=False")
 
+    def _start(self, items, codes, val_items, val_y, seed, state):
+        """The training session: network, decoded images, head, optimiser,
+        random state, history (restored from the checkpoint ``state``)."""
+        run = Session(codes=codes, seed=seed,
+                       fingerprint=self._fingerprint(len(items)))
+        check_fingerprint(state, run.fingerprint, self.checkpoint)
         gen = torch.Generator().manual_seed(seed)
         net = RetrievalNet(self.backbone, self.weights, layer=self.layer,
                            pooling=self.pooling, p=self.p, learn_p=self.learn_p, dim=self.dim)
-        net = net.to(device).to(memory_format=torch.channels_last)
+        run.net = net = net.to(self.device_).to(memory_format=torch.channels_last)
         self.network_ = net
         self.n_features_out_ = net.out_dim
 
         t0 = time.perf_counter()
-        train_bank = [self._load_train(item, i) for i, item in enumerate(items)]
-        eval_train = None  # training images at the evaluation size (mining, PCA)
+        run.train_bank = [self._load_train(item, i) for i, item in enumerate(items)]
+        # training images at the evaluation size (mining, PCA)
         if (self.dim is not None and state is None) or self.loss in ("triplet", "contrastive"):
-            eval_train = [self._load_eval(item, i) for i, item in enumerate(items)]
-        val_bank = None
+            run.eval_train = [self._load_eval(item, i) for i, item in enumerate(items)]
         if val_items is not None:
-            val_bank = [self._load_eval(item, i) for i, item in enumerate(val_items)]
-            val_codes = np.unique(val_y, return_inverse=True)[1]
+            run.val_bank = [self._load_eval(item, i) for i, item in enumerate(val_items)]
+            run.val_codes = np.unique(val_y, return_inverse=True)[1]
         self._log(f"decoded {len(items)} training and "
-                  f"{0 if val_bank is None else len(val_bank)} validation images in "
+                  f"{0 if run.val_bank is None else len(run.val_bank)} validation images in "
                   f"{time.perf_counter() - t0:.1f} s")
 
-        head = None
         if self.loss == "classification":
-            head = _CosineClassifier(net.out_dim, len(classes), gen).to(device)
+            run.head = CosineClassifier(net.out_dim, len(self.classes_), gen).to(self.device_)
         if state is None and self.dim is not None:
-            self._init_projection(net, eval_train)
-
-        opt = self._make_optimizer(net, head)
-        steps = self.steps_per_epoch or max(1, math.ceil(len(items) / self.batch_size))
-        total_steps = max(1, self.n_epochs * steps)
-        rng = np.random.default_rng([seed, 2])
-        history, best = [], {"score": None, "epoch": None, "state": None}
-        start_epoch, step = 0, 0
+            self._init_projection(net, run.eval_train)
+        run.opt = make_optimizer(net, run.head, self.optimizer, float(self.learning_rate),
+                                 float(self.weight_decay))
+        run.steps = self.steps_per_epoch or max(1, math.ceil(len(items) / self.batch_size))
+        run.total_steps = max(1, self.n_epochs * run.steps)
+        run.rng = np.random.default_rng([seed, 2])
         if state is not None:
-            net.load_state_dict(state["network"])
-            if head is not None:
-                head.load_state_dict(state["head"])
-            opt.load_state_dict(state["optimizer"])
-            rng.bit_generator.state = state["rng"]
-            history = list(state["history"])
-            best = {"score": state["best_score"], "epoch": state["best_epoch"],
-                    "state": state["best_state"]}
-            start_epoch, step = int(state["epoch"]), int(state["step"])
-            self._log(f"resumed from {self.checkpoint} after epoch {start_epoch}")
-        elif val_bank is not None:
-            score = _loo_map(self._describe_bank(net, val_bank), val_codes)
-            history.append({"epoch": 0, "loss": float("nan"), "val_map": score,
-                            "lr": float(self.learning_rate), "p": self._p(net),
-                            "seconds": 0.0})
-            best = {"score": score, "epoch": 0, "state": self._state_copy(net)}
+            restore_checkpoint(state, run)
+            self._log(f"resumed from {self.checkpoint} after epoch {run.start_epoch}")
+        elif run.val_bank is not None:
+            score = loo_map(self._describe_bank(net, run.val_bank), run.val_codes)
+            run.history.append({"epoch": 0, "loss": float("nan"), "val_map": score,
+                                "lr": float(self.learning_rate), "p": self._p(net),
+                                "seconds": 0.0})
+            run.best = {"score": score, "epoch": 0, "state": state_copy(net)}
             self._log(f"epoch 0: validation mAP {score:.4f}")
+        return run
 
-        for epoch in range(start_epoch + 1, self.n_epochs + 1):
+    def _fit_loop(self, run):
+        """The epochs after ``run.start_epoch``: train, validate, log, save."""
+        for epoch in range(run.start_epoch + 1, self.n_epochs + 1):
             t_epoch = time.perf_counter()
-            losses = self._run_epoch(net, head, opt, rng, codes, train_bank, eval_train,
-                                     epoch, steps, step, total_steps, crop_scale)
-            step += steps
+            losses = self._run_epoch(run, epoch)
+            run.step += run.steps
             record = {"epoch": epoch, "loss": float(np.mean(losses)),
-                      "val_map": float("nan"), "lr": opt.param_groups[0]["lr"],
-                      "p": self._p(net), "seconds": 0.0}
+                      "val_map": float("nan"), "lr": run.opt.param_groups[0]["lr"],
+                      "p": self._p(run.net), "seconds": 0.0}
             msg = ""
-            if val_bank is not None:
-                score = _loo_map(self._describe_bank(net, val_bank), val_codes)
+            if run.val_bank is not None:
+                score = loo_map(self._describe_bank(run.net, run.val_bank), run.val_codes)
                 record["val_map"] = score
-                if best["score"] is None or score > best["score"]:
-                    best = {"score": score, "epoch": epoch, "state": self._state_copy(net)}
+                if run.best["score"] is None or score > run.best["score"]:
+                    run.best = {"score": score, "epoch": epoch,
+                                "state": state_copy(run.net)}
                     msg = " (best)"
                 msg = f", validation mAP {score:.4f}{msg}"
             record["seconds"] = time.perf_counter() - t_epoch
-            history.append(record)
+            run.history.append(record)
             self._log(f"epoch {epoch}/{self.n_epochs}: loss {record['loss']:.4f}{msg}, "
                       f"lr {record['lr']:.2e}, {record['seconds']:.1f} s")
             if self.checkpoint is not None:
-                self._save_checkpoint(fingerprint, seed, epoch, step, net, head, opt, rng,
-                                      history, best)
-
-        if self.keep_best and best["state"] is not None:
-            net.load_state_dict(best["state"])
-        self.best_epoch_ = best["epoch"] if best["state"] is not None else None
-        self.best_score_ = best["score"] if best["state"] is not None else None
-        self.history_ = history
-        self.n_epochs_ = max(start_epoch, self.n_epochs)
-        net.eval()
-        for param in net.parameters():
-            param.requires_grad_(False)
-        return self
+                save_checkpoint(self.checkpoint, run, epoch)
 
     # ------------------------------------------------------------------
     def _log(self, msg):
@@ -691,10 +614,6 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         p = getattr(net.pool, "p", None)
         return None if p is None else float(p.detach().cpu())
 
-    @staticmethod
-    def _state_copy(net):
-        return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-
     def _eval_size(self):
         return self.max_size or self.image_size
 
@@ -703,12 +622,12 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         h, w = arr.shape[:2]
         limit = 2 * self.image_size
         if max(h, w) > limit:
-            arr = _resize(arr, _resized_shape(h, w, limit))
+            arr = resize(arr, resized_shape(h, w, limit))
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
     def _load_eval(self, item, index):
         arr = load_image(item, index=index)
-        return _resize(arr, _resized_shape(*arr.shape[:2], self._eval_size()))
+        return resize(arr, resized_shape(*arr.shape[:2], self._eval_size()))
 
     @torch.no_grad()
     def _describe_bank(self, net, arrays, *, pooled=False):
@@ -723,12 +642,12 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         for members in groups.values():
             for b in range(0, len(members), self.batch_size):
                 idx = members[b:b + self.batch_size]
-                d = fn(_to_batch([arrays[i] for i in idx], self.device_)).float().cpu()
+                d = fn(to_batch([arrays[i] for i in idx], self.device_)).float().cpu()
                 if out is None:
                     out = np.empty((len(arrays), d.shape[1]), dtype=np.float32)
                 out[idx] = d.numpy()
         if was_training:
-            self._train_mode(net)
+            train_mode(net, self.freeze_batchnorm)
         return out
 
     def _init_projection(self, net, eval_train):
@@ -742,200 +661,57 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         whitener = PCAWhitener(n_components=self.dim).fit(pooled)
         net.init_projection(whitener.components_, whitener.mean_, whitener.scale_)
 
-    def _make_optimizer(self, net, head):
-        pool_params = list(net.pool.parameters())
-        ids = {id(q) for q in pool_params}
-        base = [q for q in net.parameters() if q.requires_grad and id(q) not in ids]
-        lr, wd = float(self.learning_rate), float(self.weight_decay)
-        groups = [{"params": base, "lr": lr, "weight_decay": wd, "lr_factor": 1.0}]
-        if pool_params:
-            groups.append({"params": pool_params, "lr": lr * _NEW_LAYER_LR,
-                           "weight_decay": 0.0, "lr_factor": _NEW_LAYER_LR})
-        if head is not None:
-            groups.append({"params": list(head.parameters()), "lr": lr * _NEW_LAYER_LR,
-                           "weight_decay": wd, "lr_factor": _NEW_LAYER_LR})
-        if self.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=lr)
-        if self.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=lr)
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-
-    def _set_lr(self, opt, step, total_steps):
-        factor = 1.0
-        if self.lr_schedule == "cosine":
-            factor = 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        for group in opt.param_groups:
-            group["lr"] = float(self.learning_rate) * group["lr_factor"] * factor
-
-    def _train_mode(self, net):
-        net.train()
-        if self.freeze_batchnorm:
-            for m in net.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-
-    # -- batches ---------------------------------------------------------
-    def _augment(self, bank, indices, rng, crop_scale):
-        from torchvision.transforms.v2 import functional as TF
-
-        S = self.image_size
-        out = []
-        for i in indices:
-            img = bank[i]
-            H, W = img.shape[-2:]
-            if crop_scale is None:
-                top, left, h, w = 0, 0, H, W
-            else:
-                top, left, h, w = _crop_box(H, W, crop_scale, rng)
-            crop = TF.resized_crop(img, top, left, h, w, [S, S], antialias=True)
-            if self.flip and rng.random() < 0.5:
-                crop = crop.flip(-1)
-            out.append(crop)
-        x = torch.stack(out).to(self.device_).float().div_(255.0)
-        return x.contiguous(memory_format=torch.channels_last)
-
-    def _ap_batches(self, codes, steps, rng):
-        members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
-        per = self.images_per_label
-        for _ in range(steps):
-            batch = []
-            for c in rng.permutation(len(members)):
-                k = min(per, len(members[c]), self.batch_size - len(batch))
-                if k < 2:
-                    break
-                batch.extend(rng.choice(members[c], k, replace=False).tolist())
-            yield np.asarray(batch)
-
-    def _mine_tuples(self, net, codes, eval_train, n_anchors, rng):
-        """Anchors, random positives and hard negatives mined with ``net``."""
-        n = len(codes)
-        n_neg = min(self.n_negatives, int(codes.max()))
-        anchors = np.concatenate([rng.permutation(n)
-                                  for _ in range(-(-n_anchors // n))])[:n_anchors]
-        if self.mining_pool_size is None or self.mining_pool_size >= n:
-            pool = np.arange(n)
-        else:
-            pool = np.sort(rng.choice(n, self.mining_pool_size, replace=False))
-        needed = np.union1d(pool, anchors)
-        desc = np.zeros((n, net.out_dim), dtype=np.float32)
-        desc[needed] = self._describe_bank(net, [eval_train[i] for i in needed])
-        members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
-        pool_codes = codes[pool]
-        sims = desc[anchors] @ desc[pool].T
-        tuples = np.empty((n_anchors, 2 + n_neg), dtype=np.int64)
-        for t, a in enumerate(anchors):
-            same = members[codes[a]]
-            others = same[same != a]
-            tuples[t, 0], tuples[t, 1] = a, others[rng.integers(len(others))]
-            row = np.where(pool_codes == codes[a], -np.inf, sims[t])
-            chosen, seen = [], set()
-            for j in np.argsort(-row, kind="stable"):
-                if not np.isfinite(row[j]):
-                    break
-                c = pool_codes[j]
-                if c not in seen:
-                    seen.add(c)
-                    chosen.append(pool[j])
-                    if len(chosen) == n_neg:
-                        break
-            while len(chosen) < n_neg:  # a pool too small: random other labels
-                j = rng.integers(n)
-                if codes[j] != codes[a]:
-                    chosen.append(j)
-            tuples[t, 2:] = chosen
-        return tuples
-
-    # -- steps -------------------------------------------------------------
-    def _loss_fn(self, head, labels, n_tuple):
-        margin = self.margin if self.margin is not None else _DEFAULT_MARGIN.get(self.loss)
+    def _epoch_batches(self, run):
+        """The batches of an epoch (arrays of training image indices) and the
+        images per tuple of the loss."""
+        codes, steps, rng, n = run.codes, run.steps, run.rng, len(run.codes)
         if self.loss in ("ap", "tie_aware_ap"):
-            return lambda d: ap_loss(d, labels, n_bins=self.n_bins,
-                                     tie_aware=self.loss == "tie_aware_ap")
+            return ap_batches(codes, steps, rng, self.images_per_label, self.batch_size), 1
         if self.loss == "classification":
-            return lambda d: torch.nn.functional.cross_entropy(head(d), labels)
-
-        def tuple_loss(d):
-            d = d.view(-1, n_tuple, d.shape[-1])
-            anchor, positive, negatives = d[:, 0], d[:, 1], d[:, 2:]
-            if self.loss == "triplet":
-                return triplet_loss(anchor, positive, negatives, margin=margin)
-            k = negatives.shape[1]
-            x1 = torch.cat([anchor, anchor.repeat_interleave(k, dim=0)])
-            x2 = torch.cat([positive, negatives.reshape(-1, d.shape[-1])])
-            same = torch.cat([torch.ones(len(anchor)), torch.zeros(len(anchor) * k)])
-            return contrastive_loss(x1, x2, same.to(d.device), margin=margin)
-
-        return tuple_loss
-
-    def _backward(self, net, x, loss_fn):
-        chunk = self.chunk_size
-        if chunk is None or len(x) <= chunk:
-            loss = loss_fn(net(x))
-            loss.backward()
-            return float(loss.detach())
-        # multistage back-propagation (Revaud et al., section 3.3)
-        with torch.no_grad():
-            d = torch.cat([net(x[i:i + chunk]) for i in range(0, len(x), chunk)])
-        d.requires_grad_(True)
-        loss = loss_fn(d)
-        loss.backward()
-        grad = d.grad
-        for i in range(0, len(x), chunk):
-            net(x[i:i + chunk]).backward(grad[i:i + chunk])
-        return float(loss.detach())
-
-    def _run_epoch(self, net, head, opt, rng, codes, bank, eval_train, epoch, steps,
-                   step0, total_steps, crop_scale):
-        n = len(codes)
-        if self.loss in ("ap", "tie_aware_ap"):
-            batches = self._ap_batches(codes, steps, rng)
-            n_tuple = 1
-        elif self.loss == "classification":
             order = np.concatenate([rng.permutation(n)
                                     for _ in range(-(-steps * self.batch_size // n))])
-            batches = (order[s * self.batch_size:(s + 1) * self.batch_size]
-                       for s in range(steps))
-            n_tuple = 1
-        else:
-            n_tuple = 2 + min(self.n_negatives, int(codes.max()))
-            per_step = max(1, self.batch_size // n_tuple)
-            tuples = self._mine_tuples(net, codes, eval_train, steps * per_step, rng)
-            batches = (tuples[s * per_step:(s + 1) * per_step].ravel() for s in range(steps))
-        self._train_mode(net)
-        if head is not None:
-            head.train()
+            return (order[s * self.batch_size:(s + 1) * self.batch_size]
+                    for s in range(steps)), 1
+        n_tuple = 2 + min(self.n_negatives, int(codes.max()))
+        per_step = max(1, self.batch_size // n_tuple)
+        tuples = mine_tuples(
+            lambda idx: self._describe_bank(run.net, [run.eval_train[i] for i in idx]),
+            codes, steps * per_step, rng, n_negatives=self.n_negatives,
+            pool_size=self.mining_pool_size, dim=run.net.out_dim)
+        return (tuples[s * per_step:(s + 1) * per_step].ravel() for s in range(steps)), n_tuple
+
+    def _run_epoch(self, run, epoch):
+        """One epoch of ``run.steps`` steps; the loss of every step."""
+        batches, n_tuple = self._epoch_batches(run)
+        train_mode(run.net, self.freeze_batchnorm)
+        if run.head is not None:
+            run.head.train()
         losses = []
         t0 = last = time.perf_counter()
         for s, idx in enumerate(batches):
-            self._set_lr(opt, step0 + s, total_steps)
-            x = self._augment(bank, idx, rng, crop_scale)
-            labels = torch.as_tensor(codes[idx], device=self.device_)
-            opt.zero_grad(set_to_none=True)
-            losses.append(self._backward(net, x, self._loss_fn(head, labels, n_tuple)))
-            opt.step()
+            losses.append(self._train_step(run, idx, n_tuple, run.step + s))
             now = time.perf_counter()
-            if self.verbose and (now - last > 15 or self.verbose > 1) and s + 1 < steps:
+            if self.verbose and (now - last > 15 or self.verbose > 1) and s + 1 < run.steps:
                 last = now
-                self._log(f"epoch {epoch}: step {s + 1}/{steps}, loss "
+                self._log(f"epoch {epoch}: step {s + 1}/{run.steps}, loss "
                           f"{np.mean(losses):.4f}, {(s + 1) * len(idx) / (now - t0):.1f} img/s")
-        self._set_lr(opt, step0 + steps, total_steps)
-        net.eval()
+        set_lr(run.opt, float(self.learning_rate), self.lr_schedule, run.step + run.steps,
+               run.total_steps)
+        run.net.eval()
         return losses
 
-    def _save_checkpoint(self, fingerprint, seed, epoch, step, net, head, opt, rng,
-                         history, best):
-        state = {
-            "version": 1, "fingerprint": fingerprint, "seed": seed, "epoch": epoch,
-            "step": step, "network": self._state_copy(net),
-            "head": None if head is None else self._state_copy(head),
-            "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
-            "history": history, "best_score": best["score"], "best_epoch": best["epoch"],
-            "best_state": best["state"],
-        }
-        path = os.fspath(self.checkpoint)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+    def _train_step(self, run, idx, n_tuple, step):
+        """One optimisation step on the training images ``idx``; its loss."""
+        set_lr(run.opt, float(self.learning_rate), self.lr_schedule, step, run.total_steps)
+        x = random_crops(run.train_bank, idx, run.rng, self.image_size, run.crop_scale,
+                         self.flip, self.device_)
+        labels = torch.as_tensor(run.codes[idx], device=self.device_)
+        run.opt.zero_grad(set_to_none=True)
+        loss_fn = loss_function(self.loss, run.head, labels, n_tuple, n_bins=self.n_bins,
+                                margin=self.margin)
+        loss = backward(run.net, x, loss_fn, self.chunk_size)
+        run.opt.step()
+        return loss
 
     # ------------------------------------------------------------------
     # transform
@@ -944,23 +720,12 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """Rebuild the network after unpickling (from the stored state dict)."""
         if self.network_ is not None:
             return
-        device = self.device_
-        if device.startswith("cuda") and not torch.cuda.is_available() or (
-                device.startswith("mps") and not (getattr(torch.backends, "mps", None)
-                                                  and torch.backends.mps.is_available())):
-            warnings.warn(f"this trainer was fitted on {device!r}, which is not available "
-                          "here; running on CPU", RuntimeWarning, stacklevel=3)
-            device = self.device_ = "cpu"
+        self.device_ = fallback_device(self.device_, "trainer", stacklevel=3)
         arch = self._arch
         net = RetrievalNet(arch["backbone"], None, layer=arch["layer"],
                            pooling=arch["pooling"], p=arch["p"], learn_p=arch["learn_p"],
                            dim=arch["dim"])
-        net.load_state_dict({k: torch.from_numpy(np.array(v))
-                             for k, v in self._network_state.items()})
-        net.eval()
-        for param in net.parameters():
-            param.requires_grad_(False)
-        self.network_ = net.to(device).to(memory_format=torch.channels_last)
+        self.network_ = load_state(net, self._network_state, self.device_, channels_last=True)
         del self._network_state
 
     def _after_load(self, device=None):
@@ -986,8 +751,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         net = state.get("network_")
         if net is not None:
             state["network_"] = None
-            state["_network_state"] = {k: v.detach().cpu().numpy()
-                                       for k, v in net.state_dict().items()}
+            state["_network_state"] = state_arrays(net)
         return state
 
     def transform(self, X):
@@ -1009,7 +773,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             Unit-norm descriptors.
         """
         check_is_fitted(self, "n_features_out_")
-        items = _as_image_list(X)
+        items = _as_images(X)
         self._ensure_network()
         out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
         for a in range(0, len(items), _CHUNK):
@@ -1028,24 +792,3 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         tags.non_deterministic = self.device != "cpu"
         return tags
 
-
-def _crop_box(H, W, scale, rng, ratio=(3.0 / 4.0, 4.0 / 3.0)):
-    """A random crop ``(top, left, height, width)`` as torchvision's RandomResizedCrop."""
-    area = H * W
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= W and 0 < h <= H:
-            return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w
-    # fallback: central crop of the whole image, aspect ratio clamped
-    in_ratio = W / H
-    if in_ratio < ratio[0]:
-        w, h = W, int(round(W / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = H, int(round(H * ratio[1]))
-    else:
-        w, h = W, H
-    return (H - h) // 2, (W - w) // 2, h, w

@@ -90,7 +90,7 @@ class BasePooler(TransformerMixin, BaseEstimator):
         "scale_combination": [StrOptions({"sum", "concat"})],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py),
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py),
     # the same for every pooler.
     _state_spec = StateSpec({
         "n_channels_": Attr("int", values=(1, None)),

@@ -182,7 +182,7 @@ class CAMWeighter(TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec({
         "n_channels_": Attr("int", values=(1, None)),
         "whitener_": Attr("estimator", none=True),

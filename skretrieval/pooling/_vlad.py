@@ -318,7 +318,7 @@ class VLADEncoder(TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec({
         "cluster_centers_": Attr("array", dtype="f", shape=("n_clusters", "n_channels_")),
         "inertia_": Attr("float"),

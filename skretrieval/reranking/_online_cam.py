@@ -69,7 +69,7 @@ class OnlineCAMRetriever(RetrieverMixin, BaseEstimator):
         "n_classes": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec({
         "classes_": Attr("array", dtype="iu", shape=("n_samples_fit_", None)),
         "vectors_": Attr("array", dtype="f", shape=("n_samples_fit_", "classes_[1]", None)),

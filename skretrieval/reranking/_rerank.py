@@ -170,7 +170,7 @@ class RegionReranker(RetrieverMixin, BaseEstimator):
         "dtype": [StrOptions({"float32", "float16"})],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py):
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py):
     # region_offsets_[i]:region_offsets_[i + 1] are the rows of image i's regions.
     _state_spec = StateSpec({
         "aggregator_": Attr("estimator"),
