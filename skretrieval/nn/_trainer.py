@@ -192,9 +192,8 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         Seeds the batches, crops, mining, validation split and the new
         layers.  An int gives reproducible training on a given device.
     verbose : int, default=0
-        When > 0, show progress bars on stderr (images decoded, epochs,
-        batches within an epoch with the running loss) and print the loss,
-        validation mAP and timing of every epoch.
+        When > 0, progress bars on stderr (images decoded, epochs, batches with
+        the running loss) and each epoch's loss, validation mAP and timing.
 
     Attributes
     ----------
@@ -614,9 +613,8 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if self.verbose:
             write_line(f"[RetrievalNetTrainer] {msg}")
 
-    def _bar(self, iterable, total, desc, unit, leave=True):
-        return progress(iterable, total=total, desc=desc, unit=unit, leave=leave,
-                        verbose=self.verbose)
+    def _bar(self, iterable, total, desc, unit):
+        return progress(iterable, total=total, desc=desc, unit=unit, verbose=self.verbose)
 
     @staticmethod
     def _p(net):
@@ -696,7 +694,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if run.head is not None:
             run.head.train()
         losses = []
-        with self._bar(None, run.steps, f"epoch {epoch}", "batch", leave=False) as bar:
+        with self._bar(None, run.steps, f"epoch {epoch}", "batch") as bar:
             for s, idx in enumerate(batches):
                 losses.append(self._train_step(run, idx, n_tuple, run.step + s))
                 bar.update()

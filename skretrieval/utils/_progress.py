@@ -54,7 +54,7 @@ class NoProgress:
 def progress(iterable=None, *, total=None, desc=None, verbose=0, unit="it", leave=None,
              file=None, position=None):
     """A progress bar over ``iterable`` (or one updated by hand) when
-    ``verbose``, otherwise a :class:`NoProgress` with the same interface.
+    ``verbose``, otherwise a silent stand-in with the same interface.
 
     Parameters
     ----------
@@ -79,7 +79,7 @@ def progress(iterable=None, *, total=None, desc=None, verbose=0, unit="it", leav
 
     Returns
     -------
-    bar : tqdm.tqdm or NoProgress
+    bar : tqdm.tqdm or a silent stand-in
 
     Examples
     --------
