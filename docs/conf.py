@@ -245,6 +245,8 @@ def write_guide_pages(outdir):
     for page, _, text in pages:
         for anchor in _anchors(text):
             anchor_pages.setdefault(anchor, page)
+    # one page on GitHub, several here
+    intro = [line.replace("snippet of this page", "snippet of these pages") for line in intro]
     toctree = ["", "```{toctree}", ":maxdepth: 2", ""] + [page for page, _, _ in pages]
     _write_if_changed(outdir / "index.md", "\n".join(intro + toctree + ["```", ""]))
     for page, _, text in pages:
