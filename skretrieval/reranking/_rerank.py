@@ -203,6 +203,10 @@ class RegionReranker(RetrieverMixin, BaseEstimator):
         self.dtype = dtype
         self.verbose = verbose
 
+    def __setstate__(self, state):
+        state.setdefault("verbose", 0)  # pickled before the parameter existed
+        super().__setstate__(state)
+
     # -- proposals -----------------------------------------------------------
     def _boxes(self, X, i, maps):
         """Relative boxes of image ``i`` (duplicates removed, order kept)."""
