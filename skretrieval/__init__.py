@@ -43,6 +43,7 @@ from .pooling import (  # noqa: E402
     ClassVectors,
     CroWPooler,
     GeMPooler,
+    LearnedWhitener,
     MACPooler,
     PCAWhitener,
     RMACPooler,
@@ -61,9 +62,12 @@ from .neighbors import (  # noqa: E402
     save_index,
 )
 from .reranking import (  # noqa: E402
+    DiffusionRetriever,
+    KReciprocalRetriever,
     OnlineCAMRetriever,
     QueryExpansionRetriever,
     RegionReranker,
+    SpatialVerificationReranker,
     cam_boxes,
 )
 from .utils import IndexLockedError  # noqa: E402
@@ -78,6 +82,7 @@ __all__ = [
     "ConvFeatureExtractor",
     "Crop",
     "CroWPooler",
+    "DiffusionRetriever",
     "DistributedExtractionError",
     "FeatureMaps",
     "GeMPooler",
@@ -85,6 +90,8 @@ __all__ = [
     "IndexFile",
     "IndexLockedError",
     "IndexUpdate",
+    "KReciprocalRetriever",
+    "LearnedWhitener",
     "MACPooler",
     "NearestNeighborRetriever",
     "OnlineCAMRetriever",
@@ -97,6 +104,7 @@ __all__ = [
     "RetrievalNet",
     "RetrievalNetTrainer",
     "SPoCPooler",
+    "SpatialVerificationReranker",
     "VLADEncoder",
     "WeightsNotFoundError",
     "add_to_index",

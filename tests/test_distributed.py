@@ -145,6 +145,16 @@ def test_dask_path_equals_local_path(client, extractor, paths, local_maps, capsy
         assert distributed_backend() is None
 
 
+def test_dask_extraction_of_vit_blocks_equals_local(client, paths):
+    pytest.importorskip("timm")
+    ext = ConvFeatureExtractor("timm:vit_tiny_patch16_224", weights=None, layer="blocks.3",
+                               max_size=48, device="cpu").fit()
+    expected = ext.transform(paths[:6])
+    with joblib.parallel_backend("dask"):
+        maps = ext.transform(paths[:6])
+    _assert_same(maps, expected)
+
+
 def test_dask_path_with_scales_float16_disk_store_cams_and_any_item(
         client, paths, tmp_path, monkeypatch):
     params = dict(weights=None, max_size=64, scales=(1, 0.5), dtype="float16",

@@ -1,4 +1,4 @@
-"""scikit-learn API compliance of PCAWhitener and the retrievers."""
+"""scikit-learn API compliance of the whiteners and the retrievers."""
 
 import numpy as np
 from numpy.testing import assert_array_equal
@@ -8,7 +8,14 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skretrieval import NearestNeighborRetriever, PCAWhitener, QueryExpansionRetriever
+from skretrieval import (
+    DiffusionRetriever,
+    KReciprocalRetriever,
+    LearnedWhitener,
+    NearestNeighborRetriever,
+    PCAWhitener,
+    QueryExpansionRetriever,
+)
 from skretrieval.metrics import RetrievalMAP
 
 ESTIMATORS = [
@@ -20,6 +27,12 @@ ESTIMATORS = [
     NearestNeighborRetriever(n_neighbors=2, metric="inner_product"),
     QueryExpansionRetriever(),
     QueryExpansionRetriever(NearestNeighborRetriever(n_neighbors=2), qe_k=2, dba_k=2),
+    # needs y (target_tags.required): the checks then fit it with labels
+    LearnedWhitener(),
+    LearnedWhitener(n_components=2, inter_class="all", l2_before=False),
+    DiffusionRetriever(NearestNeighborRetriever(n_neighbors=2), k=3, query_k=2, n_rerank=5),
+    DiffusionRetriever(method="spectral", k=3, query_k=2, n_components=4, random_state=0),
+    KReciprocalRetriever(NearestNeighborRetriever(n_neighbors=2), n_rerank=6, k1=3, k2=2),
 ]
 
 
@@ -34,6 +47,7 @@ def test_tags():
     retriever_tags = NearestNeighborRetriever().__sklearn_tags__()
     assert retriever_tags.estimator_type is None
     assert not retriever_tags.target_tags.required
+    assert LearnedWhitener().__sklearn_tags__().target_tags.required
 
 
 def test_frozen_whitener_survives_grid_search():

@@ -24,7 +24,8 @@ def _weights(text):
 def _add_descriptor_options(p):
     """The options of the network and the pooling (index and evaluate)."""
     p.add_argument("--backbone", default="mobilenet_v2",
-                   help="torchvision model name (default: %(default)s)")
+                   help="torchvision model name, timm:<model> or open_clip:<arch>/<tag> "
+                        "(default: %(default)s)")
     p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
                    help="torchvision weights name, path to a state-dict file, or "
                         "'none' for random weights (default: %(default)s)")

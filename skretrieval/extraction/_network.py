@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ._backbones import build_model, load_backbone
+from ._tokens import MapBackbone
 
 __all__ = [
     "backbone_network",
@@ -185,6 +186,8 @@ def cut_network(model, nodes, cam_node=None):
     """
     from torchvision.models.feature_extraction import create_feature_extractor
 
+    if isinstance(model, MapBackbone):  # transformers, timm, open_clip: cut themselves
+        return model.cut(nodes, cam_node).eval()
     return_nodes = {n: n for n in nodes} if isinstance(nodes, tuple) else {nodes: "out"}
     if cam_node is not None:
         return_nodes[cam_node] = "cam"

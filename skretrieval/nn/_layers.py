@@ -181,7 +181,8 @@ class RetrievalNet(nn.Module):
     Parameters
     ----------
     backbone : str, default="resnet18"
-        A torchvision classification model name.
+        A torchvision classification model name (``"vit_b_16"`` too),
+        ``"timm:<model>"`` or ``"open_clip:<arch>/<tag>"``.
     weights : str, path or None, default=None
         Its weights, as for :class:`skretrieval.ConvFeatureExtractor`
         (``"IMAGENET1K_V1"``, a state-dict file, or None for random weights).

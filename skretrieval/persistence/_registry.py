@@ -23,11 +23,15 @@ from ..nn._trainer import RetrievalNetTrainer
 from ..pooling._cam import CAMWeighter
 from ..reranking._online_cam import OnlineCAMRetriever
 from ..pooling._global import GeMPooler, MACPooler, SPoCPooler
+from ..pooling._learned_whitening import LearnedWhitener
 from ..pooling._regional import CroWPooler, RMACPooler
 from ..pooling._vlad import VLADEncoder
 from ..pooling._whitening import PCAWhitener
+from ..reranking._diffusion import DiffusionRetriever
 from ..reranking._expansion import QueryExpansionRetriever
+from ..reranking._kreciprocal import KReciprocalRetriever
 from ..reranking._rerank import RegionReranker
+from ..reranking._spatial import SpatialVerificationReranker
 from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = [
@@ -78,10 +82,14 @@ SUPPORTED_CLASSES = {
     "skretrieval.VLADEncoder": VLADEncoder,
     "skretrieval.CAMWeighter": CAMWeighter,
     "skretrieval.PCAWhitener": PCAWhitener,
+    "skretrieval.LearnedWhitener": LearnedWhitener,
     "skretrieval.NearestNeighborRetriever": NearestNeighborRetriever,
     "skretrieval.QueryExpansionRetriever": QueryExpansionRetriever,
+    "skretrieval.DiffusionRetriever": DiffusionRetriever,
+    "skretrieval.KReciprocalRetriever": KReciprocalRetriever,
     "skretrieval.OnlineCAMRetriever": OnlineCAMRetriever,
     "skretrieval.RegionReranker": RegionReranker,
+    "skretrieval.SpatialVerificationReranker": SpatialVerificationReranker,
     "skretrieval.RetrievalNetTrainer": RetrievalNetTrainer,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.frozen.FrozenEstimator": FrozenEstimator,

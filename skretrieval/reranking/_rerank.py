@@ -16,26 +16,20 @@ from numbers import Integral, Real
 
 import numpy as np
 from scipy import ndimage
-from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._expansion import weighted_mean
-from ..utils._arrays import l2_normalize
-from ..extraction._maps import FeatureMaps, check_maps
+from ._shortlist import ShortListMixin, as_feature_maps, l2_float32
+from ..extraction._maps import FeatureMaps
 from ..utils._progress import progress
 from ..utils._state import LABELS, Attr, StateSpec
 from ..pooling._functional import region_grid
-from ..neighbors._base import RetrieverMixin
-from ..neighbors._retriever import NearestNeighborRetriever
 
 __all__ = ["RegionReranker", "cam_boxes"]
 
 _CHUNK = 32  # images whose regions are described together
-
-
-def _l2_float32(V):
-    return l2_normalize(np.asarray(V, dtype=np.float32))
 
 
 def cam_boxes(cam, thresholds=(0.01, 0.1, 0.2, 0.3, 0.4)):
@@ -78,7 +72,7 @@ def _crop(arr, box):
     return arr[:, y0:y1, x0:x1]
 
 
-class RegionReranker(RetrieverMixin, BaseEstimator):
+class RegionReranker(ShortListMixin, BaseEstimator):
     """Global search, then re-ranking of the short list with regional descriptors.
 
     The final step of a pipeline after :class:`ConvFeatureExtractor`: it
@@ -242,7 +236,7 @@ class RegionReranker(RetrieverMixin, BaseEstimator):
                 crops.append(entry, cams)
                 owners.append(i)
                 all_boxes.append(box)
-        V = _l2_float32(self.aggregator_.transform(crops))
+        V = l2_float32(self.aggregator_.transform(crops))
         return np.asarray(owners), np.asarray(all_boxes, np.float32), V.astype(self.dtype)
 
     # -- fitting ---------------------------------------------------------------
@@ -261,17 +255,8 @@ class RegionReranker(RetrieverMixin, BaseEstimator):
         -------
         self : RegionReranker
         """
-        n = check_maps(X)
-        if not isinstance(X, FeatureMaps):
-            X = FeatureMaps(list(_as_entries(X)))
-        retriever = NearestNeighborRetriever() if self.retriever is None else self.retriever
-        if getattr(retriever, "metric", "cosine") == "euclidean":
-            raise ValueError("re-ranking compares similarities: use a retriever with "
-                             "metric='cosine' or 'inner_product'")
-        self.aggregator_ = clone(self.aggregator).fit(X, y)
-        self.global_ = _l2_float32(self.aggregator_.transform(X))
-        self.y_ = None if y is None else np.asarray(y)
-        self.retriever_ = clone(retriever).fit(self.global_, y)
+        X, n = as_feature_maps(X)
+        self._fit_global(X, y)
         counts = np.zeros(n, np.int64)
         vectors, boxes = [], []
         with progress(total=n, desc="regions", unit="img", verbose=self.verbose) as bar:
@@ -287,34 +272,6 @@ class RegionReranker(RetrieverMixin, BaseEstimator):
         return self
 
     # -- searching -------------------------------------------------------------
-    def _queries(self, X):
-        if X is None:
-            return self.global_, np.arange(self.global_.shape[0])
-        check_maps(X)
-        if not isinstance(X, FeatureMaps):
-            X = FeatureMaps(list(_as_entries(X)))
-        return _l2_float32(self.aggregator_.transform(X)), None
-
-    def _similarity(self, dist):
-        metric = getattr(self.retriever_, "metric", "cosine")
-        return 1.0 - dist if metric == "cosine" else -dist
-
-    def _distance(self, sim):
-        metric = getattr(self.retriever_, "metric", "cosine")
-        return 1.0 - sim if metric == "cosine" else -sim
-
-    def _search(self, Q, rows, k):
-        """Global search of ``k`` results (leave-one-out for ``rows``)."""
-        n_db = self.global_.shape[0]
-        if rows is None:
-            return self.retriever_.kneighbors(Q, n_neighbors=k)
-        if Q is self.global_:
-            return self.retriever_.kneighbors(None, n_neighbors=k)
-        dist, ind = self.retriever_.kneighbors(Q, n_neighbors=min(k + 1, n_db))
-        keep = ind != rows[:, None]
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ind, order, axis=1)
-
     def _rerank(self, Q, dist, ind):
         """Re-order the first ``n_rerank`` columns by the best region."""
         R = min(self.n_rerank, ind.shape[1])
@@ -353,12 +310,7 @@ class RegionReranker(RetrieverMixin, BaseEstimator):
         """
         check_is_fitted(self, "region_vectors_")
         Q, rows = self._queries(X)
-        n_avail = self.global_.shape[0] - (rows is not None)
-        if n_neighbors is None:
-            n_neighbors = getattr(self.retriever_, "n_neighbors", 10)
-        k = n_avail if isinstance(n_neighbors, str) and n_neighbors == "all" else min(
-            int(n_neighbors), n_avail)
-        depth = max(k, min(self.n_rerank, n_avail))
+        k, depth = self._depths(rows, n_neighbors, self.n_rerank)
         dist, ind = self._rerank(Q, *self._search(Q, rows, depth))
         if self.qe_k > 0:
             top = min(self.qe_k, depth)
@@ -367,19 +319,3 @@ class RegionReranker(RetrieverMixin, BaseEstimator):
             dist, ind = self._search(Q2, rows, k)
         dist, ind = dist[:, :k], ind[:, :k]
         return (dist, ind) if return_distance else ind
-
-    @property
-    def n_samples_fit_(self):
-        return self.global_.shape[0]
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.estimator_type = None
-        return tags
-
-
-def _as_entries(X):
-    from ..extraction._maps import iter_maps
-
-    return iter_maps(X)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import zipfile
 
+from ..neighbors._indexing import is_model_file
 from ._app import create_app
 from ._limits import (
     DEFAULT_MAX_K,
@@ -20,17 +20,6 @@ from ._model import check_pipeline
 __all__ = ["load_model", "serve"]
 
 logger = logging.getLogger("skretrieval.serve")
-
-
-def _is_pickle_free_model(path):
-    """Whether ``path`` is a folder or zip written by ``save_pipeline``."""
-    if os.path.isdir(path):
-        return os.path.isfile(os.path.join(path, "manifest.json"))
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return "manifest.json" in zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def load_model(path, *, allow_pickle=False, device=None):
@@ -67,7 +56,7 @@ def load_model(path, *, allow_pickle=False, device=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model not found: {path!r}")
-    if _is_pickle_free_model(path):
+    if is_model_file(path):
         from skretrieval.persistence import load_pipeline
 
         return check_pipeline(load_pipeline(path, device=device))
