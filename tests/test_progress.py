@@ -156,3 +156,16 @@ def test_cli_quiet_silences_the_terminal(folder, tmp_path):
                      tty=True)
     assert code == 0, err
     assert err.strip() == ""
+
+
+def test_spatial_verification_bar(capsys):
+    from skretrieval import SpatialVerificationReranker
+
+    rng = np.random.default_rng(0)
+    maps = FeatureMaps([(rng.random((8, 6, 6)),) for _ in range(6)])
+    sv = SpatialVerificationReranker(GeMPooler(), n_rerank=3, max_features=20).fit(maps)
+    sv.kneighbors(maps[:2], n_neighbors=4)
+    assert capsys.readouterr().err == ""
+    sv.set_params(verbose=1).kneighbors(maps[:2], n_neighbors=4)
+    err = capsys.readouterr().err
+    assert "verifying: " in err and "2/2" in err
