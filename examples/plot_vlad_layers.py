@@ -49,8 +49,8 @@ from skretrieval import ConvFeatureExtractor, GeMPooler, PCAWhitener, SPoCPooler
 from skretrieval.datasets import load_dataset
 from skretrieval.metrics import evaluate_descriptors
 
-DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA")
+            or Path(__file__).resolve().parents[2] / "shared" / "data")
 CACHE = os.path.expanduser(os.environ.get("SKRETRIEVAL_EXAMPLE_CACHE",
                                           "~/.cache/skretrieval/examples"))
 LAYERS = ["block7", "block10", "block13", "block14", "block16", "block17"]

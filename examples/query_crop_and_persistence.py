@@ -59,10 +59,8 @@ from skretrieval.metrics import average_precision
 t_start = time.perf_counter()
 
 SHARED_DATA = Path(
-    os.environ.get(
-        "SKRETRIEVAL_SHARED_DATA",
-        Path(__file__).resolve().parents[2] / "shared" / "data",
-    )
+    os.environ.get("SKRETRIEVAL_SHARED_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data"
 )
 workdir = Path(tempfile.mkdtemp(prefix="skretrieval-example-"))
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 __all__ = ["PROG", "CLIError", "check_device", "format_size", "info", "load_pipeline",
-           "positive_float", "positive_int", "warn"]
+           "positive_float", "positive_int", "show_progress", "warn"]
 
 PROG = "skretrieval"
 
@@ -19,6 +19,17 @@ class CLIError(Exception):
 def info(*args):
     """Print a progress message on stderr."""
     print(*args, file=sys.stderr, flush=True)
+
+
+def show_progress(args):
+    """Whether to draw progress bars on stderr: never with ``--quiet``, always
+    with ``--progress``, otherwise when stderr is a terminal (not in a log or
+    a CI job)."""
+    from ..utils._progress import stderr_is_terminal
+
+    if getattr(args, "quiet", False):
+        return False
+    return bool(getattr(args, "progress", False)) or stderr_is_terminal()
 
 
 def warn(message):

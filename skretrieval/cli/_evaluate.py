@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from ._common import PROG, CLIError, check_device, info, warn
+from ._common import PROG, CLIError, check_device, info, show_progress, warn
 
 __all__ = ["cmd_evaluate"]
 
@@ -61,7 +61,7 @@ def cmd_evaluate(args):
     extractor = ConvFeatureExtractor(
         args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
         scales=tuple(args.scales), device=args.device, batch_size=args.batch_size,
-        cache=cache, verbose=0 if args.quiet else 1,
+        cache=cache, verbose=int(show_progress(args)),
     )
     extractor.fit()
     features = make_pipeline(extractor, make_pooler(args.pooler))

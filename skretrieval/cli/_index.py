@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from ._common import PROG, CLIError, check_device, format_size, info, load_pipeline, warn
+from ._common import (PROG, CLIError, check_device, format_size, info, load_pipeline,
+                      show_progress, warn)
 
 __all__ = ["cmd_index"]
 
@@ -67,20 +68,23 @@ def _new_index(args, index_file, paths, n_found, t0):
 
     # names = ids = paths relative to FOLDER; fingerprints = content hashes
     labels = np.asarray([os.path.relpath(p, folder) for p in paths])
-    info(f"{PROG}: indexing {n} image(s) of {folder!r} with {args.backbone} "
-         f"(layer {extractor.layer_name_}) on {extractor.device_}")
+    if not args.quiet:
+        info(f"{PROG}: indexing {n} image(s) of {folder!r} with {args.backbone} "
+             f"(layer {extractor.layer_name_}) on {extractor.device_}")
     retriever_name = pipe.steps[-1][0]
     fit_params = {
         f"{retriever_name}__ids": labels[:n_fit],
         f"{retriever_name}__fingerprints": [item_fingerprint(p) for p in paths[:n_fit]],
     }
-    with _numbered_errors(range(n_fit), n):
-        pipe.fit(paths[:n_fit], labels[:n_fit], **fit_params)
-    index_file.save(pipe)
-    if n_fit < n:
-        _batch_progress(n_fit, n, args.output, t0)
-        _add_in_batches(pipe, index_file, paths, labels, list(range(n_fit, n)), True,
-                        n_fit, n, args.save_every, t0)
+    # in batches (--save-every): one bar for the whole index, the extractor's inside
+    with _batches_bar(args, n if n_fit < n else 0) as bar:
+        with _numbered_errors(range(n_fit), n):
+            pipe.fit(paths[:n_fit], labels[:n_fit], **fit_params)
+        index_file.save(pipe)
+        bar.update(n_fit)
+        if n_fit < n:
+            _add_in_batches(pipe, index_file, paths, labels, list(range(n_fit, n)), True,
+                            args.save_every, bar)
     seconds = time.perf_counter() - t0
     retriever = pipe[-1]
     print(f"indexed {retriever.n_samples_fit_} image(s) of {folder}"
@@ -120,7 +124,7 @@ def _new_pipeline(args):
     extractor = ConvFeatureExtractor(
         args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
         scales=tuple(args.scales), device=args.device, batch_size=args.batch_size,
-        cache=args.cache, verbose=1,
+        cache=args.cache, verbose=int(show_progress(args)),
     )
     # Load the network first: unknown backbone / layer and missing weights are
     # reported before any image is read, and the descriptor size is known.
@@ -168,15 +172,17 @@ class _numbered_errors:
             index=where, reason=reason) from exc
 
 
-def _batch_progress(done, total, path, t0):
-    elapsed = time.perf_counter() - t0
-    left = elapsed / max(done, 1) * (total - done)
-    info(f"{PROG}: {done}/{total} image(s) indexed and saved to {path} "
-         f"({elapsed:.0f} s, about {left:.0f} s left)")
+def _batches_bar(args, total):
+    """The bar of the images indexed and saved, with ``--save-every`` (``total``
+    images); a silent one otherwise."""
+    from ..utils._progress import progress
+
+    return progress(total=total, desc="indexed and saved", unit="img",
+                    verbose=bool(total) and args.save_every is not None
+                    and show_progress(args))
 
 
-def _add_in_batches(pipe, index_file, paths, names, todo, str_ids, done, total, every,
-                    t0):
+def _add_in_batches(pipe, index_file, paths, names, todo, str_ids, every, bar):
     """Add ``paths[todo]`` to the index in batches, saving after each."""
     import numpy as np
 
@@ -190,9 +196,7 @@ def _add_in_batches(pipe, index_file, paths, names, todo, str_ids, done, total, 
             add_to_index(pipe, [paths[i] for i in rows], batch,
                          ids=batch if str_ids else None, on_existing="update")
         index_file.save(pipe)
-        done += len(batch)
-        if every is not None:
-            _batch_progress(done, total, index_file.path, t0)
+        bar.update(len(batch))
 
 
 def _append_to_index(args, index_file, paths, t0):
@@ -227,13 +231,15 @@ def _append_to_index(args, index_file, paths, t0):
         return 0
     if todo:
         extractor = pipe[0]
-        extractor.set_params(verbose=1)
+        extractor.set_params(verbose=int(show_progress(args)))
         if args.cache is not None:
             extractor.set_params(cache=args.cache)
-        info(f"{PROG}: adding {len(new)} new and {len(changed)} changed image(s) of "
-             f"{folder!r} to {args.output} ({n_before} image(s))")
-        _add_in_batches(pipe, index_file, paths, names, todo, str_ids, 0, len(todo),
-                        args.save_every, t0)
+        if not args.quiet:
+            info(f"{PROG}: adding {len(new)} new and {len(changed)} changed image(s) of "
+                 f"{folder!r} to {args.output} ({n_before} image(s))")
+        with _batches_bar(args, len(todo)) as bar:
+            _add_in_batches(pipe, index_file, paths, names, todo, str_ids,
+                            args.save_every, bar)
     if pruned:
         # after the additions: the folder has images, so the index never empties
         retriever.remove(ids[[row_of[g] for g in gone]])

@@ -40,6 +40,15 @@ def _add_descriptor_options(p):
                    help="pooling of the feature maps (default: %(default)s)")
 
 
+def _add_progress_options(p):
+    """``--quiet`` and ``--progress``: the bars are drawn when stderr is a terminal."""
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars nor progress messages on stderr")
+    p.add_argument("-v", "--verbose", "--progress", dest="progress", action="store_true",
+                   help="progress bars on stderr even when it is not a terminal "
+                        "(by default they are drawn only in a terminal)")
+
+
 def _add_index_command(sub):
     """``skretrieval index FOLDER -o FILE``: index the images of a folder."""
     p = sub.add_parser(
@@ -90,6 +99,7 @@ def _add_index_command(sub):
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="feature-map cache directory: a re-run skips the images whose "
                         "maps are there (default: none)")
+    _add_progress_options(p)
     p.set_defaults(func=cmd_index)
 
 
@@ -117,8 +127,7 @@ def _add_search_command(sub):
                    help="format of --pairs: 'kapture' (kapture-localization: "
                         "'query, map, score' lines) or 'colmap' (COLMAP / hloc: "
                         "'query database' lines) (default: %(default)s)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="show the progress of the feature extraction")
+    _add_progress_options(p)
     p.set_defaults(func=cmd_search)
 
 
@@ -187,7 +196,7 @@ def _add_evaluate_command(sub):
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--figure", metavar="PNG", default=None,
                    help="also draw the top results of a few queries to this file")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_progress_options(p)
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ._common import PROG, CLIError, info, load_pipeline, warn
+from ._common import PROG, CLIError, info, load_pipeline, show_progress, warn
 
 __all__ = ["cmd_search"]
 
@@ -19,7 +19,7 @@ def cmd_search(args):
     retriever = pipe[-1]
     for _, step in pipe.steps[:-1]:
         if isinstance(step, ConvFeatureExtractor):
-            step.set_params(verbose=1 if args.verbose else 0)
+            step.set_params(verbose=int(show_progress(args)))
     items = _query_items(args)
 
     n_db = retriever.n_samples_fit_

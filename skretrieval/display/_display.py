@@ -544,7 +544,7 @@ class RetrievalDisplay:
 
         The selected queries are transformed by ``estimator[:-1]`` (e.g.
         extractor, pooler, whitening) and searched with the final
-        :class:`NearestNeighborRetriever` (its :meth:`kneighbors`).  The
+        :class:`NearestNeighborRetriever` (its :meth:`~NearestNeighborRetriever.kneighbors`).  The
         titles show the similarity: ``1 - distance`` for the ``"cosine"``
         metric, the inner product for ``"inner_product"``, and the distance
         (``dist``) for ``"euclidean"``.

@@ -9,14 +9,12 @@ Shared by :class:`~skretrieval.ConvFeatureExtractor` and
 * :func:`to_batch` -- ``H x W x 3`` uint8 arrays stacked into a float batch
   in ``[0, 1]`` (optionally normalised) on a device;
 * :func:`numbered_error` and :func:`stop_error` -- the errors naming the
-  images of ``X`` that cannot be used; :func:`report_progress`.
+  images of ``X`` that cannot be used.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 import numpy as np
 import torch
@@ -25,7 +23,7 @@ from PIL import Image
 from ._images import ImageLoadError, item_path, short_description
 from ._maps import FeatureMaps
 
-__all__ = ["as_image_list", "numbered_error", "report_progress", "resize", "resized_shape",
+__all__ = ["as_image_list", "numbered_error", "resize", "resized_shape",
            "stop_error", "to_batch"]
 
 
@@ -132,15 +130,3 @@ def stop_error(errors, n_done, cached):
         message += (f". The maps of the {n_done} images extracted are kept {where}: "
                     "the next transform takes them from there")
     return ImageLoadError(message, index=first.index, reason=first.reason, path=first.path)
-
-
-def report_progress(owner, done, n, progress):
-    """Print ``done`` of ``n`` images, the rate and the time left to stderr,
-    every 5 s at most and at the end; ``progress`` is ``[start, last report]``."""
-    now = time.perf_counter() - progress[0]
-    if now - progress[1] > 5 or done == n:
-        progress[1] = now
-        rate = done / max(now, 1e-9)
-        eta = (n - done) / max(rate, 1e-9)
-        print(f"[{owner}] {done}/{n} images, {rate:.1f} img/s, {eta:.0f} s left",
-              file=sys.stderr, flush=True)

@@ -56,6 +56,7 @@ import numpy as np
 from ._images import Crop, ImageLoadError, describe
 from ._maps import FeatureMaps
 from ._network import network_token, resolve_device, shared
+from ..utils._progress import progress
 
 __all__ = ["DistributedExtractionError", "distributed_backend", "transform_distributed"]
 
@@ -333,7 +334,8 @@ class _Run:
         self.reshipped = 0
         self.following = 0  # next chunk to submit
         self.out, self.indices, self.failed = None, [], []
-        self.t0 = time.perf_counter()
+        self.bar = progress(total=n, desc="extracting (dask)", unit="img",
+                            verbose=self.verbose)
 
     def _ship(self):
         with warnings.catch_warnings():  # the payload is in the graph on purpose
@@ -440,15 +442,10 @@ class _Run:
         self.out.extend(maps)
         self.indices.extend(range(a, b))
         del maps
-        if self.verbose:
-            now = time.perf_counter() - self.t0
-            rate = len(self.indices) / max(now, 1e-9)
-            print(f"[ConvFeatureExtractor] chunk {c + 1}/{len(self.bounds)} "
-                  f"(images {a}-{b - 1}) done: {b}/{self.n} images, {rate:.1f} img/s, "
-                  f"{(self.n - b) / max(rate, 1e-9):.0f} s left", file=sys.stderr,
-                  flush=True)
+        self.bar.update(b - a)
 
     def close(self):
+        self.bar.close()
         if self.futures:
             self.client.cancel(list(self.futures.values()))
         self.shipped.release()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +16,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from . import _distributed
-from ._batches import (as_image_list, numbered_error, report_progress, resize, resized_shape,
+from ._batches import (as_image_list, numbered_error, resize, resized_shape,
                        stop_error, to_batch)
 from ._cache import FORWARD_PASSES, RESUME_STORE, get_cache, image_cache_keys, make_key
 from ._images import ImageLoadError, item_path, describe, image_key, load_image
 from ._maps import FeatureMaps, class_activations
 from ._network import (backbone_network, fallback_device, network_from_state, probed,
                        resolve_device, smallest_input, state_arrays)
+from ..utils._progress import progress
 from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = ["ConvFeatureExtractor"]
@@ -161,7 +161,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         Threads that decode and resize images while the network runs
         (None: 1 on CPU, where the network uses every core; up to 4 on GPU).
     verbose : int, default=0
-        Print progress (images done, rate, time left) to stderr when > 0.
+        Show a progress bar (images done, rate, time left) on stderr when > 0.
 
     Attributes
     ----------
@@ -652,9 +652,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         n_threads = self.n_jobs or (1 if self.device_ == "cpu" else min(4, os.cpu_count() or 1))
         n = len(items)
         chunks = [range(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
-        progress = [time.perf_counter(), 0.0]  # start, last report
+        bar = progress(total=n, desc="extracting", unit="img", verbose=self.verbose)
         try:
-            with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            with ThreadPoolExecutor(max_workers=n_threads) as pool, bar:
 
                 def lookup(chunk):
                     return self._lookup_chunk(pool, items, chunk, scales, cache, stash[1])
@@ -671,8 +671,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
                         if on_error == "raise":
                             raise stop_error(errors, len(placed), cache is not None)
                         skipped.extend((e.index, str(e)) for e in errors)
-                    if self.verbose:
-                        report_progress("ConvFeatureExtractor", chunk.stop, n, progress)
+                    bar.update(len(chunk))
         except Exception:
             if cache is None and placed:  # keep the work done for the next call
                 self._stash(out, placed, items, scales)

@@ -162,7 +162,7 @@ class Crop:
     * The length, finiteness and ordering (``x2 > x1`` and ``y2 > y1``) of
       the box are validated at construction.
     * Equality and hashing are by identity (``eq=False``), since the image may
-      be a numpy array; use :func:`image_key` to compare contents.
+      be a numpy array; use ``image_key`` to compare contents.
     """
 
     image: object

@@ -56,7 +56,7 @@ def item_fingerprint(item):
     fingerprint : str
         ``"file:"`` + BLAKE2b-128 of the file's bytes for a path (the file
         is read, not only stat'ed); the content key of
-        :func:`~skretrieval._images.image_key` for an array or a PIL image;
+        ``image_key`` for an array or a PIL image;
         ``"crop:<fingerprint of its image>:<box>"`` for a :class:`Crop`.
 
     Raises

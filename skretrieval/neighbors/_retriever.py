@@ -91,7 +91,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
           default the largest divisor of ``n_features`` up to a quarter of it;
         * ``"nprobe"`` (int, default 16): lists visited per query (more:
           slower, higher recall); it can be changed after fitting with
-          :meth:`set_params`;
+          ``set_params``;
         * ``"k_factor"`` (number >= 1, default 1): ``ceil(k_factor * k)``
           candidates are taken from the index and re-ranked exactly with the
           stored descriptors (raise it with PQ);
@@ -107,7 +107,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     random_state : int, RandomState instance or None, default=None
         Seeds the construction of the NN-descent index and the training of
         the FAISS quantizers.  Pass an int for reproducible results across
-        multiple function calls.  See :term:`Glossary <random_state>`.
+        multiple function calls.  See ``random_state`` in the scikit-learn glossary.
 
     dtype : {"float32", "float16"}, default="float32"
         Precision of the stored database descriptors ``X_fit_``.
@@ -126,22 +126,22 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
 
     Attributes
     ----------
-    X_fit_ : ndarray of shape (n_samples_fit_, n_features_in_)
+    X_fit_ : ndarray of shape (n_samples_fit, n_features_in)
         Database descriptors (float32, or float16 with ``dtype="float16"``;
         a :class:`numpy.memmap` with ``store``), L2-normalised when
         ``metric="cosine"``.
 
-    y_ : ndarray of shape (n_samples_fit_,) or None
+    y_ : ndarray of shape (n_samples_fit,) or None
         Database labels, or ``None`` when fitted without labels.
 
-    ids_ : ndarray of shape (n_samples_fit_,)
+    ids_ : ndarray of shape (n_samples_fit,)
         Database ids, unique: those given to :meth:`fit` and
         :meth:`partial_fit` (e.g. image paths), by default consecutive ints
         (the row numbers of the items added by the first :meth:`fit`).
         ``kneighbors(..., return_ids=True)`` returns them instead of row
         numbers, and :meth:`remove` takes them.
 
-    fingerprints_ : ndarray of str of shape (n_samples_fit_,) or None
+    fingerprints_ : ndarray of str of shape (n_samples_fit,) or None
         Content fingerprints of the items, given to :meth:`fit` or
         :meth:`partial_fit` (:func:`skretrieval.add_to_index` gives the
         hashes of the images), ``""`` where unknown; ``None`` when none was
@@ -151,10 +151,10 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         Number of database items.
 
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
+        Number of features seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`. Defined only when `X`
+        Names of features seen during ``fit``. Defined only when `X`
         has feature names that are all strings.
 
     See Also
@@ -385,7 +385,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features_in)
             Descriptors of the new items.
 
         y : array-like of shape (n_samples,), default=None
@@ -614,7 +614,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, n_features_in_), default=None
+        X : array-like of shape (n_queries, n_features_in), default=None
             Query descriptors.  ``None`` queries every database item against
             the database, each item being excluded from its own ranking.
 
@@ -673,7 +673,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, n_features_in_), default=None
+        X : array-like of shape (n_queries, n_features_in), default=None
             Query descriptors.  ``None`` queries every database item against
             the others.
 
@@ -696,7 +696,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, n_features_in_), default=None
+        X : array-like of shape (n_queries, n_features_in), default=None
             Query descriptors.  ``None`` scores leave-one-out: every database
             item queries all the others, with the stored labels.
 

@@ -3,7 +3,7 @@
 ``fit(images, labels)`` trains a :class:`~skretrieval.RetrievalNet` (a
 torchvision trunk, GeM / R-MAC / MAC / SPoC pooling, an optional projection
 initialised from a PCA-whitening, L2) with one of the losses of
-:mod:`skretrieval.losses` (or a classification loss over the labels, the
+:mod:`skretrieval.nn` (or a classification loss over the labels, the
 Neural Codes recipe); ``transform(images)`` then returns L2-normalised
 descriptors, so the fitted trainer replaces ``ConvFeatureExtractor -> pooler
 -> PCAWhitener`` in a retrieval pipeline.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from numbers import Integral, Real
 
@@ -33,6 +32,7 @@ from ..extraction._backbones import describe_weights
 from ..extraction._batches import as_image_list, resize, resized_shape, to_batch
 from ..extraction._images import load_image
 from ..extraction._network import fallback_device, load_state, resolve_device, state_arrays
+from ..utils._progress import progress, write_line
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ._augment import random_crops
 from ._layers import POOLINGS, RetrievalNet
@@ -80,15 +80,15 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
       [1]_: every batch holds ``images_per_label`` images of each of
       ``batch_size // images_per_label`` random labels, every image is a
       query against the rest of the batch, and the loss is ``1 -`` the mean
-      differentiable AP (:func:`skretrieval.losses.ap_loss`, ``n_bins``
+      differentiable AP (:func:`skretrieval.nn.ap_loss`, ``n_bins``
       bins);
     * ``"triplet"`` -- Gordo et al. [2]_: each anchor (every training image
       in turn) gets a random positive of its label and the ``n_negatives``
       hardest negatives (of distinct labels) among ``mining_pool_size``
       images, mined with the current network at the start of every epoch;
-      loss :func:`~skretrieval.losses.triplet_loss` (margin 0.1);
+      loss :func:`~skretrieval.nn.triplet_loss` (margin 0.1);
     * ``"contrastive"`` -- Radenović et al. [3]_: the same tuples, with
-      :func:`~skretrieval.losses.contrastive_loss` on the (anchor,
+      :func:`~skretrieval.nn.contrastive_loss` on the (anchor,
       positive) and (anchor, negative) pairs (margin 0.7);
     * ``"classification"`` -- Neural Codes (Babenko et al. [4]_):
       cross-entropy over the labels with a new classifier head (a cosine
@@ -192,8 +192,8 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         Seeds the batches, crops, mining, validation split and the new
         layers.  An int gives reproducible training on a given device.
     verbose : int, default=0
-        Print the loss, validation mAP and timing of every epoch (and the
-        progress within epochs) to stderr when > 0.
+        When > 0, progress bars on stderr (images decoded, epochs, batches with
+        the running loss) and each epoch's loss, validation mAP and timing.
 
     Attributes
     ----------
@@ -221,7 +221,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     See Also
     --------
     skretrieval.RetrievalNet : The torch network.
-    skretrieval.losses : The losses.
+    skretrieval.nn.ap_loss : The differentiable AP loss.
     skretrieval.ConvFeatureExtractor : Off-the-shelf features.
 
     Notes
@@ -547,12 +547,15 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.n_features_out_ = net.out_dim
 
         t0 = time.perf_counter()
-        run.train_bank = [self._load_train(item, i) for i, item in enumerate(items)]
+        run.train_bank = [self._load_train(item, i) for i, item in
+                          self._bar(enumerate(items), len(items), "decoding", "img")]
         # training images at the evaluation size (mining, PCA)
         if (self.dim is not None and state is None) or self.loss in ("triplet", "contrastive"):
-            run.eval_train = [self._load_eval(item, i) for i, item in enumerate(items)]
+            run.eval_train = [self._load_eval(item, i) for i, item in
+                              self._bar(enumerate(items), len(items), "decoding", "img")]
         if val_items is not None:
-            run.val_bank = [self._load_eval(item, i) for i, item in enumerate(val_items)]
+            run.val_bank = [self._load_eval(item, i) for i, item in
+                            self._bar(enumerate(val_items), len(val_items), "decoding", "img")]
             run.val_codes = np.unique(val_y, return_inverse=True)[1]
         self._log(f"decoded {len(items)} training and "
                   f"{0 if run.val_bank is None else len(run.val_bank)} validation images in "
@@ -581,7 +584,8 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _fit_loop(self, run):
         """The epochs after ``run.start_epoch``: train, validate, log, save."""
-        for epoch in range(run.start_epoch + 1, self.n_epochs + 1):
+        epochs = range(run.start_epoch + 1, self.n_epochs + 1)
+        for epoch in self._bar(epochs, len(epochs), "training", "epoch"):
             t_epoch = time.perf_counter()
             losses = self._run_epoch(run, epoch)
             run.step += run.steps
@@ -607,7 +611,10 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     # ------------------------------------------------------------------
     def _log(self, msg):
         if self.verbose:
-            print(f"[RetrievalNetTrainer] {msg}", file=sys.stderr, flush=True)
+            write_line(f"[RetrievalNetTrainer] {msg}")
+
+    def _bar(self, iterable, total, desc, unit):
+        return progress(iterable, total=total, desc=desc, unit=unit, verbose=self.verbose)
 
     @staticmethod
     def _p(net):
@@ -687,14 +694,11 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if run.head is not None:
             run.head.train()
         losses = []
-        t0 = last = time.perf_counter()
-        for s, idx in enumerate(batches):
-            losses.append(self._train_step(run, idx, n_tuple, run.step + s))
-            now = time.perf_counter()
-            if self.verbose and (now - last > 15 or self.verbose > 1) and s + 1 < run.steps:
-                last = now
-                self._log(f"epoch {epoch}: step {s + 1}/{run.steps}, loss "
-                          f"{np.mean(losses):.4f}, {(s + 1) * len(idx) / (now - t0):.1f} img/s")
+        with self._bar(None, run.steps, f"epoch {epoch}", "batch") as bar:
+            for s, idx in enumerate(batches):
+                losses.append(self._train_step(run, idx, n_tuple, run.step + s))
+                bar.update()
+                bar.set_postfix_str(f"loss {np.mean(losses):.4f}", refresh=False)
         set_lr(run.opt, float(self.learning_rate), self.lr_schedule, run.step + run.steps,
                run.total_steps)
         run.net.eval()
@@ -769,7 +773,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         Returns
         -------
-        X_new : ndarray of shape (n_images, n_features_out_), dtype float32
+        X_new : ndarray of shape (n_images, n_features_out), dtype float32
             Unit-norm descriptors.
         """
         check_is_fitted(self, "n_features_out_")

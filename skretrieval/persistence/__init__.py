@@ -62,7 +62,7 @@ Declared state
 --------------
 Every supported class declares the fitted state it persists: the skretrieval
 estimators in a class attribute ``_state_spec`` (a
-:class:`skretrieval.utils._state.StateSpec`, see that module for the protocol),
+``skretrieval.utils._state.StateSpec``, see that module for the protocol),
 the scikit-learn classes, which cannot carry one, in a table
 (``skretrieval.persistence._registry.SKLEARN_STATE``).  A
 declaration names each stored attribute with its kind (int, str, tuple,

@@ -273,7 +273,7 @@ class CAMWeighter(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of shape (n_images, n_features_out_) or ClassVectors
+        X_new : ndarray of shape (n_images, n_features_out) or ClassVectors
             Offline: one L2-normalised vector per image.  Online: the
             :class:`ClassVectors` (classes and whitened class vectors).
         """

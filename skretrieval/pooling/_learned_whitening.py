@@ -94,19 +94,19 @@ class LearnedWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     Attributes
     ----------
-    mean_ : ndarray of shape (n_features_in_,)
+    mean_ : ndarray of shape (n_features_in,)
         Mean of the (L2-normalised) training descriptors.
-    projection_ : ndarray of shape (n_components_, n_features_in_)
+    projection_ : ndarray of shape (n_components, n_features_in)
         ``R^T C_S^{-1/2}`` (rows: the output directions), float64.
-    eigenvalues_ : ndarray of shape (n_components_,)
+    eigenvalues_ : ndarray of shape (n_components,)
         The eigenvalues of the whitened inter-class covariance kept (ratios
         of inter- to intra-class variance along each output direction).
     n_components_ : int
         Output dimension.
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
+        Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`, when all are strings.
+        Names of features seen during ``fit``, when all are strings.
 
     See Also
     --------
@@ -232,12 +232,12 @@ class LearnedWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features_in)
             Descriptors to transform.
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_components_), dtype float32
+        X_new : ndarray of shape (n_samples, n_components), dtype float32
             Of unit L2 norm if ``l2_after`` (zero rows stay zero).
         """
         check_is_fitted(self)

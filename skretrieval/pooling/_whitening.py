@@ -85,36 +85,36 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     random_state : int, RandomState instance or None, default=None
         Used by the ``"arpack"`` and ``"randomized"`` solvers.  Pass an int for
         reproducible results across multiple function calls.
-        See :term:`Glossary <random_state>`.
+        See ``random_state`` in the scikit-learn glossary.
 
     Attributes
     ----------
     pca_ : :class:`~sklearn.decomposition.PCA`
         The PCA fitted on the (L2-normalised) training descriptors.
 
-    components_ : ndarray of shape (n_components_, n_features_in_)
+    components_ : ndarray of shape (n_components, n_features_in)
         Principal axes, sorted by decreasing explained variance (float64).
 
-    mean_ : ndarray of shape (n_features_in_,)
+    mean_ : ndarray of shape (n_features_in,)
         Mean of the (L2-normalised) training descriptors (float64).
 
-    explained_variance_ : ndarray of shape (n_components_,)
+    explained_variance_ : ndarray of shape (n_components,)
         Variance of the training descriptors along each component, i.e. the
         eigenvalues of their covariance matrix (float64).
 
     n_components_ : int
         Number of components kept, i.e. the dimension of the output.
 
-    scale_ : ndarray of shape (n_components_,)
+    scale_ : ndarray of shape (n_components,)
         Factor applied to each component before the final normalisation:
         ``(explained_variance_ + eps) ** (-whiten_power / 2)``, or ones when
         ``whiten=False``.
 
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
+        Number of features seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`. Defined only when `X`
+        Names of features seen during ``fit``. Defined only when `X`
         has feature names that are all strings.
 
     See Also
@@ -277,12 +277,12 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features_in)
             Descriptors to transform.
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_components_), dtype float32
+        X_new : ndarray of shape (n_samples, n_components), dtype float32
             Whitened descriptors, of unit L2 norm if ``l2_after=True`` (rows
             that are zero stay zero).
         """

@@ -117,7 +117,7 @@ class OnlineCAMRetriever(RetrieverMixin, BaseEstimator):
         return self
 
     def similarities(self, X=None):
-        """Online-aggregated similarities, shape (n_queries, n_samples_fit_).
+        """Online-aggregated similarities, shape (n_queries, n_samples_fit).
 
         ``X=None`` scores the database against itself (the diagonal is then
         ``-inf``: an item is not its own result).

@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._expansion import weighted_mean
 from ._shortlist import ShortListMixin, as_feature_maps, l2_float32
 from ..extraction._maps import FeatureMaps
+from ..utils._progress import progress
 from ..utils._state import LABELS, Attr, StateSpec
 from ..pooling._functional import region_grid
 
@@ -120,6 +121,9 @@ class RegionReranker(ShortListMixin, BaseEstimator):
         Similarity power of those weights (0: average QE, the paper's).
     dtype : {"float32", "float16"}, default="float32"
         Storage of the regional descriptors.
+    verbose : int, default=0
+        Show progress bars on stderr (database images described by regions
+        at ``fit``, queries re-ranked) when > 0.
 
     Attributes
     ----------
@@ -162,6 +166,7 @@ class RegionReranker(ShortListMixin, BaseEstimator):
         "qe_k": [Interval(Integral, 0, None, closed="left")],
         "qe_alpha": [Interval(Real, 0, None, closed="left")],
         "dtype": [StrOptions({"float32", "float16"})],
+        "verbose": ["verbose"],
     }
 
     # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py):
@@ -179,7 +184,7 @@ class RegionReranker(ShortListMixin, BaseEstimator):
 
     def __init__(self, aggregator, retriever=None, *, n_rerank=100, proposals="cam",
                  cam_classes=6, cam_thresholds=(0.01, 0.1, 0.2, 0.3, 0.4), rmac_levels=3,
-                 qe_k=0, qe_alpha=0.0, dtype="float32"):
+                 qe_k=0, qe_alpha=0.0, dtype="float32", verbose=0):
         self.aggregator = aggregator
         self.retriever = retriever
         self.n_rerank = n_rerank
@@ -190,6 +195,11 @@ class RegionReranker(ShortListMixin, BaseEstimator):
         self.qe_k = qe_k
         self.qe_alpha = qe_alpha
         self.dtype = dtype
+        self.verbose = verbose
+
+    def __setstate__(self, state):
+        state.setdefault("verbose", 0)  # pickled before the parameter existed
+        super().__setstate__(state)
 
     # -- proposals -----------------------------------------------------------
     def _boxes(self, X, i, maps):
@@ -249,11 +259,13 @@ class RegionReranker(ShortListMixin, BaseEstimator):
         self._fit_global(X, y)
         counts = np.zeros(n, np.int64)
         vectors, boxes = [], []
-        for a in range(0, n, _CHUNK):
-            owners, b, V = self._describe_regions(X, range(a, min(n, a + _CHUNK)))
-            counts += np.bincount(owners, minlength=n)
-            vectors.append(V)
-            boxes.append(b)
+        with progress(total=n, desc="regions", unit="img", verbose=self.verbose) as bar:
+            for a in range(0, n, _CHUNK):
+                owners, b, V = self._describe_regions(X, range(a, min(n, a + _CHUNK)))
+                counts += np.bincount(owners, minlength=n)
+                vectors.append(V)
+                boxes.append(b)
+                bar.update(min(n, a + _CHUNK) - a)
         self.region_vectors_ = np.concatenate(vectors)
         self.region_boxes_ = np.concatenate(boxes)
         self.region_offsets_ = np.concatenate([[0], np.cumsum(counts)])
@@ -267,7 +279,8 @@ class RegionReranker(ShortListMixin, BaseEstimator):
             return dist, ind
         dist, ind = dist.copy(), ind.copy()
         off = self.region_offsets_
-        for j in range(ind.shape[0]):
+        for j in progress(range(ind.shape[0]), desc="re-ranking", unit="query",
+                          verbose=self.verbose):
             short = ind[j, :R]
             score = self._similarity(dist[j, :R]).astype(np.float64)
             q = Q[j].astype(np.float32)

@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._expansion import weighted_mean
 from ._shortlist import ShortListMixin, as_feature_maps
 from ..utils._arrays import l2_normalize
+from ..utils._progress import progress
 from ..utils._state import LABELS, Attr, StateSpec
 
 __all__ = ["SpatialVerificationReranker", "count_inliers", "match_features",
@@ -212,6 +213,8 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
     random_state : int, RandomState or None, default=0
         Seed of RANSAC; the draws of a (query, database image) pair depend
         on it and on the database index only.
+    verbose : int, default=0
+        Show a progress bar of the queries verified on stderr when > 0.
 
     Attributes
     ----------
@@ -259,6 +262,7 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
         "qe_k": [Interval(Integral, 0, None, closed="left")],
         "qe_alpha": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
+        "verbose": ["verbose"],
     }
 
     _state_spec = StateSpec({
@@ -278,7 +282,7 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
     def __init__(self, aggregator, retriever=None, *, n_rerank=100, max_features=100,
                  n_components=128, stride=32.0, matching="mutual", ratio=0.9,
                  transform="similarity", residual_threshold=None, max_trials=100,
-                 min_inliers=4, qe_k=0, qe_alpha=3.0, random_state=0):
+                 min_inliers=4, qe_k=0, qe_alpha=3.0, random_state=0, verbose=0):
         self.aggregator = aggregator
         self.retriever = retriever
         self.n_rerank = n_rerank
@@ -294,6 +298,7 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
         self.qe_k = qe_k
         self.qe_alpha = qe_alpha
         self.random_state = random_state
+        self.verbose = verbose
 
     # -- local features --------------------------------------------------------
     def _raw_features(self, X, i):
@@ -422,7 +427,8 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
         R = min(self.n_rerank, ind.shape[1])
         dist, ind = dist.copy(), ind.copy()
         verified = []
-        for j in range(ind.shape[0]):
+        for j in progress(range(ind.shape[0]), desc="verifying", unit="query",
+                          verbose=self.verbose):
             if R == 0:
                 verified.append(np.zeros(0, np.int64))
                 continue
