@@ -21,7 +21,7 @@ from ..metrics._ranking import average_precision_from_relevance
 from ._backends import BACKENDS, INDEX_KINDS
 from ._base import RetrieverMixin
 from ._exact import block_query_rows
-from ._index_state import INDEX_BLOB, IndexStateMixin
+from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
 from ._items import DatabaseItemsMixin
 from ._store import DescriptorStore
 from ._topk import sort_by_key_then_index
@@ -244,7 +244,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     _parameter_constraints: dict = {
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions({"cosine", "inner_product", "euclidean"})],
-        "algorithm": [StrOptions(set(BACKENDS))],
+        "algorithm": [StrOptions(set(BACKENDS) | {"auto"})],
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
         "algorithm_params": [dict, None],
         "n_jobs": [Integral, None],
@@ -278,6 +278,9 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             "_index_kind": Attr("str", choices=INDEX_KINDS, none=True, optional=True),
             "_index_seed": Attr("int", optional=True),
             "_faiss_index": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
+            # SHA-256 of the serialised index and the library that wrote it
+            "_index_checksum": Attr("str", optional=True),
+            "_index_library": Attr("str", optional=True),
         },
         # the index is rebuilt; a store's descriptors are loaded in memory
         transient={"_index": None, "_store_path": None, "_store_dtype": None},
@@ -340,13 +343,14 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         self : object
             The fitted retriever.
         """
-        backend = self._backend()
-        backend.check_params()
+        # "auto" takes the parameters of "hnsw", checked whatever the size
+        self._backend("hnsw" if self.algorithm == "auto" else self.algorithm).check_params()
         if y is None:
             X = validate_data(self, X, dtype=np.float32)
         else:
             X, y = validate_data(self, X, y, dtype=np.float32)
         n_samples = X.shape[0]
+        backend = self._backend(self._algorithm(*X.shape))
         # checks before any state changes
         ids = self._new_ids(ids, n_samples, reset=True)
         fingerprints = self._check_fingerprints(fingerprints, n_samples)
@@ -366,7 +370,8 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
 
         self._index = None
         self._index_kind = None
-        self.__dict__.pop(INDEX_BLOB, None)
+        for name in (INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY):
+            self.__dict__.pop(name, None)
         if not backend.exact:
             self._new_index_seed()
             self._get_index()
@@ -525,7 +530,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             if not self._backend().exact:
                 raise ValueError(
                     "n_neighbors='all' (a full ranking of the database) needs "
-                    f"algorithm='brute'; {self.algorithm!r} only finds approximate "
+                    f"algorithm='brute'; {self._algorithm()!r} only finds approximate "
                     "nearest neighbours. Pass an int n_neighbors instead."
                 )
             return n_available
