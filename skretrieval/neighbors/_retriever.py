@@ -18,13 +18,13 @@ from sklearn.utils.validation import (
 
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ..metrics._ranking import average_precision_from_relevance
+from ._approx import approx_kneighbors
 from ._backends import BACKENDS, INDEX_KINDS
 from ._base import RetrieverMixin
 from ._exact import block_query_rows
 from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
 from ._items import DatabaseItemsMixin
 from ._store import DescriptorStore
-from ._topk import sort_by_key_then_index
 
 __all__ = ["NearestNeighborRetriever"]
 
@@ -573,46 +573,13 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         """Ranking keys of the queries ``Q`` and their neighbours ``ind``."""
         return self._exact().exact_keys(Q, ind)
 
-    def _approx_kneighbors(self, backend, k, Q=None, rows=None):
-        """Top-``k`` of the approximate index, re-ranked with exact distances."""
-        exact = self._exact()
-        queries = exact.queries(Q, rows)
-        n_queries = queries.shape[0]
-        n_cand = min(backend.n_candidates(k) + int(Q is None), self.n_samples_fit_)
-        cand = backend.candidates(self._get_index(), queries, n_cand, rows, self._keys)
-        if Q is None:
-            cand[cand == rows[:, np.newaxis]] = -1  # an item is not its own result
-        # Rows with fewer than k distinct candidates (-1 padded, repeated) are
-        # searched exactly.
-        invalid = cand < 0
-        sorted_cand = np.sort(cand, axis=1)
-        repeated = np.any((sorted_cand[:, 1:] == sorted_cand[:, :-1])
-                          & (sorted_cand[:, 1:] >= 0), axis=1)
-        bad = (np.count_nonzero(~invalid, axis=1) < k) | repeated
-        good = np.flatnonzero(~bad)
-
-        keys_out = np.empty((n_queries, k), dtype=np.float32)
-        ind_out = np.empty((n_queries, k), dtype=np.intp)
-        if good.shape[0]:
-            cg, ig = cand[good], invalid[good]
-            keys = exact.exact_keys(queries[good], np.where(ig, 0, cg))
-            keys[ig] = np.inf
-            cg = np.where(ig, self.n_samples_fit_, cg)
-            keys, cg = sort_by_key_then_index(keys, cg)
-            keys_out[good], ind_out[good] = keys[:, :k], cg[:, :k]
-        if np.any(bad):
-            if Q is None:
-                keys_out[bad], ind_out[bad] = exact.kneighbors(k, rows=rows[bad])
-            else:
-                keys_out[bad], ind_out[bad] = exact.kneighbors(k, Q=Q[bad])
-        return keys_out, ind_out
-
     def _search(self, k, Q=None, rows=None):
         """Top-``k`` ``(keys, indices)`` of queries ``Q`` or database ``rows``."""
         backend = self._backend()
         if backend.exact:
             return self._exact().kneighbors(k, Q=Q, rows=rows)
-        return self._approx_kneighbors(backend, k, Q=Q, rows=rows)
+        return approx_kneighbors(backend, self._get_index(), self._exact(), self._keys, k,
+                                 Q=Q, rows=rows)
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True, return_ids=False):
         """Find the nearest database items of query descriptors.
