@@ -58,8 +58,14 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         ``-inner product`` for ``"inner_product"`` and the Euclidean distance
         for ``"euclidean"``; smaller is more similar.
 
-    algorithm : {"brute", "nndescent", "faiss"}, default="brute"
-        ``"brute"`` computes exact rankings; ``"nndescent"`` builds a
+    algorithm : {"brute", "hnsw", "auto", "nndescent", "faiss"}, default="brute"
+        ``"brute"`` computes exact rankings; ``"hnsw"`` builds a HNSW graph
+        (the usearch library: ``pip install skretrieval[hnsw]``), the
+        approximate search of choice for 128 to 2048 dimensions, which grows
+        and shrinks in place; ``"auto"`` is ``"brute"`` below ``2**25``
+        stored values (``n_samples x n_features``, e.g. 65,536 x 512: the
+        exact search then answers a query in a few ms) and ``"hnsw"`` above
+        (when usearch is installed); ``"nndescent"`` builds a
         :class:`pynndescent.NNDescent` index in :meth:`fit` and gives
         approximate nearest neighbours, much faster on large databases;
         ``"faiss"`` builds a FAISS index (by default an inverted file,
@@ -98,6 +104,17 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         * ``"train_size"`` (int): descriptors used to train the quantizers,
           default ``max(40 * nlist, 10000)`` (all of them if fewer; FAISS
           warns below 39 points per list).
+
+        With ``algorithm="hnsw"`` (or ``"auto"``), any of ``"M"`` (links per
+        node, int >= 2), ``"ef_construction"`` (search depth of the
+        insertions), ``"ef_search"`` (search depth of the queries: more is
+        slower and recalls more; changed without rebuilding), ``"k_factor"``
+        (number >= 1, default 1: candidates re-ranked exactly, as for FAISS)
+        and ``"index_dtype"`` (``"float16"``, the default, or ``"float32"``:
+        the vectors kept in the graph).  The defaults follow the database
+        size: ``M`` 16 up to 128 dimensions, 32 above; ``ef_construction``
+        128; ``ef_search`` 32 up to 100,000 items, 64 above (measured to give
+        recall@10 >= 0.95; see docs/scale.md).
 
     n_jobs : int, default=None
         Number of threads used to build the NN-descent index, or used by
@@ -208,6 +225,17 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     ``nprobe``) are searched exactly.  Pickling serialises the index
     (:func:`faiss.serialize_index`), so a joblib round trip gives identical
     results; so does :func:`skretrieval.persistence.save_pipeline`.
+
+    **HNSW.**  The graph (usearch) holds its own float16 copy of the
+    vectors; its candidates are re-ranked with the exact distances of the
+    stored descriptors.  :meth:`partial_fit` inserts the new vectors,
+    :meth:`remove` deletes vectors natively (never returned again).
+    Pickling and ``save_pipeline`` store the library's own serialisation
+    (``Index.save()`` bytes) with its SHA-256 and the library version: altered
+    bytes raise a ``ValueError``; bytes of another usearch version are not
+    read, the graph is rebuilt from the stored descriptors on the first
+    query.  ``M`` and ``ef_construction`` apply to a new graph (refit after
+    changing them); ``ef_search`` and ``k_factor`` apply at once.
 
     **Growing and shrinking.**  :meth:`partial_fit` appends items without
     refitting anything upstream (e.g. the whitening of a pipeline: see
