@@ -21,7 +21,8 @@ import numpy as np
 from ._store import as_float32
 
 __all__ = ["AUTO_MIN_VALUES", "BACKENDS", "INDEX_KINDS", "BruteBackend", "FaissBackend",
-           "HNSWBackend", "NNDescentBackend", "SearchBackend", "resolve_algorithm"]
+           "HNSWBackend", "NNDescentBackend", "SearchBackend", "params_algorithm",
+           "resolve_algorithm"]
 
 # Metric names of pynndescent.
 _NNDESCENT_METRICS = {
@@ -260,12 +261,7 @@ class FaissBackend(SearchBackend):
 
     def check_params(self):
         params = self.params
-        unknown = set(params) - _FAISS_PARAMS
-        if unknown:
-            raise ValueError(
-                f"algorithm_params with algorithm='faiss' takes the keys "
-                f"{sorted(_FAISS_PARAMS)}, got {sorted(unknown)}."
-            )
+        _check_keys(params, _FAISS_PARAMS, "faiss")
         _check_positive_ints(params, ("nlist", "m", "nprobe", "train_size"))
         _check_k_factor(params)
         if not isinstance(params.get("factory", ""), str):
@@ -392,6 +388,11 @@ def hnsw_defaults(n_samples, n_features):
     return m, 128, ef_search
 
 
+def params_algorithm(algorithm):
+    """The search method whose ``algorithm_params`` ``algorithm`` takes."""
+    return "hnsw" if algorithm == "auto" else algorithm
+
+
 def resolve_algorithm(algorithm, n_samples, n_features):
     """The search method of ``algorithm`` for a database of this size.
 
@@ -407,6 +408,15 @@ def resolve_algorithm(algorithm, n_samples, n_features):
     except ImportError:
         return "brute"
     return "hnsw"
+
+
+def _check_keys(params, allowed, algorithm):
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(
+            f"algorithm_params with algorithm={algorithm!r} takes the keys "
+            f"{sorted(allowed)}, got {sorted(unknown)}."
+        )
 
 
 def _check_positive_ints(params, names):
@@ -443,12 +453,7 @@ class HNSWBackend(SearchBackend):
 
     def check_params(self):
         params = self.params
-        unknown = set(params) - _HNSW_PARAMS
-        if unknown:
-            raise ValueError(
-                f"algorithm_params with algorithm='hnsw' takes the keys "
-                f"{sorted(_HNSW_PARAMS)}, got {sorted(unknown)}."
-            )
+        _check_keys(params, _HNSW_PARAMS, "hnsw")
         _check_positive_ints(params, ("ef_construction", "ef_search"))
         m = params.get("M")
         if m is not None and (not isinstance(m, Integral) or isinstance(m, bool) or m < 2):

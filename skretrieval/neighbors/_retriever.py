@@ -19,7 +19,7 @@ from sklearn.utils.validation import (
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ..metrics._ranking import average_precision_from_relevance
 from ._approx import approx_kneighbors
-from ._backends import BACKENDS, INDEX_KINDS
+from ._backends import BACKENDS, INDEX_KINDS, params_algorithm
 from ._base import RetrieverMixin
 from ._exact import block_query_rows
 from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
@@ -372,7 +372,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             The fitted retriever.
         """
         # "auto" takes the parameters of "hnsw", checked whatever the size
-        self._backend("hnsw" if self.algorithm == "auto" else self.algorithm).check_params()
+        self._backend(params_algorithm(self.algorithm)).check_params()
         if y is None:
             X = validate_data(self, X, dtype=np.float32)
         else:
