@@ -108,9 +108,12 @@ class SearchBackend:
         return None
 
 
+_N_CPUS = os.cpu_count() or 1
+
+
 def n_threads(n_jobs):
     """Threads for ``n_jobs`` (None or -1: all the cores)."""
-    n_cpus = os.cpu_count() or 1
+    n_cpus = _N_CPUS
     if n_jobs is None or n_jobs == -1:
         return n_cpus
     return int(n_jobs if n_jobs > 0 else max(1, n_cpus + 1 + n_jobs))
@@ -505,8 +508,10 @@ class HNSWBackend(SearchBackend):
     def candidates(self, index, queries, n_candidates, rows, keys):
         _, _, ef_search = self.settings(keys.shape[0], queries.shape[1])
         index.expansion_search = int(max(ef_search, n_candidates))
+        # one query: no thread pool
+        threads = 1 if queries.shape[0] == 1 else n_threads(self.n_jobs)
         found = index.search(np.ascontiguousarray(queries, dtype=np.float32), n_candidates,
-                             threads=n_threads(self.n_jobs))
+                             threads=threads)
         keys_found = np.full((queries.shape[0], n_candidates), -1, dtype=np.int64)
         if hasattr(found, "counts"):  # BatchMatches (padded beyond the counts)
             keys_found[:] = found.keys
