@@ -1,4 +1,4 @@
-"""Nearest-neighbour search at scale: exact brute force, FAISS IVF / IVF-PQ, NN-descent.
+"""Nearest-neighbour search at scale: exact brute force, HNSW, FAISS IVF / IVF-PQ, NN-descent.
 
 Builds a :class:`skretrieval.NearestNeighborRetriever` over synthetic global
 descriptors of realistic dimension (clustered, decaying variance spectrum as
@@ -11,11 +11,14 @@ backend and setting, a Markdown table of:
   memory-mapped file (``store=``), and **index**: the bytes of the
   approximate index on top of them (FAISS: its serialised size;
   pynndescent: its arrays);
+* **B/vector**: descriptors and index together, in bytes per database item;
 * **QPS**: queries per second for a batch of queries at k=10 (the queries
-  and the retriever in one process, all cores), and **ms/query**: the time of
-  one query at a time (median of 3 runs of 20 queries), the online case;
+  and the retriever in one process, all cores), and **p50 / p99 ms**: the
+  median and 99th percentile latency of one query at a time (200 queries at
+  k=10), the online case;
 * **recall@10** and **recall@100** against the exact top-10 / top-100 (the
-  brute-force ranking);
+  brute-force ranking), of a k=10 and a k=100 search (a graph searches at
+  least ``k`` deep, so the k=100 search is not the k=10 one);
 * **x brute**: the QPS ratio to the exact brute force (batch) of the same
   collection.
 
@@ -25,13 +28,17 @@ top-k selection, and one query at a time (a matrix-vector product, bound by
 memory bandwidth), with the bandwidth it reaches.
 
 Default collections: 100k x 128, 100k x 512, 100k x 2048, 1M x 128 with
-every backend, and 1M x 512 with the brute force only (``NxD:brute``; float32
-in RAM: 0.05 to 2 GB).  NN-descent runs only where its build is expected to take less than
+every backend, and 1M x 512 with the brute force and HNSW only
+(``NxD:brute+hnsw``: a collection may name its backends among brute, hnsw,
+faiss, nndescent; float32 in RAM: 0.05 to 2 GB).  HNSW (usearch, float16
+vectors in the graph and in the retriever's store) is built once per
+collection with its default parameters (the rule of ``hnsw_defaults``, or
+``--hnsw-m`` / ``--hnsw-efc``) and searched at every ``--hnsw-ef``.  NN-descent runs only where its build is expected to take less than
 ``--nndescent-max-seconds`` (default 300 s), estimated from the previous
 collection; pynndescent compiles itself with numba first (about 30 s, not
 counted in its build time).
 
-Run:  python benchmarks/bench_search.py [--quick] [--collections 100000x128 1000000x512:brute]
+Run:  python benchmarks/bench_search.py [--quick] [--collections 100000x128 1000000x512:brute+hnsw]
           [--queries 1000] [--json results.json]
 """
 
@@ -54,7 +61,8 @@ import numpy as np
 from skretrieval import NearestNeighborRetriever
 
 DEFAULT_COLLECTIONS = ["100000x128", "100000x512", "100000x2048", "1000000x128",
-                       "1000000x512:brute"]
+                       "1000000x512:brute+hnsw"]
+ALL_BACKENDS = ("brute", "hnsw", "faiss", "nndescent")
 QUICK_COLLECTIONS = ["20000x128", "20000x512"]
 
 
@@ -116,6 +124,8 @@ def index_bytes(retriever):
         import faiss
 
         return int(faiss.serialize_index(index).nbytes)
+    if retriever._index_kind == "hnsw":
+        return int(index.serialized_length)
     return _arrays_bytes(index)
 
 
@@ -158,34 +168,40 @@ def bare_numpy(X, Q, chunk, min_seconds=2.0):
     return qps, (time.perf_counter() - t0) / n_runs
 
 
-def single_query_seconds(retriever, Q, k=10, n_queries=20):
-    """Median over 3 runs of the mean time of ``n_queries`` single queries."""
-    runs = []
-    for run in range(3):
+def single_query_seconds(retriever, Q, k=10, n_queries=200, max_seconds=10.0):
+    """p50 and p99 seconds of ``n_queries`` queries searched one at a time
+    (fewer, at least 20, if they take more than ``max_seconds``)."""
+    times = []
+    for q in Q[:n_queries]:
         t0 = time.perf_counter()
-        for q in Q[run * n_queries : (run + 1) * n_queries]:
-            retriever.kneighbors(q[np.newaxis], n_neighbors=k, return_distance=False)
-        runs.append((time.perf_counter() - t0) / n_queries)
-    return float(np.median(runs))
+        retriever.kneighbors(q[np.newaxis], n_neighbors=k, return_distance=False)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 20 and sum(times) > max_seconds:
+            break
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
 # ---------------------------------------------------------------------------
 # one collection
 # ---------------------------------------------------------------------------
-def run_collection(n, d, n_queries, args, nndescent_rate, tmp, brute_only=False):
+def run_collection(n, d, n_queries, args, nndescent_rate, tmp, backends=ALL_BACKENDS):
     rows, notes = [], []
     t0 = time.perf_counter()
     X, Q = make_descriptors(n, d, n_queries, seed=args.seed)
     print(f"\n## {n:,} x {d} descriptors ({X.nbytes / 2**20:,.0f} MB float32), "
           f"{n_queries} queries (generated in {time.perf_counter() - t0:.0f} s)", flush=True)
 
-    def add(backend, setting, retriever, build, qps, ind100, where="RAM"):
+    def add(backend, setting, retriever, build, qps, ind100, ind10, where="RAM"):
+        p50, p99 = single_query_seconds(retriever, Q)
+        index = index_bytes(retriever)
         row = {
             "n": n, "d": d, "backend": backend, "setting": setting, "build_s": build,
             "descriptors_mb": retriever.X_fit_.nbytes / 2**20, "where": where,
-            "index_mb": index_bytes(retriever) / 2**20, "qps": qps,
-            "single_ms": 1e3 * single_query_seconds(retriever, Q),
-            "recall10": recall(ind100[:, :10], truth[:, :10]),
+            "index_mb": index / 2**20, "qps": qps,
+            "bytes_per_vector": (retriever.X_fit_.nbytes + index) / n,
+            "single_ms": 1e3 * p50, "p99_ms": 1e3 * p99,
+            # recall@10 of the k=10 search (a k=100 search looks deeper)
+            "recall10": recall(ind10, truth[:, :10]),
             "recall100": recall(ind100, truth),
         }
         row["x_brute"] = qps / rows[0]["qps"] if rows else 1.0
@@ -197,11 +213,11 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, brute_only=False)
     brute = NearestNeighborRetriever(metric="cosine").fit(X)
     build = time.perf_counter() - t
     truth = brute.kneighbors(Q, n_neighbors=100, return_distance=False)
-    qps, _ = timed_search(brute, Q, 10)
-    add("brute", "float32, RAM", brute, build, qps, truth)
+    qps, ind10 = timed_search(brute, Q, 10)
+    add("brute", "float32, RAM", brute, build, qps, truth, ind10)
     chunk = brute._chunk_rows()
     bare_qps, gemv = bare_numpy(brute.X_fit_, Q, chunk)
-    single = rows[0]["single_ms"] / 1e3
+    single = rows[0]["single_ms"] / 1e3  # p50
     notes.append(
         f"brute force, {n_queries} queries in blocks of {chunk}: {rows[0]['qps']:,.0f} QPS "
         f"against {bare_qps:,.0f} for the bare numpy products alone (ratio "
@@ -216,17 +232,33 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, brute_only=False)
     t = time.perf_counter()
     mm = NearestNeighborRetriever(store=store, dtype="float16").fit(X)
     build = time.perf_counter() - t
-    qps, _ = timed_search(mm, Q, 10)
+    qps, ind10 = timed_search(mm, Q, 10)
     ind = mm.kneighbors(Q, n_neighbors=100, return_distance=False)
-    add("brute", "float16, memory-mapped file", mm, build, qps, ind, where="disk")
+    add("brute", "float16, memory-mapped file", mm, build, qps, ind, ind10, where="disk")
     del mm
     os.remove(store)
 
-    if brute_only:
-        return rows, notes, nndescent_rate
+    if "hnsw" in backends and not args.no_hnsw:
+        params = {key: value for key, value in (("M", args.hnsw_m),
+                                                ("ef_construction", args.hnsw_efc)) if value}
+        t = time.perf_counter()
+        hr = NearestNeighborRetriever(algorithm="hnsw", dtype="float16",
+                                      algorithm_params=params).fit(X)
+        build = time.perf_counter() - t
+        m, efc, ef_default = hr._backend().settings(n, d)
+        for ef in args.hnsw_ef or [ef_default]:
+            hr.set_params(algorithm_params={**params, "ef_search": ef})
+            qps, ind10 = timed_search(hr, Q, 10)
+            ind = hr.kneighbors(Q, n_neighbors=100, return_distance=False)
+            setting = f"M {m}, ef_construction {efc}, ef_search {ef}"
+            if ef == ef_default and not params:
+                setting += " (default)"
+            add("hnsw", setting, hr, build, qps, ind, ind10)
+            build = float("nan")
+        del hr
 
     # FAISS
-    if not args.no_faiss:
+    if "faiss" in backends and not args.no_faiss:
         nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
         m = min(d // 8, 64)
         variants = [("IVF{nlist},Flat", f"IVF{nlist},Flat", [1])]
@@ -242,19 +274,20 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, brute_only=False)
                 for nprobe in args.nprobe:
                     fr.set_params(algorithm_params={**params, "nprobe": nprobe,
                                                     "k_factor": k_factor})
-                    qps, _ = timed_search(fr, Q, 10)
+                    qps, ind10 = timed_search(fr, Q, 10)
                     ind = fr.kneighbors(Q, n_neighbors=100, return_distance=False)
                     setting = f"{label}, nprobe {nprobe}"
                     if k_factor > 1:
                         setting += f", re-rank {k_factor}k"
-                    add("faiss", setting, fr, build, qps, ind)
+                    add("faiss", setting, fr, build, qps, ind, ind10)
                     build = float("nan")  # built once, shown on the first row
             del fr
 
     # NN-descent, for every degree whose build is expected under the cap
     # (extrapolated linearly in n x d from the previous collection)
     nndescent_rate = dict(nndescent_rate or {})
-    for degree in [] if args.no_nndescent else args.nndescent_degrees:
+    skip = args.no_nndescent or "nndescent" not in backends
+    for degree in [] if skip else args.nndescent_degrees:
         expected = nndescent_rate.get(degree, 0.0) * n * d
         if expected > args.nndescent_max_seconds:
             notes.append(f"NN-descent degree {degree} skipped: its build would take about "
@@ -269,9 +302,9 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, brute_only=False)
         nndescent_rate[degree] = build / (n * d)
         for epsilon in args.nndescent_epsilons:
             nr.set_params(algorithm_params={"n_neighbors": degree, "epsilon": epsilon})
-            qps, _ = timed_search(nr, Q, 10)
+            qps, ind10 = timed_search(nr, Q, 10)
             ind = nr.kneighbors(Q, n_neighbors=100, return_distance=False)
-            add("nndescent", f"degree {degree}, epsilon {epsilon:g}", nr, build, qps, ind)
+            add("nndescent", f"degree {degree}, epsilon {epsilon:g}", nr, build, qps, ind, ind10)
             build = float("nan")
         del nr
     return rows, notes, nndescent_rate
@@ -294,15 +327,16 @@ def _compile_nndescent():
 # report
 # ---------------------------------------------------------------------------
 HEADER = ("| collection | backend | setting | build (s) | descriptors | index (MB) "
-          "| QPS (k=10) | ms/query | recall@10 | recall@100 | x brute |\n"
-          "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+          "| B/vector | QPS (k=10) | p50 ms | p99 ms | recall@10 | recall@100 | x brute |\n"
+          "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def _format_row(r):
     build = "" if math.isnan(r["build_s"]) else f"{r['build_s']:.1f}"
     return (f"| {r['n']:,} x {r['d']} | {r['backend']} | {r['setting']} | {build} "
             f"| {r['descriptors_mb']:,.0f} MB {r['where']} | {r['index_mb']:,.0f} "
-            f"| {r['qps']:,.0f} | {r['single_ms']:.1f} | {r['recall10']:.3f} "
+            f"| {r['bytes_per_vector']:,.0f} | {r['qps']:,.0f} | {r['single_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r['recall10']:.3f} "
             f"| {r['recall100']:.3f} "
             f"| {r['x_brute']:.2f} |")
 
@@ -321,6 +355,13 @@ def main(argv=None):
     parser.add_argument("--nndescent-max-seconds", type=float, default=300.0)
     parser.add_argument("--pq-max-dim", type=int, default=512,
                         help="IVF-PQ only up to this dimension (default: %(default)s)")
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[16, 32, 64, 128],
+                        help="HNSW search depths (default: %(default)s)")
+    parser.add_argument("--hnsw-m", type=int, default=None,
+                        help="HNSW links per node (default: the rule of hnsw_defaults)")
+    parser.add_argument("--hnsw-efc", type=int, default=None,
+                        help="HNSW construction depth (default: the rule of hnsw_defaults)")
+    parser.add_argument("--no-hnsw", action="store_true")
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--no-nndescent", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -332,7 +373,7 @@ def main(argv=None):
     for c in collections:
         size, _, only = c.lower().partition(":")
         n, d = (int(v) for v in size.split("x"))
-        plan.append((n, d, only == "brute"))
+        plan.append((n, d, tuple(only.split("+")) if only else ALL_BACKENDS))
 
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -342,8 +383,8 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="bench-search-", dir=args.tmp)
     all_rows, all_notes, rate = [], [], None
     try:
-        for n, d, brute_only in plan:
-            rows, notes, rate = run_collection(n, d, args.queries, args, rate, tmp, brute_only)
+        for n, d, backends in plan:
+            rows, notes, rate = run_collection(n, d, args.queries, args, rate, tmp, backends)
             all_rows += rows
             all_notes += [f"{n:,} x {d}: {note}" for note in notes]
     finally:

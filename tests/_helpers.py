@@ -133,6 +133,25 @@ def recall(ind, ind_exact):
     return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ind, ind_exact)])
 
 
+def assert_approx_agrees(r, brute, Q, min_recall):
+    """An approximate retriever ``r`` against the exact ``brute`` on queries
+    ``Q`` and leave-one-out: recall@k, sorted distances that are the exact
+    ones of the returned items, no item its own result, no full ranking."""
+    import pytest
+
+    for queries in (Q, None):
+        dist, ind = r.kneighbors(queries)
+        assert recall(ind, brute.kneighbors(queries)[1]) >= min_recall
+        assert np.all(np.diff(dist, axis=1) >= 0)
+        if queries is None:
+            assert not np.any(ind == np.arange(r.n_samples_fit_)[:, None])
+    dist, ind = r.kneighbors(Q)
+    exact = brute._keys_to_distances(brute._exact_keys(brute._validate_queries(Q), ind))
+    assert_allclose(dist, exact, rtol=FLOAT32_RTOL, atol=1e-5)
+    with pytest.raises(ValueError, match="needs algorithm='brute'"):
+        r.kneighbors(Q, n_neighbors="all")
+
+
 def assert_removed_and_recall(r, X, y, ids, Q, gone):
     """After ``r.remove(gone)``: no removed id is returned, and recall@10 against
     an exact search of the remaining items is at least 0.9 (queries and

@@ -67,9 +67,11 @@ def _add_index_command(sub):
     p.add_argument("--pca", type=positive_int, default=None, metavar="N",
                    help="PCA-whiten the descriptors to N dimensions, learned on the "
                         "indexed images (default: no whitening)")
-    p.add_argument("--algorithm", choices=("brute", "nndescent", "faiss"), default="brute",
-                   help="exact (brute) or approximate (nndescent, or faiss: needs "
-                        "pip install skretrieval[faiss]) search (default: %(default)s)")
+    p.add_argument("--algorithm", choices=("brute", "hnsw", "auto", "nndescent", "faiss"),
+                   default="brute",
+                   help="exact (brute) or approximate (hnsw: needs pip install "
+                        "skretrieval[hnsw]; auto: hnsw for large indexes; nndescent; faiss: "
+                        "needs pip install skretrieval[faiss]) search (default: %(default)s)")
     p.add_argument("--device", default="auto",
                    help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",

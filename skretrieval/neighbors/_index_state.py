@@ -1,9 +1,11 @@
 """The search state of a retriever: its descriptor store, its index, and their persistence."""
 
+import hashlib
+
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._backends import BACKENDS
+from ._backends import BACKENDS, resolve_algorithm
 from ._exact import ExactSearch
 from ._store import DescriptorStore
 
@@ -12,6 +14,14 @@ __all__ = ["IndexStateMixin"]
 # The attribute holding the serialised index of an unpickled or loaded
 # retriever (named after the first backend that had one).
 INDEX_BLOB = "_faiss_index"
+# Its SHA-256 and the library (name and version) that wrote it.
+INDEX_CHECKSUM = "_index_checksum"
+INDEX_LIBRARY = "_index_library"
+
+
+def blob_checksum(blob):
+    """SHA-256 (hex) of a serialised index."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(blob))).hexdigest()
 
 
 class IndexStateMixin:
@@ -25,9 +35,17 @@ class IndexStateMixin:
     see the same attributes as before the backends existed.
     """
 
+    def _algorithm(self, n_samples=None, n_features=None):
+        """The search method in use: ``algorithm``, with ``"auto"`` resolved
+        for the database size (by default the fitted one)."""
+        if n_samples is None:
+            n_samples = getattr(self, "n_samples_fit_", 0)
+            n_features = getattr(self, "n_features_in_", 0)
+        return resolve_algorithm(self.algorithm, n_samples, n_features)
+
     def _backend(self, algorithm=None):
-        """The backend of ``algorithm`` (default: the ``algorithm`` parameter)."""
-        return BACKENDS[algorithm or self.algorithm](
+        """The backend of ``algorithm`` (default: :meth:`_algorithm`)."""
+        return BACKENDS[algorithm or self._algorithm()](
             self.algorithm_params, self.metric, self.n_neighbors, self.n_jobs
         )
 
@@ -54,13 +72,14 @@ class IndexStateMixin:
         """The index of ``algorithm``: built, deserialised or rebuilt if needed."""
         index = getattr(self, "_index", None)
         kind = getattr(self, "_index_kind", None)
-        if index is not None and kind == self.algorithm:
+        algorithm = self._algorithm()
+        if index is not None and kind == algorithm:
             return index
         if getattr(self, "_index_seed", None) is None:  # fitted as "brute"
             self._new_index_seed()
-        backend = self._backend()
-        blob = self.__dict__.pop(INDEX_BLOB, None)
-        if blob is not None and kind == self.algorithm:
+        backend = self._backend(algorithm)
+        blob = self._pop_blob(backend if kind == algorithm else None)
+        if blob is not None:
             index = backend.from_state(blob)
         else:
             index = backend.build(self._store, self._keys, self._index_seed)
@@ -69,12 +88,30 @@ class IndexStateMixin:
                 # positions in the index
                 self._keys = np.arange(self.n_samples_fit_, dtype=np.int64)
                 self._n_keys = self.n_samples_fit_
-        self._index, self._index_kind = index, self.algorithm
+        self._index, self._index_kind = index, algorithm
         return index
+
+    def _pop_blob(self, backend):
+        """The serialised index of ``backend``, checked (None: dropped); None if
+        absent or written by another version of its library (rebuilt)."""
+        state = self.__dict__
+        blob = state.pop(INDEX_BLOB, None)
+        checksum = state.pop(INDEX_CHECKSUM, None)
+        library = state.pop(INDEX_LIBRARY, None)
+        if blob is None or backend is None:
+            return None
+        if checksum is not None and checksum != blob_checksum(blob):
+            raise ValueError(
+                "the serialised search index of this retriever is corrupted (its "
+                "SHA-256 differs from the one saved with it); refit the retriever."
+            )
+        if library is not None and library != backend.library_version():
+            return None  # another version of the library: rebuilt from the store
+        return blob
 
     def _updatable_index(self):
         """The index, if the backend updates it in place, else None."""
-        if self._backend().incremental and self._index_kind == self.algorithm:
+        if self._backend().incremental and self._index_kind == self._algorithm():
             return self._get_index()  # deserialised before the arrays change
         return None
 
@@ -82,9 +119,12 @@ class IndexStateMixin:
         """``state`` with the index serialised (FAISS) or dropped (NN-descent)."""
         index = state.get("_index")
         if index is not None:
-            blob = self._backend(state.get("_index_kind")).state(index)
+            backend = self._backend(state.get("_index_kind"))
+            blob = backend.state(index)
             if blob is not None:
                 state[INDEX_BLOB] = blob
+                state[INDEX_CHECKSUM] = blob_checksum(blob)
+                state[INDEX_LIBRARY] = backend.library_version()
             else:
                 # The pynndescent index is not pickled: its pickles break
                 # across numba versions. It is rebuilt, with the same seed, on

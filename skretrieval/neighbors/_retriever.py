@@ -18,13 +18,13 @@ from sklearn.utils.validation import (
 
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ..metrics._ranking import average_precision_from_relevance
-from ._backends import BACKENDS, INDEX_KINDS
+from ._approx import approx_kneighbors
+from ._backends import BACKENDS, INDEX_KINDS, params_algorithm
 from ._base import RetrieverMixin
 from ._exact import block_query_rows
-from ._index_state import INDEX_BLOB, IndexStateMixin
+from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
 from ._items import DatabaseItemsMixin
-from ._store import DescriptorStore
-from ._topk import sort_by_key_then_index
+from ._store import DescriptorStore, normalize_rows
 
 __all__ = ["NearestNeighborRetriever"]
 
@@ -58,8 +58,14 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         ``-inner product`` for ``"inner_product"`` and the Euclidean distance
         for ``"euclidean"``; smaller is more similar.
 
-    algorithm : {"brute", "nndescent", "faiss"}, default="brute"
-        ``"brute"`` computes exact rankings; ``"nndescent"`` builds a
+    algorithm : {"brute", "hnsw", "auto", "nndescent", "faiss"}, default="brute"
+        ``"brute"`` computes exact rankings; ``"hnsw"`` builds a HNSW graph
+        (the usearch library: ``pip install skretrieval[hnsw]``), the
+        approximate search of choice for 128 to 2048 dimensions, which grows
+        and shrinks in place; ``"auto"`` is ``"brute"`` below ``2**25``
+        stored values (``n_samples x n_features``, e.g. 65,536 x 512: the
+        exact search then answers a query in a few ms) and ``"hnsw"`` above
+        (when usearch is installed); ``"nndescent"`` builds a
         :class:`pynndescent.NNDescent` index in :meth:`fit` and gives
         approximate nearest neighbours, much faster on large databases;
         ``"faiss"`` builds a FAISS index (by default an inverted file,
@@ -98,6 +104,17 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         * ``"train_size"`` (int): descriptors used to train the quantizers,
           default ``max(40 * nlist, 10000)`` (all of them if fewer; FAISS
           warns below 39 points per list).
+
+        With ``algorithm="hnsw"`` (or ``"auto"``), any of ``"M"`` (links per
+        node, int >= 2), ``"ef_construction"`` (search depth of the
+        insertions), ``"ef_search"`` (search depth of the queries: more is
+        slower and recalls more; changed without rebuilding), ``"k_factor"``
+        (number >= 1, default 1: candidates re-ranked exactly, as for FAISS)
+        and ``"index_dtype"`` (``"float16"``, the default, or ``"float32"``:
+        the vectors kept in the graph).  The defaults follow the database
+        size: ``M`` 16 up to 128 dimensions, 32 above; ``ef_construction``
+        128; ``ef_search`` 32 up to 100,000 items, 64 above (measured to give
+        recall@10 >= 0.95; see docs/scale.md).
 
     n_jobs : int, default=None
         Number of threads used to build the NN-descent index, or used by
@@ -209,6 +226,17 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     (:func:`faiss.serialize_index`), so a joblib round trip gives identical
     results; so does :func:`skretrieval.persistence.save_pipeline`.
 
+    **HNSW.**  The graph (usearch) holds its own float16 copy of the
+    vectors; its candidates are re-ranked with the exact distances of the
+    stored descriptors.  :meth:`partial_fit` inserts the new vectors,
+    :meth:`remove` deletes vectors natively (never returned again).
+    Pickling and ``save_pipeline`` store the library's own serialisation
+    (``Index.save()`` bytes) with its SHA-256 and the library version: altered
+    bytes raise a ``ValueError``; bytes of another usearch version are not
+    read, the graph is rebuilt from the stored descriptors on the first
+    query.  ``M`` and ``ef_construction`` apply to a new graph (refit after
+    changing them); ``ef_search`` and ``k_factor`` apply at once.
+
     **Growing and shrinking.**  :meth:`partial_fit` appends items without
     refitting anything upstream (e.g. the whitening of a pipeline: see
     :func:`skretrieval.add_to_index`): with ``algorithm="brute"`` the result
@@ -244,7 +272,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     _parameter_constraints: dict = {
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions({"cosine", "inner_product", "euclidean"})],
-        "algorithm": [StrOptions(set(BACKENDS))],
+        "algorithm": [StrOptions(set(BACKENDS) | {"auto"})],
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
         "algorithm_params": [dict, None],
         "n_jobs": [Integral, None],
@@ -278,6 +306,9 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             "_index_kind": Attr("str", choices=INDEX_KINDS, none=True, optional=True),
             "_index_seed": Attr("int", optional=True),
             "_faiss_index": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
+            # SHA-256 of the serialised index and the library that wrote it
+            "_index_checksum": Attr("str", optional=True),
+            "_index_library": Attr("str", optional=True),
         },
         # the index is rebuilt; a store's descriptors are loaded in memory
         transient={"_index": None, "_store_path": None, "_store_dtype": None},
@@ -340,13 +371,14 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         self : object
             The fitted retriever.
         """
-        backend = self._backend()
-        backend.check_params()
+        # "auto" takes the parameters of "hnsw", checked whatever the size
+        self._backend(params_algorithm(self.algorithm)).check_params()
         if y is None:
             X = validate_data(self, X, dtype=np.float32)
         else:
             X, y = validate_data(self, X, y, dtype=np.float32)
         n_samples = X.shape[0]
+        backend = self._backend(self._algorithm(*X.shape))
         # checks before any state changes
         ids = self._new_ids(ids, n_samples, reset=True)
         fingerprints = self._check_fingerprints(fingerprints, n_samples)
@@ -366,7 +398,8 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
 
         self._index = None
         self._index_kind = None
-        self.__dict__.pop(INDEX_BLOB, None)
+        for name in (INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY):
+            self.__dict__.pop(name, None)
         if not backend.exact:
             self._new_index_seed()
             self._get_index()
@@ -506,10 +539,13 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     # search
     # ------------------------------------------------------------------
     def _validate_queries(self, X):
-        X = validate_data(self, X, reset=False, dtype=np.float32)
-        if self.metric == "cosine":
-            X = normalize(X)
-        return X
+        if not (type(X) is np.ndarray and X.dtype == np.float32 and X.ndim == 2
+                and X.shape[0] and X.shape[1] == self.n_features_in_
+                and not hasattr(self, "feature_names_in_") and np.isfinite(X).all()):
+            # (a float32 array that passes these checks needs none of
+            # validate_data's, which cost about a millisecond per call)
+            X = validate_data(self, X, reset=False, dtype=np.float32)
+        return normalize_rows(X) if self.metric == "cosine" else X
 
     def _resolve_n_neighbors(self, n_neighbors, n_queries, exclude_self):
         """Check ``n_neighbors`` and return it as an int."""
@@ -525,7 +561,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             if not self._backend().exact:
                 raise ValueError(
                     "n_neighbors='all' (a full ranking of the database) needs "
-                    f"algorithm='brute'; {self.algorithm!r} only finds approximate "
+                    f"algorithm='brute'; {self._algorithm()!r} only finds approximate "
                     "nearest neighbours. Pass an int n_neighbors instead."
                 )
             return n_available
@@ -568,46 +604,13 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         """Ranking keys of the queries ``Q`` and their neighbours ``ind``."""
         return self._exact().exact_keys(Q, ind)
 
-    def _approx_kneighbors(self, backend, k, Q=None, rows=None):
-        """Top-``k`` of the approximate index, re-ranked with exact distances."""
-        exact = self._exact()
-        queries = exact.queries(Q, rows)
-        n_queries = queries.shape[0]
-        n_cand = min(backend.n_candidates(k) + int(Q is None), self.n_samples_fit_)
-        cand = backend.candidates(self._get_index(), queries, n_cand, rows, self._keys)
-        if Q is None:
-            cand[cand == rows[:, np.newaxis]] = -1  # an item is not its own result
-        # Rows with fewer than k distinct candidates (-1 padded, repeated) are
-        # searched exactly.
-        invalid = cand < 0
-        sorted_cand = np.sort(cand, axis=1)
-        repeated = np.any((sorted_cand[:, 1:] == sorted_cand[:, :-1])
-                          & (sorted_cand[:, 1:] >= 0), axis=1)
-        bad = (np.count_nonzero(~invalid, axis=1) < k) | repeated
-        good = np.flatnonzero(~bad)
-
-        keys_out = np.empty((n_queries, k), dtype=np.float32)
-        ind_out = np.empty((n_queries, k), dtype=np.intp)
-        if good.shape[0]:
-            cg, ig = cand[good], invalid[good]
-            keys = exact.exact_keys(queries[good], np.where(ig, 0, cg))
-            keys[ig] = np.inf
-            cg = np.where(ig, self.n_samples_fit_, cg)
-            keys, cg = sort_by_key_then_index(keys, cg)
-            keys_out[good], ind_out[good] = keys[:, :k], cg[:, :k]
-        if np.any(bad):
-            if Q is None:
-                keys_out[bad], ind_out[bad] = exact.kneighbors(k, rows=rows[bad])
-            else:
-                keys_out[bad], ind_out[bad] = exact.kneighbors(k, Q=Q[bad])
-        return keys_out, ind_out
-
     def _search(self, k, Q=None, rows=None):
         """Top-``k`` ``(keys, indices)`` of queries ``Q`` or database ``rows``."""
         backend = self._backend()
         if backend.exact:
             return self._exact().kneighbors(k, Q=Q, rows=rows)
-        return self._approx_kneighbors(backend, k, Q=Q, rows=rows)
+        return approx_kneighbors(backend, self._get_index(), self._exact(), self._keys, k,
+                                 Q=Q, rows=rows)
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True, return_ids=False):
         """Find the nearest database items of query descriptors.

@@ -164,6 +164,11 @@ What is supported
   own binary reader (it runs no code from the file, but it is C++ parsing
   the bytes: refit the retriever rather than query a FAISS index from a file
   you do not trust; the ids it returns are checked against the stored ones).
+  A HNSW graph (``algorithm="hnsw"``) is stored the same way, as the bytes
+  of usearch's ``Index.save()``; both come with their SHA-256
+  (``_index_checksum``, checked before reading) and the library version
+  (``_index_library``: bytes of another version are not read, the index is
+  rebuilt from the stored descriptors).
 
 Loading also checks the format name and version (a file of a newer format
 version raises :class:`ModelFormatError`), refuses classes outside the
