@@ -80,6 +80,27 @@ def test_grid_search_reuses_features_through_the_cache():
     assert grid.best_estimator_.score(images, labels) > 0
 
 
+def test_grid_search_caches_by_default():
+    """The README's grid written without cache=: one pass per (image, size, layer)."""
+    clear_memory_cache()
+    images, labels = _toy_collection(n_objects=3, views=4)
+    grid = GridSearchCV(
+        _pipe(),
+        {"convfeatureextractor__layer": ["layer3", "layer4"],
+         "convfeatureextractor__max_size": [48, 64],
+         "pcawhitener__n_components": [4, 6]},
+        scoring=RetrievalMAP(), cv=StratifiedKFold(2, shuffle=True, random_state=0),
+    )
+    before = forward_pass_count()
+    grid.fit(images, labels)
+    assert forward_pass_count() - before == 4 * len(images)
+    # maps stored on disk stay out of the memory cache: computed again
+    ext = clone(grid.best_estimator_[0]).set_params(store="disk").fit()
+    before = forward_pass_count()
+    ext.transform(images[:3])
+    assert forward_pass_count() - before == 3
+
+
 @pytest.mark.parametrize("cache", ["memory", "directory"])
 def test_layer_and_scale_grid_runs_the_network_once_per_image_and_scale(cache, tmp_path):
     """3 layers x 2 scales x 3 dims, 3-fold CV: at most N passes per scale."""
@@ -129,7 +150,7 @@ def test_cache_layers_in_parallel_grid_search(tmp_path):
 
 def test_grid_search_without_cache_recomputes():
     images, labels = _toy_collection(n_objects=2, views=4)
-    grid = GridSearchCV(_pipe(), {"pcawhitener__n_components": [2, 3]},
+    grid = GridSearchCV(_pipe(cache=None), {"pcawhitener__n_components": [2, 3]},
                         scoring=RetrievalMAP(), cv=StratifiedKFold(2))
     before = forward_pass_count()
     grid.fit(images, labels)
