@@ -275,7 +275,7 @@ def engine_runner(engine, net, *, sample_size=224, check_size=None, threads=None
         Side of the square input traced by the export.
     check_size : tuple of int or None
         ``(h, w)`` of the input the engine is checked on against torch (None:
-        ``sample_size`` and ``sample_size - 31``, so that a shape frozen into
+        ``sample_size`` and ``sample_size + 33``, so that a shape frozen into
         the graph is seen).
     threads : int or None
         Threads of the engine (None: torch's, ``torch.get_num_threads()``).
@@ -303,7 +303,7 @@ def engine_runner(engine, net, *, sample_size=224, check_size=None, threads=None
         except Exception as exc:
             raise EngineError(f"{engine} cannot load the ONNX export of {what} "
                               f"({type(exc).__name__}: {exc})") from exc
-        h, w = check_size or (sample_size, max(1, sample_size - 31))
+        h, w = check_size or (sample_size, sample_size + 33)
         gen = torch.Generator().manual_seed(0)
         _check(runner, net, torch.rand(1, 3, h, w, generator=gen), what)
         return runner
