@@ -82,9 +82,12 @@ def plain_loop(paths, max_size, backbone="mobilenet_v2", weights="IMAGENET1K_V1"
 
 
 ENGINE_CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 import numpy as np
 from skretrieval import ConvFeatureExtractor
+def hwm_mib():  # peak RSS of this process (ru_maxrss would keep the parent's across exec)
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
 paths, params, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 ext = ConvFeatureExtractor(device="cpu", cache=None, **params).fit()
 t = time.perf_counter()
@@ -98,7 +101,7 @@ for _ in range(2):  # cold: every shape new to the engine; warm: the same shapes
 np.save(out, np.stack([np.sign(m[0].mean((1, 2))) * np.abs(m[0] ** 3).mean((1, 2)) ** (1 / 3)
                        for m in maps]))
 print(json.dumps({"engine": ext.engine_, "export": export, "cold": times[0], "warm": times[1],
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss": hwm_mib()}))
 """
 
 
@@ -124,7 +127,8 @@ def engines_table(paths, max_size, backbone, weights, label):
           f"({len(paths) / base:.1f} img/s), peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     print(f"{'engine':22s} {'export s':>8s} {'cold s':>7s} {'x plain':>7s} {'warm s':>7s} "
-          f"{'x plain':>7s} {'img/s':>6s} {'RSS MiB':>7s} {'GeM cos min':>11s}")
+          f"{'x plain':>7s} {'img/s':>6s} {'RSS MiB':>7s} {'cos plain':>9s} {'cos torch':>9s}")
+    torch_gem = None
     for engine in ("torch", "onnxruntime", "openvino", "auto"):
         with tempfile.TemporaryDirectory() as tmp:
             env = dict(os.environ, SKRETRIEVAL_ONNX_CACHE=tmp)
@@ -137,11 +141,15 @@ def engines_table(paths, max_size, backbone, weights, label):
                 print(f"{engine:22s} failed: {res.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
-            cos = float(_cosines(ref, np.load(os.path.join(tmp, "gem.npy"))).min())
+            gem = np.load(os.path.join(tmp, "gem.npy"))
+            cos = float(_cosines(ref, gem).min())
+            torch_gem = gem if engine == "torch" else torch_gem
+            cos_torch = (float(_cosines(torch_gem, gem).min()) if torch_gem is not None
+                         else float("nan"))
         name = engine if engine != "auto" else f"auto ({r['engine']})"
         print(f"{name:22s} {r['export']:8.1f} {r['cold']:7.1f} {base / r['cold']:6.2f}x "
               f"{r['warm']:7.1f} {base / r['warm']:6.2f}x {len(paths) / r['warm']:6.1f} "
-              f"{r['rss']:7.0f} {cos:11.5f}")
+              f"{r['rss']:7.0f} {cos:9.5f} {cos_torch:9.5f}")
 
 
 def decoding(n_repeat=3):
@@ -179,9 +187,13 @@ def throughput(args):
         print(f"\n# Throughput: {len(paths)} real photos, {len(shapes)} distinct sizes, "
               f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start")
         plain_loop(paths[:3], 512)  # warm-up (loads weights, first kernels)
-        engines_table(paths, 512, "mobilenet_v2", "IMAGENET1K_V1", "MobileNetV2 at 512 px")
-        engines_table(paths, 1024, "mobilenet_v2", "IMAGENET1K_V1", "MobileNetV2 at 1024 px")
-        engines_table(paths, 512, "resnet50", None, "ResNet-50 at 512 px")
+        tables = {"mobilenet512": (512, "mobilenet_v2", "IMAGENET1K_V1", "MobileNetV2 at 512 px"),
+                  "mobilenet1024": (1024, "mobilenet_v2", "IMAGENET1K_V1",
+                                    "MobileNetV2 at 1024 px"),
+                  "resnet50": (512, "resnet50", None, "ResNet-50 at 512 px")}
+        for name in args.tables.split(","):
+            size, backbone, weights, label = tables[name]
+            engines_table(paths, size, backbone, weights, label)
         decoding()
         print(f"\nload average at the end: {os.getloadavg()}")
 
@@ -249,6 +261,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=150, help="images in the throughput test")
     parser.add_argument("--memory-images", type=int, default=2000)
+    parser.add_argument("--tables", default="mobilenet512,mobilenet1024,resnet50",
+                        help="comma-separated: mobilenet512, mobilenet1024, resnet50")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
