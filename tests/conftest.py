@@ -7,6 +7,12 @@ import pytest
 
 from skretrieval import weights_search_dirs
 
+# The suite runs networks with torch (engine="auto" resolves to it here) unless
+# a test names an engine: tests/test_engines.py tests ONNX Runtime, OpenVINO and
+# what "auto" picks without this variable.  Exporting every network the suite
+# builds would add minutes.
+os.environ.setdefault("SKRETRIEVAL_ENGINE", "torch")
+
 SHARED_DATA = Path(os.environ.get(
     "SKRETRIEVAL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -14,6 +20,19 @@ SHARED_DATA = Path(os.environ.get(
 def have_mobilenet_weights():
     return any(os.path.isfile(os.path.join(d, "mobilenet_v2-b0353104.pth"))
                for d in weights_search_dirs())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """ONNX exports go to one folder per test session (exported once per session)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    before = os.environ.get("SKRETRIEVAL_ONNX_CACHE")
+    os.environ["SKRETRIEVAL_ONNX_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("SKRETRIEVAL_ONNX_CACHE", None)
+    else:
+        os.environ["SKRETRIEVAL_ONNX_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

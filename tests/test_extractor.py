@@ -415,7 +415,8 @@ def _fix(path):
 def test_bad_image_is_named_by_position_and_the_others_are_not_recomputed(bad_jpeg):
     X = _images(sizes=[(40, 48)] * 70)
     X[63] = str(bad_jpeg)
-    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu").fit()
+    ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                               cache=None).fit()
     before = forward_pass_count()
     with pytest.raises(ImageLoadError) as info:
         ext.transform(X)
@@ -432,7 +433,7 @@ def test_bad_image_is_named_by_position_and_the_others_are_not_recomputed(bad_jp
     assert len(maps) == 70
     assert forward_pass_count() - before == 7  # the fixed one and the 6 never reached
     fresh = ConvFeatureExtractor("resnet18", weights=None, max_size=32,
-                                 device="cpu").fit().transform([X[0], X[63], X[69]])
+                                 device="cpu", cache=None).fit().transform([X[0], X[63], X[69]])
     for a, b in zip((maps[0], maps[63], maps[69]), fresh):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
     # the maps kept were released by the call that used them
@@ -446,16 +447,17 @@ def test_removing_the_bad_image_reuses_the_maps_of_the_others(bad_jpeg, store):
     good = _images(5)
     X = good[:2] + [str(bad_jpeg)] + good[2:]
     ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
-                               store=store).fit()
+                               store=store, cache=None).fit()
     with pytest.raises(ImageLoadError, match=r"^image 2 of 6 .*maps of the 5 images"):
         ext.transform(X)
-    other = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu").fit()
+    other = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
+                                 cache=None).fit()
     before = forward_pass_count()
     maps = other.transform(good)  # another extractor with the same settings
     assert forward_pass_count() == before and len(maps) == 5
     # other settings, other maps: nothing reused
     before = forward_pass_count()
-    ConvFeatureExtractor("resnet18", weights=None, max_size=40, device="cpu").fit() \
+    ConvFeatureExtractor("resnet18", weights=None, max_size=40, device="cpu", cache=None).fit() \
         .transform(good[:2])
     assert forward_pass_count() - before == 2
 
@@ -553,7 +555,7 @@ def test_on_error_skip_is_refused_with_the_dask_backend(monkeypatch):
 
 def test_strict_false_accepts_a_garbled_jpeg(bad_jpeg):
     ext = ConvFeatureExtractor("resnet18", weights=None, max_size=32, device="cpu",
-                               strict=False).fit()
+                               strict=False, cache=None).fit()
     assert len(ext.transform([str(bad_jpeg)])) == 1
     with pytest.raises(ImageLoadError, match="corrupt JPEG data"):
         ext.set_params(strict=True).transform([str(bad_jpeg)])

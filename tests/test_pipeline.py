@@ -59,17 +59,21 @@ def test_pipeline_fit_score_kneighbors_predict():
     assert 0 < loo <= 1
 
 
-def test_grid_search_reuses_features_through_the_cache():
-    clear_memory_cache()
-    images, labels = _toy_collection(n_objects=3, views=4)
-    pipe = _pipe(cache="memory")
-    grid = GridSearchCV(
+def _small_grid(pipe):
+    """The README's grid, smaller: 2 layers x 2 sizes x 2 dims, 2 folds."""
+    return GridSearchCV(
         pipe,
         {"convfeatureextractor__layer": ["layer3", "layer4"],
          "convfeatureextractor__max_size": [48, 64],
          "pcawhitener__n_components": [4, 6]},
         scoring=RetrievalMAP(), cv=StratifiedKFold(2, shuffle=True, random_state=0),
     )
+
+
+def test_grid_search_reuses_features_through_the_cache():
+    clear_memory_cache()
+    images, labels = _toy_collection(n_objects=3, views=4)
+    grid = _small_grid(_pipe(cache="memory"))
     before = forward_pass_count()
     grid.fit(images, labels)
     passes = forward_pass_count() - before
@@ -78,6 +82,21 @@ def test_grid_search_reuses_features_through_the_cache():
     assert passes == 4 * len(images)
     assert set(grid.cv_results_["mean_test_score"]) and 0 < grid.best_score_ <= 1
     assert grid.best_estimator_.score(images, labels) > 0
+
+
+def test_grid_search_caches_by_default():
+    """The README's grid written without cache=: one pass per (image, size, layer)."""
+    clear_memory_cache()
+    images, labels = _toy_collection(n_objects=3, views=4)
+    grid = _small_grid(_pipe())
+    before = forward_pass_count()
+    grid.fit(images, labels)
+    assert forward_pass_count() - before == 4 * len(images)
+    # maps stored on disk stay out of the memory cache: computed again
+    ext = clone(grid.best_estimator_[0]).set_params(store="disk").fit()
+    before = forward_pass_count()
+    ext.transform(images[:3])
+    assert forward_pass_count() - before == 3
 
 
 @pytest.mark.parametrize("cache", ["memory", "directory"])
@@ -129,7 +148,7 @@ def test_cache_layers_in_parallel_grid_search(tmp_path):
 
 def test_grid_search_without_cache_recomputes():
     images, labels = _toy_collection(n_objects=2, views=4)
-    grid = GridSearchCV(_pipe(), {"pcawhitener__n_components": [2, 3]},
+    grid = GridSearchCV(_pipe(cache=None), {"pcawhitener__n_components": [2, 3]},
                         scoring=RetrievalMAP(), cv=StratifiedKFold(2))
     before = forward_pass_count()
     grid.fit(images, labels)

@@ -33,14 +33,35 @@ import numpy as np
 from ..utils._files import give_default_mode
 from ._images import ImageLoadError, image_key
 
-__all__ = ["get_cache", "clear_memory_cache", "forward_pass_count"]
+__all__ = ["cache_setting", "get_cache", "clear_memory_cache", "forward_pass_count"]
 
-_DEFAULT_MEMORY_BYTES = 2 * 1024**3
+#: Bytes the in-process memory cache holds at most, unless
+#: ``$SKRETRIEVAL_MEMORY_CACHE_BYTES`` (or its older name
+#: ``$SKRETRIEVAL_CACHE_BYTES``) says otherwise.
+DEFAULT_MEMORY_BYTES = 2 * 1024**3
 
 
 def _memory_budget():
-    value = os.environ.get("SKRETRIEVAL_CACHE_BYTES")
-    return int(float(value)) if value else _DEFAULT_MEMORY_BYTES
+    value = (os.environ.get("SKRETRIEVAL_MEMORY_CACHE_BYTES")
+             or os.environ.get("SKRETRIEVAL_CACHE_BYTES"))
+    return int(float(value)) if value else DEFAULT_MEMORY_BYTES
+
+
+def cache_setting(cache, store="memory"):
+    """The cache an extractor's ``cache`` parameter means with its ``store``.
+
+    ``"auto"`` (the default): the in-process memory cache, unless the maps
+    go to disk (``store`` other than ``"memory"``: a large collection stays
+    out of RAM); ``None``, ``False`` and ``"none"``: no cache; ``"memory"``
+    and a directory path as they are.
+    """
+    if cache is None or cache is False or (isinstance(cache, str) and cache == "none"):
+        return None
+    if isinstance(cache, str) and cache == "auto":
+        return "memory" if isinstance(store, str) and store == "memory" else None
+    if cache is True:
+        return "memory"
+    return cache
 
 
 class MemoryCache:

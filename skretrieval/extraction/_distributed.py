@@ -55,6 +55,7 @@ import numpy as np
 
 from ._images import Crop, ImageLoadError, describe
 from ._maps import FeatureMaps
+from ._cache import cache_setting
 from ._network import network_token, resolve_device, shared
 from ..utils._progress import progress
 
@@ -310,7 +311,7 @@ class _Run:
         size = _chunk_size(estimator, scales, n, n_threads)
         self.bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
         self.portable = [_portable(item) for item in items]
-        cache = estimator.cache
+        cache = cache_setting(estimator.cache, estimator.store)
         if cache is not None and not (isinstance(cache, str) and cache == "memory"):
             cache = os.path.abspath(os.fspath(cache))
         self.cache = cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import defaultdict
@@ -17,8 +18,9 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from . import _distributed
 from ._batches import (as_image_list, numbered_error, resize, resized_shape,
-                       stop_error, to_batch)
-from ._cache import FORWARD_PASSES, RESUME_STORE, get_cache, image_cache_keys, make_key
+                       stop_error)
+from ._cache import RESUME_STORE, cache_setting, get_cache, image_cache_keys, make_key
+from ._passes import CHANNELS_LAST, NetworkPasses
 from ._images import ImageLoadError, item_path, describe, image_key, load_image
 from ._maps import FeatureMaps, class_activations
 from ._network import (backbone_network, fallback_device, network_from_state, probed,
@@ -31,14 +33,11 @@ __all__ = ["ConvFeatureExtractor"]
 # Images decoded ahead of the network, per chunk: bounds the RAM held by
 # decoded pixels and by not-yet-stored maps.
 _CHUNK = 64
-# NHWC tensors let oneDNN pick its fast convolution kernels on CPU (about
-# 1.5x for MobileNetV2 here, see benchmarks/bench_extraction.py).
-CHANNELS_LAST = True
 # Images named in full in the warning of on_error="skip" (the rest are counted).
 _SKIP_LISTED = 20
 
 
-class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
+class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
     """Convolutional feature maps of a torchvision backbone.
 
     Every image is resized so that its longest side is ``max_size * scale``
@@ -98,19 +97,23 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         image (a temporary directory for "disk", removed with the
         output; or the given directory).  Use "disk" for large collections:
         peak memory then stays that of one chunk of images.
-    cache : None, "memory" or path, default=None
+    cache : "auto", "memory", path, None or False, default="auto"
         Feature cache keyed by image content, backbone, weights, layer and
         input size: "memory" (per process, LRU, bounded by
-        ``$SKRETRIEVAL_CACHE_BYTES``, default 2 GiB) or a directory shared by
-        processes.  With a cache, grid-search candidates that differ only in
-        downstream steps run the network once per image and scale.
+        ``$SKRETRIEVAL_MEMORY_CACHE_BYTES``, default 2 GiB) or a directory
+        shared by processes.  "auto": the memory cache, except with a
+        ``store`` on disk (then none: large collections stay out of RAM).
+        None, False or "none": no cache.  With a cache, grid-search
+        candidates that differ only in downstream steps, or in ``layer`` and
+        ``max_size`` values already seen, run the network once per image,
+        scale and layer.
     cache_layers : sequence of str or int, default=None
         More layers to extract in the same forward pass as ``layer`` and to
         store in ``cache`` (ignored without a cache).  Give every layer a
         grid search tries, and the backbone runs once per image and scale for
         all of them: the candidates with another ``layer`` find their maps in
         the cache.  The network then runs up to the deepest of these layers.
-        Not pickled: a loaded extractor computes ``layer`` only.
+        The default ``cache="auto"`` is a cache.  Not pickled: a loaded extractor computes ``layer`` only.
     cams : int or None, default=None
         Also compute class activation maps (Zhou et al., CVPR 2016) of the
         ``cams`` most probable classes of every image, for
@@ -162,6 +165,27 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         (None: 1 on CPU, where the network uses every core; up to 4 on GPU).
     verbose : int, default=0
         Show a progress bar (images done, rate, time left) on stderr when > 0.
+    engine : {"auto", "torch", "onnxruntime", "openvino"}, default="auto"
+        What runs the network.  "onnxruntime" and "openvino" (CPU only;
+        ``pip install skretrieval[onnx]`` / ``skretrieval[openvino]``) run
+        its ONNX export (dynamic height and width, made once per network and
+        kept in ``$SKRETRIEVAL_ONNX_CACHE``, default
+        ``~/.cache/skretrieval/onnx``) with torch's thread count; their maps
+        equal torch's to float32 rounding (GeM cosine > 0.9999).  "auto":
+        torch on a GPU; on CPU the first installed of ONNX Runtime,
+        OpenVINO, torch (the order measured by
+        ``benchmarks/bench_extraction.py``), or ``$SKRETRIEVAL_ENGINE``.
+        When an engine cannot run the network, "auto" (and a model loaded
+        where its engine is not installed) runs it with torch, with a
+        warning.  Models store the network, never a compiled engine.
+    precision : {"float32", "float16", "bfloat16"}, default="float32"
+        Compute precision of the network: "float16"/"bfloat16" run it under
+        torch's autocast (``engine`` then torch), for GPUs.  The maps change
+        by rounding; cache keys include it.  Measured on CPU with bfloat16
+        (float16 autocast is for CUDA; bfloat16 keeps 8 bits of mantissa,
+        float16 11, so float16 stays closer): GeM descriptors of MobileNetV2
+        ImageNet at 512 px on 11 UKBench and Holidays photos had cosine 0.9990
+        on average (min 0.9964) to float32.
 
     Attributes
     ----------
@@ -247,13 +271,15 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "dtype": [StrOptions({"float32", "float16"})],
         "store": [StrOptions({"memory", "disk"}), str, os.PathLike],
-        "cache": [None, str, os.PathLike],
+        "cache": [None, "boolean", str, os.PathLike],
         "cache_layers": ["array-like", None],
         "cams": [Interval(Integral, 1, None, closed="left"), None],
         "strict": ["boolean"],
         "on_error": [StrOptions({"raise", "skip"})],
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
+        "engine": [StrOptions({"auto", "torch", "onnxruntime", "openvino"})],
+        "precision": [StrOptions({"float32", "float16", "bfloat16"})],
     }
 
     # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
@@ -274,18 +300,19 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             "min_input_size_": Attr("int"),
             "fully_connected_": Attr("bool", optional=True),
             "cache_nodes_": Attr("tuple", items="str", optional=True),
+            "engine_": Attr("str", optional=True),
             # the network's state dict, in its own file (rebuilt on first use)
             "_trunk_state": Attr("arrays", file="trunk"),
         },
         transient={"trunk_": None, "_multi_trunk": None, "_multi_min_size": None,
-                   "skipped_": []},
+                   "skipped_": [], "_runners": None},
         paths={
             "weights": PathParam(None, keep_names=True,
                                  warn="the loaded network keeps the weights stored in "
                                       "the model, but refitting it would start from "
                                       "random weights"),
             "store": PathParam("memory", keep=("memory", "disk")),
-            "cache": PathParam(None, keep=(None, "memory")),
+            "cache": PathParam(None, keep=(None, False, "memory", "auto", "none")),
         },
         device="device",
     )
@@ -302,13 +329,15 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         batch_size=None,
         dtype="float32",
         store="memory",
-        cache=None,
+        cache="auto",
         cache_layers=None,
         cams=None,
         strict=True,
         on_error="raise",
         n_jobs=None,
         verbose=0,
+        engine="auto",
+        precision="float32",
     ):
         self.backbone = backbone
         self.weights = weights
@@ -326,6 +355,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self.on_error = on_error
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.engine = engine
+        self.precision = precision
 
     # ------------------------------------------------------------------
     def _scales(self):
@@ -367,6 +398,8 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self._scales()
         self.skipped_ = []
         self.device_ = resolve_device(self.device)
+        self.engine_ = self._resolve_engine()
+        self._runners = {}
         wid = describe_weights(self.backbone, self.weights)
         model, mean, std = load_backbone(self.backbone, self.weights)
         node, name = resolve_layer(self.backbone, model, self.layer)
@@ -404,12 +437,23 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             extra.append(cam[0])
         self._multi_trunk = None
         self._multi_min_size = None
-        if not extra or self.cache is None:
+        if not extra or self._cache() is None:
             return
         key, trunk = self._shared_trunk(model, (self.layer_node_,) + tuple(sorted(extra)))
         self._multi_trunk = trunk
         self._multi_min_size = probed(
             key, lambda: smallest_input(trunk, self.min_input_size_, self.device_))
+
+    def _recipe(self):
+        """What the maps depend on besides the layer and the input: backbone,
+        weights, and the autocast precision when not float32."""
+        precision = getattr(self, "precision", "float32")
+        return ((self.backbone, self._weights_id) if precision == "float32"
+                else (self.backbone, self._weights_id, precision))
+
+    def _cache(self):
+        """The feature cache in effect: None, ``"memory"`` or a directory."""
+        return cache_setting(self.cache, self.store)
 
     def _cam_extra(self):
         """``(cam_node,)`` when the CAMs need maps of another node than the layer's."""
@@ -461,6 +505,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_runners", None)  # compiled engines are rebuilt, never pickled
         if state.get("_multi_trunk") is not None:
             state["_multi_trunk"] = None  # a loaded extractor computes its layer only
         trunk = state.get("trunk_")
@@ -468,6 +513,12 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             state["trunk_"] = None
             state["_trunk_state"] = state_arrays(trunk)
         return state
+
+    def __setstate__(self, state):
+        # extractors pickled before the engines ran their network with torch
+        state.setdefault("engine", "torch")
+        state.setdefault("precision", "float32")
+        super().__setstate__(state)
 
     def _persistent_state(self):
         """What :func:`skretrieval.persistence.save_pipeline` stores: the
@@ -489,10 +540,13 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------
     def _prepare(self, index, item, scales):
         """Load one image and resize it for every scale (runs in a thread)."""
-        arr = load_image(item, index=index, strict=getattr(self, "strict", True))
+        square = getattr(self, "fully_connected_", False)
+        # large JPEGs decode at a reduced scale still >= the largest target
+        reduce_to = None if square else math.ceil(self.max_size * max(scales))
+        arr = load_image(item, index=index, strict=getattr(self, "strict", True),
+                         reduce_to=reduce_to)
         h, w = arr.shape[:2]
         out = []
-        square = getattr(self, "fully_connected_", False)
         for s in scales:
             shape = resized_shape(h, w, self.max_size * s)
             if square:  # fully-connected codes: the whole image, aspect ignored
@@ -514,19 +568,19 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             ikey = image_key(item)
         except (ImageLoadError, TypeError):
             return None
-        return make_key((self.backbone, self._weights_id, self.layer_node_, self.dtype,
+        return make_key((*self._recipe(), self.layer_node_, self.dtype,
                          self.max_size, scales, self.cams, self._cam_extra()), ikey)
 
     def _keys(self, items, indices, scales):
         """Cache keys: per image, ``{node: [one key per scale]}`` for the layer
         and, when the multi-layer network is used, for ``cache_layers`` (None
         for an image without a key, e.g. a missing file: it fails to load)."""
-        if self.cache is None:
+        if self._cache() is None:
             return None
         nodes = (self.layer_node_,) + self._cam_extra()
         if getattr(self, "_multi_trunk", None) is not None:
             nodes += tuple(n for n in self.cache_nodes_ if n not in nodes)
-        return image_cache_keys(items, indices, (self.backbone, self._weights_id), nodes,
+        return image_cache_keys(items, indices, self._recipe(), nodes,
                                 self.dtype, self.max_size, scales)
 
     def transform(self, X):
@@ -610,7 +664,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         out = self.transform(items)
         if y is not None and self.skipped_:
             bad = [i for i, _ in self.skipped_]
-            if self.cache is None:  # the filtered rerun takes them from there
+            if self._cache() is None:  # the filtered rerun takes them from there
                 left_out = set(bad)
                 kept = [i for i in range(len(items)) if i not in left_out]
                 self._stash(out, kept, items, self._scales())
@@ -641,7 +695,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         up (resume store, cache) and decoded in threads while the network
         runs on the current one (:meth:`_run_chunk`)."""
         scales = self._scales()
-        cache = get_cache(self.cache)
+        cache = get_cache(self._cache())
         out = FeatureMaps(scales=scales, layer=self.layer_name_, store=self.store,
                           dtype=self.dtype)
         placed, skipped = [], []
@@ -743,53 +797,6 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
             out.append(entry, cams)
             placed.append(chunk[j])
         return failed
-
-    def _run_groups(self, groups, chunk, items, cache, results):
-        """Run the network on the resized arrays of ``groups`` (by shape), in
-        batches; maps into ``results[(j, scale)]`` and into ``cache``."""
-        needed = (self.layer_node_,) + self._cam_extra()
-        batch_size = self.batch_size or (1 if self.device_ == "cpu" else 8)
-        mean = torch.tensor(self.mean_, device=self.device_).view(1, 3, 1, 1)
-        std = torch.tensor(self.std_, device=self.device_).view(1, 3, 1, 1)
-        for shape in sorted(groups):
-            members = groups[shape]
-            for b in range(0, len(members), batch_size):
-                batch = members[b:b + batch_size]
-                outputs = self._run_batch([m[2] for m in batch], mean, std,
-                                          [chunk[m[0]] for m in batch], items,
-                                          multi=cache is not None)
-                for (j, s, _, keys_j), maps in zip(batch, outputs):
-                    results[(j, s)] = {node: maps[node] for node in needed}
-                    if cache is not None and keys_j is not None:
-                        for node, fmap in maps.items():
-                            if self.dtype == "float16":  # in the key too
-                                fmap = fmap.astype(np.float16)
-                            cache.put(keys_j[node][s], fmap)
-
-    def _run_batch(self, arrays, mean, std, indices, items, multi=False):
-        """Run a batch; per image, ``{node: map}`` (the cache layers too when
-        ``multi`` and the multi-layer network accepts the input size)."""
-        x = to_batch(arrays, self.device_, mean, std, channels_last=CHANNELS_LAST)
-        trunk = getattr(self, "_multi_trunk", None) if multi else None
-        if trunk is not None and min(arrays[0].shape[:2]) < self._multi_min_size:
-            trunk = None  # too small for the deepest cache layer: this layer only
-        try:
-            if trunk is None:
-                outputs = self.trunk_(x)
-                outputs = {self.layer_node_: self._as_map(outputs["out"]),
-                           **{n: outputs["cam"] for n in self._cam_extra()}}
-            else:
-                outputs = {node: y if y.ndim == 4 else y[:, :, None, None]
-                           for node, y in trunk(x).items() if y.ndim in (2, 4)}
-        except RuntimeError as exc:
-            names = ", ".join(describe(items[i], i) for i in indices[:3])
-            raise RuntimeError(
-                f"{self.backbone} failed on {names} (input {tuple(x.shape)}): {exc}"
-            ) from exc
-        FORWARD_PASSES.add(len(arrays))
-        outputs = {node: y.float().cpu().numpy() for node, y in outputs.items()}
-        return [{node: np.ascontiguousarray(y[b]) for node, y in outputs.items()}
-                for b in range(len(arrays))]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
