@@ -20,7 +20,6 @@ scene of object ``k`` contains no other query object.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from numbers import Integral, Real

@@ -14,6 +14,8 @@ Shared by :class:`~skretrieval.ConvFeatureExtractor` and
 
 from __future__ import annotations
 
+import warnings
+
 import os
 
 import numpy as np
@@ -130,3 +132,19 @@ def stop_error(errors, n_done, cached):
         message += (f". The maps of the {n_done} images extracted are kept {where}: "
                     "the next transform takes them from there")
     return ImageLoadError(message, index=first.index, reason=first.reason, path=first.path)
+
+
+#: Skipped images listed by name in the warning of ``on_error="skip"``.
+SKIP_LISTED = 20
+
+
+def warn_skipped(skipped, n):
+    """Warn that ``on_error="skip"`` left out ``skipped`` ((position, message) pairs) of ``n``."""
+    lines = [msg for _, msg in skipped[:SKIP_LISTED]]
+    if len(skipped) > SKIP_LISTED:
+        lines.append(f"... and {len(skipped) - SKIP_LISTED} more")
+    warnings.warn(
+        f"on_error='skip': left out {len(skipped)} of {n} images that "
+        "cannot be used (the output has a row per image kept; skipped_ lists "
+        "the positions left out: drop them from the labels too):\n  "
+        + "\n  ".join(lines), UserWarning, stacklevel=4)

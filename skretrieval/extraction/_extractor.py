@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
@@ -18,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from . import _distributed
 from ._batches import (as_image_list, numbered_error, resize, resized_shape,
-                       stop_error)
+                       stop_error, warn_skipped, SKIP_LISTED)
 from ._cache import RESUME_STORE, cache_setting, get_cache, image_cache_keys, make_key
 from ._passes import CHANNELS_LAST, NetworkPasses
 from ._images import ImageLoadError, item_path, describe, image_key, load_image
@@ -34,7 +33,6 @@ __all__ = ["ConvFeatureExtractor"]
 # decoded pixels and by not-yet-stored maps.
 _CHUNK = 64
 # Images named in full in the warning of on_error="skip" (the rest are counted).
-_SKIP_LISTED = 20
 
 
 class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
@@ -615,7 +613,7 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
         else:
             maps, _, skipped = self._extract(items, on_error)
             if skipped:
-                self._warn_skipped(skipped, len(items))
+                warn_skipped(skipped, len(items))
         self.skipped_ = [] if backend is not None else skipped
         return maps
 
@@ -628,17 +626,6 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
                 "first with skretrieval.check_images(X) and keep on_error='raise', "
                 "or extract outside the dask backend")
         return _distributed.transform_distributed(self, items, backend, scales=self._scales())
-
-    @staticmethod
-    def _warn_skipped(skipped, n):
-        lines = [msg for _, msg in skipped[:_SKIP_LISTED]]
-        if len(skipped) > _SKIP_LISTED:
-            lines.append(f"... and {len(skipped) - _SKIP_LISTED} more")
-        warnings.warn(
-            f"on_error='skip': left out {len(skipped)} of {n} images that "
-            "cannot be used (the output has a row per image kept; skipped_ lists "
-            "the positions left out: drop them from the labels too):\n  "
-            + "\n  ".join(lines), UserWarning, stacklevel=4)
 
     def fit_transform(self, X, y=None, **fit_params):
         """Fit, then extract the feature maps of ``X`` (see :meth:`transform`).
@@ -668,8 +655,8 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
                 left_out = set(bad)
                 kept = [i for i in range(len(items)) if i not in left_out]
                 self._stash(out, kept, items, self._scales())
-            shown = ", ".join(map(str, bad[:_SKIP_LISTED])) + (
-                ", ..." if len(bad) > _SKIP_LISTED else "")
+            shown = ", ".join(map(str, bad[:SKIP_LISTED])) + (
+                ", ..." if len(bad) > SKIP_LISTED else "")
             raise ValueError(
                 f"on_error='skip' left out {len(bad)} images of X (positions {shown}) "
                 "but y was given: y would no longer line up with the maps (a Pipeline "
