@@ -219,9 +219,10 @@ def test_cli_index_save_every_and_append(tmp_path, capsys):
             "--device", "cpu"]
     folder, index = tmp_path / "photos", tmp_path / "index.joblib"
     write_images(folder, [f"a{i}.png" for i in range(5)], seed=0)
-    assert main(["index", str(folder), "-o", str(index), "--save-every", "2", *fast]) == 0
-    out, err = capsys.readouterr()
-    assert "2/5 image(s) indexed and saved" in err and "indexed 5 image(s)" in out
+    assert main(["index", str(folder), "-o", str(index), "--save-every", "2", "--progress",
+                 *fast]) == 0
+    out, err = capsys.readouterr()  # the bar (forced: stderr is no terminal here)
+    assert "indexed and saved" in err and "5/5" in err and "indexed 5 image(s)" in out
     pipe = joblib.load(index)
     assert_array_equal(pipe[-1].ids_, [f"a{i}.png" for i in range(5)])
     assert pipe[0].verbose == 0 and pipe[0].cache is None
