@@ -1,11 +1,15 @@
 """Shared fixtures: the data beside the project and the real MobileNetV2 weights."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from skretrieval import weights_search_dirs
+
+# the test modules live in one folder per subpackage; they share tests/_helpers.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The suite runs networks with torch (engine="auto" resolves to it here) unless
 # a test names an engine: tests/test_engines.py tests ONNX Runtime, OpenVINO and

@@ -2,7 +2,7 @@
 
 The torch counterparts of the NumPy poolers of :mod:`skretrieval.pooling`
 (the same functions of :mod:`skretrieval.pooling._functional`, checked
-against the poolers in ``tests/test_trainer.py``), and the
+against the poolers in ``tests/nn/test_trainer.py``), and the
 network that :class:`skretrieval.RetrievalNetTrainer` trains:
 
 * :class:`GeM` -- generalized mean with a learnable exponent ``p``

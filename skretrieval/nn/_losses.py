@@ -14,7 +14,7 @@ All of them take L2-normalised descriptors (the output of
 :class:`skretrieval.RetrievalNet`) and return a scalar to minimise.  They are
 differentiable everywhere except on a set of measure zero (bin centres for the
 AP loss, the hinge for the margin losses), and are checked against explicit
-loops and with :func:`torch.autograd.gradcheck` in ``tests/test_losses.py``.
+loops and with :func:`torch.autograd.gradcheck` in ``tests/nn/test_losses.py``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def quantized_average_precision(scores, relevance, *, n_bins=20, tie_aware=False
         1 (or True) for the items relevant to the query, 0 otherwise.
     n_bins : int, default=20
         Number of bins ``M`` (at least 2).  The quantised AP tends to the AP
-        of the ranking as it grows (``tests/test_losses.py`` shows it); the
+        of the ranking as it grows (``tests/nn/test_losses.py`` shows it); the
         paper uses 20 to 25.
     tie_aware : bool, default=False
         Use the tie-aware ``AP_T`` instead of ``AP_Q``.

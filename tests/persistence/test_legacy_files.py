@@ -18,7 +18,7 @@ from skretrieval.persistence import load_pipeline
 
 from _helpers import assert_rankings_equivalent
 
-HERE = pathlib.Path(__file__).resolve().parent / "fixtures" / "legacy"
+HERE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 EXPECTED = np.load(HERE / "expected.npz")
 
 

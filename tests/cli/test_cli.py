@@ -18,7 +18,7 @@ from skretrieval.datasets import load_demo_dataset
 from skretrieval.datasets._demo import DISTRACTOR_LABEL, DISTRACTOR_VIEWS, VIEWS
 from skretrieval.display import plot_rankings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # tiny random network: fast, no weight file needed
 FAST = ["--backbone", "resnet18", "--weights", "none", "--max-size", "64", "--device", "cpu"]
