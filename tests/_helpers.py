@@ -17,7 +17,7 @@ a second call) is still compared exactly, with ``assert_array_equal``.
 import numpy as np
 from numpy.testing import assert_allclose
 
-__all__ = ["FLOAT32_RTOL", "FLOAT32_ATOL", "assert_rankings_equivalent", "write_images",
+__all__ = ["write_image", "TINY", "gratings", "FLOAT32_RTOL", "FLOAT32_ATOL", "assert_rankings_equivalent", "write_images",
            "assert_removed_and_recall", "clustered_descriptors", "grown_retriever", "recall"]
 
 #: Relative tolerance of float32 results computed by two different code
@@ -175,3 +175,45 @@ def grown_retriever(X, y, ids, splits=(700, 1500), **params):
     for a, b in zip(bounds[:-1], bounds[1:]):
         r.partial_fit(X[a:b], y[a:b], ids=None if ids is None else ids[a:b])
     return r
+
+
+#: The trainer's tiny network (tests of nn/ and of persistence).
+TINY = dict(backbone="resnet18", weights=None, layer="layer2", image_size=32)
+
+
+def gratings(n_classes=4, per=8, size=32, seed=0):
+    """Oriented gratings (the class) under random colour tints and noise (nuisances).
+
+    Random features mostly see the colours; a trained network learns the
+    orientation.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images, labels = [], []
+    for c in range(n_classes):
+        theta = np.pi * c / n_classes
+        for _ in range(per):
+            phase = rng.uniform(0, 2 * np.pi)
+            g = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(theta) * xx + np.sin(theta) * yy) / 6
+                                   + phase)
+            tint = rng.uniform(0.2, 1.0, 3)
+            img = g[..., None] * tint * 255 + rng.normal(0, 20, (size, size, 3))
+            images.append(np.clip(img, 0, 255).astype(np.uint8))
+            labels.append(c)
+    return images, np.array(labels)
+
+
+def write_image(path, seed, size=(96, 72)):
+    """A distinct noisy picture (blocks of colour plus noise) as a JPEG/PNG file."""
+    import os
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = np.kron(blocks, np.ones((h // 6 + 1, w // 8 + 1, 1), dtype=np.uint8))[:h, :w]
+    img = np.clip(img.astype(int) + rng.integers(-20, 20, size=img.shape), 0, 255)
+    fmt = None if isinstance(path, (str, os.PathLike)) else "JPEG"  # a file object
+    Image.fromarray(img.astype(np.uint8)).save(path, format=fmt, quality=95)
+    return path

@@ -24,29 +24,7 @@ from skretrieval.nn import GeM, MAC, RMAC, SPoC
 from skretrieval.nn._training import backward, loss_function, train_mode
 
 # resnet18 cut after its second stage: 128 channels, 0.7 M parameters, fast at 32 px
-TINY = dict(backbone="resnet18", weights=None, layer="layer2", image_size=32)
-
-
-def gratings(n_classes=4, per=8, size=32, seed=0):
-    """Oriented gratings (the class) under random colour tints and noise (nuisances).
-
-    Random features mostly see the colours; a trained network learns the
-    orientation.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    images, labels = [], []
-    for c in range(n_classes):
-        theta = np.pi * c / n_classes
-        for _ in range(per):
-            phase = rng.uniform(0, 2 * np.pi)
-            g = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(theta) * xx + np.sin(theta) * yy) / 6
-                                   + phase)
-            tint = rng.uniform(0.2, 1.0, 3)
-            img = g[..., None] * tint * 255 + rng.normal(0, 20, (size, size, 3))
-            images.append(np.clip(img, 0, 255).astype(np.uint8))
-            labels.append(c)
-    return images, np.array(labels)
+from _helpers import TINY, gratings  # noqa: E402  (shared with the persistence tests)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

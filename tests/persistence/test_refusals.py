@@ -1,6 +1,5 @@
 """Pickle-free persistence: refused classes, attributes, values, edits and locations."""
 
-import hashlib
 import json
 import os
 import zipfile
@@ -197,24 +196,6 @@ def test_overwrite(fitted, tmp_path):
 # ---------------------------------------------------------------------------
 # tampered files (issue 13): declared state, locations, checksums, bounds
 # ---------------------------------------------------------------------------
-def _retriever_model(tmp_path, name="r", **params):
-    rng = np.random.default_rng(0)
-    X = rng.random((16, 4)).astype(np.float32)
-    y = np.array(["a", "b", "c", "d"] * 4)
-    retriever = NearestNeighborRetriever(n_neighbors=3, **params).fit(X, y)
-    save_pipeline(retriever, tmp_path / name)
-    return retriever, X, y
-
-
-def _rewrite_npz(model, manifest, name, arrays):
-    """Replace the .npz file ``name`` of a model directory, its checksum updated."""
-    with open(model / name, "wb") as fh:
-        np.savez(fh, **arrays)
-    data = (model / name).read_bytes()
-    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(),
-                               "bytes": len(data)}
-
-
 def test_tampered_store_path_is_refused_and_the_victim_file_is_untouched(tmp_path):
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"precious data, not descriptors\n" * 64)

@@ -134,7 +134,7 @@ def test_template_and_frozen_estimator_parameters(tmp_path):
 
 
 def test_retrieval_net_trainer_round_trip(tmp_path):
-    from test_trainer import TINY, gratings
+    from _helpers import TINY, gratings
 
     X, y = gratings(seed=0)
     trainer = RetrievalNetTrainer(**TINY, batch_size=16, images_per_label=4, n_negatives=2,

@@ -1,6 +1,5 @@
 """Fixtures of the serve tests: a tiny real index of generated images."""
 
-import os
 import pathlib
 import sys
 
@@ -8,22 +7,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _helpers import write_image  # noqa: E402
 
 N_IMAGES = 6
-
-
-def write_image(path, seed, size=(96, 72)):
-    """A distinct noisy picture (blocks of colour plus noise) as a JPEG/PNG file."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-    img = np.kron(blocks, np.ones((h // 6 + 1, w // 8 + 1, 1), dtype=np.uint8))[:h, :w]
-    img = np.clip(img.astype(int) + rng.integers(-20, 20, size=img.shape), 0, 255)
-    fmt = None if isinstance(path, (str, os.PathLike)) else "JPEG"  # a file object
-    Image.fromarray(img.astype(np.uint8)).save(path, format=fmt, quality=95)
-    return path
 
 
 @pytest.fixture(scope="session")

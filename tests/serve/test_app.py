@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import write_image  # noqa: E402
+from _helpers import write_image  # noqa: E402
 from skretrieval.serve import create_app, load_model  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
