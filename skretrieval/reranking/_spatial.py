@@ -15,6 +15,8 @@ already computed (no second forward pass).
 
 from __future__ import annotations
 
+from itertools import combinations
+from math import comb
 from numbers import Integral, Real
 
 import numpy as np
@@ -34,15 +36,6 @@ __all__ = ["SpatialVerificationReranker", "count_inliers", "match_features",
 
 _PCA_SAMPLE = 20_000  # local features the PCA of the descriptors is fitted on
 _MIN_SAMPLES = {"similarity": 2, "affine": 3}
-
-
-def _transform_class(name):
-    try:
-        from skimage.transform import AffineTransform, SimilarityTransform
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("spatial verification fits its transforms with scikit-image: "
-                          "pip install skretrieval[spatial]") from exc
-    return {"similarity": SimilarityTransform, "affine": AffineTransform}[name]
 
 
 def top_activations(maps, max_features, stride=32.0, scales=None):
@@ -108,24 +101,99 @@ def match_features(a, b, matching="mutual", ratio=0.9):
     return np.stack([i, best[i]], 1).astype(np.int64)
 
 
+def _hypotheses(m, n_min, max_trials, rng):
+    """Minimal samples (rows of ``n_min`` match indices): every combination
+    when there are at most ``max_trials`` of them, else ``max_trials`` draws
+    without replacement within a sample (``rng.permuted`` of each row)."""
+    if comb(m, n_min) <= max_trials:
+        return np.array(list(combinations(range(m), n_min)), dtype=np.int64).reshape(-1, n_min)
+    return rng.permuted(np.tile(np.arange(m), (max_trials, 1)), axis=1)[:, :n_min]
+
+
+def _similarities(src, dst, samples):
+    """``z -> a z + b`` (complex ``a``, ``b``) through each sample of two
+    matches; ``ok`` False where the two source points coincide."""
+    p, q = src[samples], dst[samples]                     # (T, 2) complex
+    dp = p[:, 1] - p[:, 0]
+    ok = np.abs(dp) > 1e-9 * (1.0 + np.abs(p[:, 0]))
+    a = np.where(ok, (q[:, 1] - q[:, 0]) / np.where(ok, dp, 1.0), 0.0)
+    return a, q[:, 0] - a * p[:, 0], ok
+
+
+def _affines(src, dst, samples):
+    """``[x, y, 1] @ M`` (``M`` 3 x 2) through each sample of three matches;
+    ``ok`` False where the three source points are (nearly) collinear."""
+    P = np.concatenate([src[samples], np.ones(samples.shape + (1,))], axis=2)  # (T, 3, 3)
+    det = np.linalg.det(P)
+    scale = np.abs(src[samples] - src[samples].mean(1, keepdims=True)).max((1, 2)) + 1e-12
+    ok = np.abs(det) > 1e-6 * scale ** 2
+    P[~ok] = np.eye(3)
+    return np.linalg.solve(P, dst[samples]), ok
+
+
+def _inlier_masks(src, dst, transform, samples, threshold):
+    """``(T, m)`` inlier masks of the transforms through each sample."""
+    if transform == "similarity":
+        zs, zd = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
+        a, b, ok = _similarities(zs, zd, samples)
+        residual = np.abs(a[:, None] * zs[None] + b[:, None] - zd[None])
+    else:
+        M, ok = _affines(src, dst, samples)
+        pred = np.concatenate([src, np.ones((len(src), 1))], 1) @ M  # (T, m, 2)
+        residual = np.linalg.norm(pred - dst[None], axis=2)
+    return (residual < threshold) & ok[:, None]
+
+
+def _refit_inliers(src, dst, transform, inliers, threshold):
+    """Inlier mask of the least-squares transform of the matches ``inliers``
+    (LO-RANSAC's local optimisation, one step)."""
+    s, d = src[inliers], dst[inliers]
+    if transform == "similarity":  # Umeyama's similarity without reflection
+        zs, zd = s[:, 0] + 1j * s[:, 1], d[:, 0] + 1j * d[:, 1]
+        cs, cd = zs - zs.mean(), zd - zd.mean()
+        norm = float(np.sum(np.abs(cs) ** 2))
+        if norm <= 0:
+            return inliers
+        a = np.sum(np.conj(cs) * cd) / norm
+        b = zd.mean() - a * zs.mean()
+        z = src[:, 0] + 1j * src[:, 1]
+        return np.abs(a * z + b - (dst[:, 0] + 1j * dst[:, 1])) < threshold
+    A = np.concatenate([s, np.ones((len(s), 1))], 1)
+    M, _, rank, _ = np.linalg.lstsq(A, d, rcond=None)
+    if rank < 3:
+        return inliers
+    pred = np.concatenate([src, np.ones((len(src), 1))], 1) @ M
+    return np.linalg.norm(pred - dst, axis=1) < threshold
+
+
 def count_inliers(src, dst, transform="similarity", residual_threshold=32.0,
                   max_trials=100, min_inliers=4, rng=None):
-    """RANSAC inliers of ``dst ~ T(src)`` (scikit-image's ``ransac``).
+    """RANSAC inliers of ``dst ~ T(src)``, all hypotheses at once.
 
-    Returns the number of matched points within ``residual_threshold``
-    pixels of the best transform of class ``transform``, or 0 when there
-    are fewer than ``min_inliers`` matches or inliers, or no model fits.
+    The hypotheses are the transforms of class ``transform`` through minimal
+    samples of the matches (2 for a similarity, 3 for an affine transform):
+    every combination when there are at most ``max_trials``, else
+    ``max_trials`` random samples (Fischler & Bolles, 1981).  They are
+    scored together as one array (no Python loop per trial); the best one
+    (most matches within ``residual_threshold`` pixels, the first on ties)
+    is refitted by least squares on its inliers and kept when that keeps at
+    least as many (LO-RANSAC, Chum et al., 2003, one step).
+
+    Returns the number of inliers, or 0 when there are fewer than
+    ``min_inliers`` matches or inliers, or every sample is degenerate.
     """
     n_min = _MIN_SAMPLES[transform]
+    src = np.asarray(src, np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, np.float64).reshape(-1, 2)
     if len(src) < max(min_inliers, n_min + 1):
         return 0
-    from skimage.measure import ransac
-
-    model, inliers = ransac((np.asarray(src, np.float64), np.asarray(dst, np.float64)),
-                            _transform_class(transform), min_samples=n_min,
-                            residual_threshold=residual_threshold, max_trials=max_trials,
-                            rng=rng)
-    count = 0 if model is None or inliers is None else int(inliers.sum())
+    samples = _hypotheses(len(src), n_min, max_trials, np.random.default_rng(rng))
+    masks = _inlier_masks(src, dst, transform, samples, residual_threshold)
+    best = masks[int(masks.sum(1).argmax())]
+    if not best.any():
+        return 0
+    refit = _refit_inliers(src, dst, transform, best, residual_threshold)
+    count = int(max(best.sum(), refit.sum()))
     return count if count >= min_inliers else 0
 
 
@@ -148,7 +216,8 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
        Lowe's ratio test between the query's and the database image's
        descriptors;
     3. **geometry** (:func:`count_inliers`): a similarity or affine transform
-       fitted with scikit-image's ``ransac``; inliers within
+       fitted by RANSAC, its ``max_trials`` hypotheses scored as one array,
+       the best refitted by least squares on its inliers; inliers within
        ``residual_threshold`` px, counts below ``min_inliers`` set to 0;
     4. the short list is re-ordered by inlier count, ties broken by the
        global similarity.  Optionally the query is then expanded with its
@@ -163,7 +232,9 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
     (stride 32: a few pixels of precision lost, hence the default
     threshold of one cell); hypotheses come from minimal samples of
     correspondences (Philbin et al. hypothesise from one affine-covariant
-    region, which a conv cell does not give); DELG's minimum of inliers
+    region, which a conv cell does not give), all of them when there are
+    fewer than ``max_trials`` (no early stop: the trials cost one array
+    operation); DELG's minimum of inliers
     and its addition of the global score are replaced by ``min_inliers`` and
     the tie-break.
 
@@ -171,8 +242,8 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
     ``max_features * (2 * d + 4) + 8`` bytes per image (``d`` the
     descriptor size: 26,008 bytes with the defaults and ``C >= 128``, or
     256,408 bytes for MobileNetV2's 1280 channels without PCA).  Time:
-    one ``(max_features x max_features)`` product and one RANSAC per
-    short-listed image (``benchmarks/bench_rerank.py`` reports it).
+    one ``(max_features x max_features)`` product and one vectorised RANSAC
+    (``max_trials x matches`` residuals) per short-listed image (``benchmarks/bench_rerank.py`` reports it).
 
     Parameters
     ----------
@@ -202,7 +273,8 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
     residual_threshold : float or None, default=None
         Inlier distance in pixels; None: ``stride`` (one cell).
     max_trials : int, default=100
-        RANSAC iterations per short-listed image.
+        RANSAC hypotheses per short-listed image (every minimal sample when
+        there are fewer).
     min_inliers : int, default=4
         Fewer inliers than this count as 0 (not verified).
     qe_k : int, default=0

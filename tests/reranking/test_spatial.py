@@ -1,6 +1,9 @@
 """SpatialVerificationReranker: against a straightforward reference, Pipeline, GridSearchCV,
 joblib and save_pipeline round trips."""
 
+from itertools import combinations
+from math import comb
+
 import joblib
 import numpy as np
 import pytest
@@ -17,13 +20,16 @@ from skretrieval import (
     RetrievalMAP,
     SpatialVerificationReranker,
 )
+from skretrieval.reranking import count_inliers
 from skretrieval.persistence import load_pipeline, save_pipeline
 
 pytest.importorskip("skimage")
-from skimage.measure import ransac  # noqa: E402
 from skimage.transform import AffineTransform, SimilarityTransform  # noqa: E402
 
 C, N_FEAT, STRIDE = 16, 30, 32.0
+# off the lattice distances 32 * sqrt(k): no residual sits on the threshold,
+# where the library's and scikit-image's rounding could disagree
+THRESHOLD = 0.9 * STRIDE
 
 
 def _synthetic():
@@ -63,9 +69,39 @@ def _reference_inliers(qm, dm, seed, i, model=SimilarityTransform, n_min=2, min_
         return 0
     src = np.array([d_kp[b] for _, b in pairs])
     dst = np.array([q_kp[a] for a, _ in pairs])
-    m, inl = ransac((src, dst), model, min_samples=n_min, residual_threshold=STRIDE,
-                    max_trials=100, rng=np.random.default_rng([seed, i]))
-    n = 0 if m is None else int(inl.sum())
+    return _reference_ransac(src, dst, model, n_min, min_inliers,
+                             np.random.default_rng([seed, i]))
+
+
+def _estimate(model, src, dst):
+    """scikit-image's least-squares transform through the points, None if degenerate."""
+    if hasattr(model, "from_estimate"):  # scikit-image >= 0.26
+        t = model.from_estimate(src, dst)
+        return t if t else None
+    t = model()
+    return t if t.estimate(src, dst) else None
+
+
+def _reference_ransac(src, dst, model, n_min, min_inliers, rng, max_trials=100):
+    """RANSAC in a loop, one scikit-image estimate per hypothesis: the library's
+    sampling rule, the first best hypothesis refitted on its inliers."""
+    m = len(src)
+    if comb(m, n_min) <= max_trials:
+        samples = list(combinations(range(m), n_min))
+    else:
+        samples = rng.permuted(np.tile(np.arange(m), (max_trials, 1)), axis=1)[:, :n_min]
+    best = None
+    for sample in samples:
+        t = _estimate(model, src[list(sample)], dst[list(sample)])
+        if t is None or not np.isfinite(t.params).all():
+            continue
+        inl = np.linalg.norm(t(src) - dst, axis=1) < THRESHOLD
+        if best is None or inl.sum() > best.sum():
+            best = inl
+    if best is None or not best.any():
+        return 0
+    t = _estimate(model, src[best], dst[best])
+    n = max(int(best.sum()), int((np.linalg.norm(t(src) - dst, axis=1) < THRESHOLD).sum()))
     return n if n >= min_inliers else 0
 
 
@@ -74,7 +110,8 @@ def _reference_inliers(qm, dm, seed, i, model=SimilarityTransform, n_min=2, min_
 def test_inliers_and_ranking_match_the_reference(transform, model, n_min):
     query, db = _synthetic()
     sv = SpatialVerificationReranker(GeMPooler(), n_rerank=8, max_features=N_FEAT,
-                                     n_components=None, transform=transform).fit(db)
+                                     n_components=None, transform=transform,
+                                     residual_threshold=THRESHOLD).fit(db)
     seed = check_random_state(0).randint(2**31 - 1)
     ref = [_reference_inliers(query[0][0], db[i][0], seed, i, model, n_min) for i in range(8)]
     counts = sv.inliers(query, [list(range(8))])[0]
@@ -89,6 +126,30 @@ def test_inliers_and_ranking_match_the_reference(transform, model, n_min):
     want = sorted(range(8), key=lambda i: (-ref[i], -sims[i]))
     assert ind[0, 0] == 2 and list(ind[0]) == want
     assert np.all(np.diff(dist[0]) > 0)
+
+
+@pytest.mark.parametrize("transform, true", [
+    ("similarity", SimilarityTransform(scale=1.3, rotation=0.4, translation=(20, -10))),
+    ("affine", AffineTransform(scale=(1.2, 0.8), rotation=0.3, shear=0.2, translation=(5, 7)))])
+def test_count_inliers_finds_the_transform_among_outliers(transform, true):
+    rng = np.random.default_rng(3)
+    src = rng.uniform(0, 400, (60, 2))
+    dst = true(src) + rng.normal(0, 1, src.shape)
+    dst[:25] = rng.uniform(0, 400, (25, 2))                    # 25 wrong matches
+    expected = int((np.linalg.norm(true(src) - dst, axis=1) < 8).sum())
+    assert expected >= 35
+    assert count_inliers(src, dst, transform, 8.0, max_trials=200, rng=0) == expected
+    # few matches: every minimal sample is tried, whatever the seed
+    few = [count_inliers(src[25:31], dst[25:31], transform, 8.0, rng=s) for s in range(3)]
+    assert few == [6, 6, 6]
+    # too few matches, or only degenerate samples (one source point; a line for affine)
+    assert count_inliers(src[25:28], dst[25:28], transform, 8.0, min_inliers=4) == 0
+    assert count_inliers(np.zeros((10, 2)), dst[25:35], transform, 8.0) == 0
+    line = np.stack([np.arange(10.0), 2 * np.arange(10.0)], 1)
+    if transform == "affine":
+        assert count_inliers(line, line + 5, transform, 1.0) == 0
+    else:
+        assert count_inliers(line, line + 5, transform, 1.0) == 10
 
 
 def test_short_list_only_and_leave_one_out():
