@@ -246,8 +246,15 @@ class EngineRunner:
 
 
 def _check(runner, net, sample, what):
-    """Raise EngineError when ``runner`` and ``net`` disagree on ``sample``."""
-    ref, got = _outputs(net, sample), runner(sample)
+    """Raise EngineError when ``runner`` fails on ``sample`` or disagrees with ``net``
+    (an export whose shapes were frozen at the traced size fails here)."""
+    ref = _outputs(net, sample)
+    try:
+        got = runner(sample)
+    except Exception as exc:
+        raise EngineError(f"{runner.engine} cannot run {what} on an input of size "
+                          f"{tuple(sample.shape[-2:])} ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     for name, r in ref.items():
         g = got[name]
         scale = float(r.abs().max()) or 1.0

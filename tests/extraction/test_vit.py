@@ -5,6 +5,7 @@ Random weights and tiny configurations only: nothing is downloaded.
 
 import os
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -165,6 +166,34 @@ def test_timm_blocks_and_class_token_equal_the_models_at_any_size():
     torch.testing.assert_close(map_to_tokens(out["norm"]), features[:, 1:], rtol=1e-5,
                                atol=1e-5)
     assert out["norm"].shape == (1, 192, 3, 5)
+
+
+def test_engines_run_a_vit_or_auto_falls_back_to_torch_saying_why(monkeypatch, tmp_path):
+    """A ViT through the engine layer: ONNX Runtime gives torch's maps, or
+    ``engine="auto"`` warns why it cannot and runs torch (an explicit engine raises)."""
+    pytest.importorskip("timm")
+    pytest.importorskip("onnxruntime")
+    from skretrieval.extraction._engines import EngineError
+
+    monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
+    monkeypatch.delenv("SKRETRIEVAL_ENGINE", raising=False)
+    images = _images(2, (40, 72)) + _images(1, (64, 48), seed=1)
+    kw = dict(weights=None, layer="block2", max_size=64, device="cpu", cache=None)
+    ref = ConvFeatureExtractor(TIMM_TINY, engine="torch", **kw).fit().transform(images)
+    auto = ConvFeatureExtractor(TIMM_TINY, engine="auto", **kw).fit()
+    assert auto.engine_ == "onnxruntime"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        maps = auto.transform(images)
+    told = [str(w.message) for w in caught if "running it with torch" in str(w.message)]
+    if auto.engine_ == "torch":
+        assert told and "layer 'block2' of timm:vit_tiny_patch16_224" in told[0]
+        with pytest.raises(EngineError, match="block2"):
+            ConvFeatureExtractor(TIMM_TINY, engine="onnxruntime", **kw).fit().transform(images)
+    else:
+        assert not told
+    for a, b in zip(maps, ref):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-3, atol=1e-3 * np.abs(b[0]).max())
 
 
 def test_timm_registers_are_split_off():
