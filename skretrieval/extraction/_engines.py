@@ -23,6 +23,7 @@ use (:data:`CHECK_RTOL`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -132,6 +133,22 @@ def network_digest(net):
     return digest
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence torch's TorchScript exporter, which prints its whole graph to
+    stdout when an export fails (its ONNX log is switched on by every export
+    in torch 2.x): the failure is reported as an EngineError instead."""
+    log = getattr(torch._C, "_jit_onnx_log", None)
+    if log is None:
+        yield
+        return
+    torch._C._jit_onnx_log = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        torch._C._jit_onnx_log = log
+
+
 class _Outputs(torch.nn.Module):
     """``net`` with its dict of outputs as a tuple in the order of ``names``."""
 
@@ -186,7 +203,7 @@ def export_onnx(net, sample, *, what="the network"):
         axes = {"image": {0: "n", 2: "h", 3: "w"}}
         buf = io.BytesIO()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_exporter():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(_Outputs(net, names).eval(), (sample,), buf, dynamo=False,
                                   input_names=["image"], output_names=list(names),

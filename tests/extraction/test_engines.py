@@ -184,6 +184,24 @@ def test_export_failure_names_the_layer(monkeypatch, tmp_path):
     clear_networks()
 
 
+def test_failed_export_is_an_engine_error_and_prints_nothing(monkeypatch, tmp_path, capfd):
+    """torch's exporter dumps its whole graph on stdout when an operation has no
+    ONNX form (antialiased bicubic resizing here, as in DINOv2's position embeddings)."""
+    _require("onnxruntime")
+    monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
+
+    class Antialiased(torch.nn.Module):
+        def forward(self, x):
+            return {"out": torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bicubic",
+                                                           antialias=True)}
+
+    capfd.readouterr()
+    with pytest.raises(EngineError, match="cannot export the resizer to ONNX"):
+        engine_runner("onnxruntime", Antialiased().eval(), sample_size=32, what="the resizer")
+    out = capfd.readouterr()
+    assert "graph(" not in out.out and "graph(" not in out.err
+
+
 def test_engine_runner_is_generic_and_built_once():
     """Any module mapping a batch to named outputs; one session per process."""
     _require("onnxruntime")
