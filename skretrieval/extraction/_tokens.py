@@ -36,7 +36,9 @@ on a square grid, are interpolated (bicubic) to the grid of the input.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 import re
 from collections import OrderedDict
@@ -107,6 +109,58 @@ def patch_multiple(side, patch):
     return max(1, int(math.floor(side / patch + 0.5))) * patch
 
 
+def _traced_multiples(x, ph, pw):
+    """:func:`patch_multiple` of the height and width of ``x`` as tensor
+    operations, which a trace records (Python arithmetic would freeze them)."""
+    sizes = torch._shape_as_tensor(x)[-2:].float()
+    patch = torch.tensor([ph, pw], dtype=torch.float32)
+    out = torch.clamp(torch.floor(sizes / patch + 0.5), min=1.0) * patch
+    return [out[0].long(), out[1].long()]
+
+
+def _plain_self_attention(mha, query, key, value, key_padding_mask=None, need_weights=True,
+                          attn_mask=None, average_attn_weights=True, is_causal=False):
+    """``nn.MultiheadAttention`` self-attention without masks, written with
+    reshapes a trace keeps dynamic in the sequence length (the module's own
+    code freezes it, and its fused inference kernel has no ONNX form)."""
+    if (key is not query or value is not query or key_padding_mask is not None
+            or attn_mask is not None or is_causal):
+        return nn.MultiheadAttention.forward(
+            mha, query, key, value, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+    x = query if mha.batch_first else query.transpose(0, 1)  # (N, L, E)
+    n, length, e = x.shape
+    h = mha.num_heads
+    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
+    qkv = qkv.reshape(n, length, 3, h, e // h).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, h, L, e/h)
+    out = F.linear(out.transpose(1, 2).reshape(n, length, e), mha.out_proj.weight,
+                   mha.out_proj.bias)
+    return (out if mha.batch_first else out.transpose(0, 1)), None
+
+
+def _is_plain(mha):
+    return (mha._qkv_same_embed_dim and mha.in_proj_weight is not None
+            and mha.bias_k is None and not mha.add_zero_attn and not mha.training)
+
+
+@contextlib.contextmanager
+def traceable_attention(module):
+    """Within this context, every plain ``nn.MultiheadAttention`` of ``module``
+    (self-attention, no masks, eval mode: a ViT's) runs
+    :func:`_plain_self_attention`; used while a trace records an export."""
+    swapped = [m for m in module.modules()
+               if isinstance(m, nn.MultiheadAttention) and _is_plain(m)]
+    for m in swapped:
+        m.forward = functools.partial(_plain_self_attention, m)
+    try:
+        yield
+    finally:
+        for m in swapped:
+            del m.forward
+
+
 def interpolate_pos_embed(pos, n_prefix, grid):
     """Position embeddings ``(1, n_prefix + g*g, C)`` (or 2-D) for a ``grid = (h, w)``.
 
@@ -117,8 +171,8 @@ def interpolate_pos_embed(pos, n_prefix, grid):
         pos = pos.unsqueeze(0)
     prefix, cells = pos[:, :n_prefix], pos[:, n_prefix:]
     g = math.isqrt(cells.shape[1])
-    if (g, g) == tuple(grid):
-        return pos
+    if (g, g) == tuple(grid) and not torch.jit.is_tracing():
+        return pos  # (a trace always resizes: an identity at g x g, a dynamic grid)
     c = cells.shape[-1]
     cells = cells.reshape(1, g, g, c).permute(0, 3, 1, 2)
     cells = F.interpolate(cells.float(), size=tuple(grid), mode="bicubic",
@@ -216,11 +270,18 @@ class TokenTrunk(nn.Module):
     def forward(self, x):
         bb = self.backbone
         ph, pw = bb.patch_size
-        size = (patch_multiple(x.shape[-2], ph), patch_multiple(x.shape[-1], pw))
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         parsed = {n: parse_node(n, bb.n_blocks) for n in self.return_nodes}
-        inter = bb.intermediates(x, sorted({k for k, _ in parsed.values()}))
+        indices = sorted({k for k, _ in parsed.values()})
+        if torch.jit.is_tracing():  # an ONNX export: sizes as traced values
+            x = F.interpolate(x, size=_traced_multiples(x, ph, pw), mode="bilinear",
+                              align_corners=False)
+            with traceable_attention(bb):
+                inter = bb.intermediates(x, indices)
+        else:
+            size = (patch_multiple(x.shape[-2], ph), patch_multiple(x.shape[-1], pw))
+            if tuple(x.shape[-2:]) != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            inter = bb.intermediates(x, indices)
         normed = None
         out = {}
         for node, name in self.return_nodes.items():

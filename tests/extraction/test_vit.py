@@ -196,6 +196,38 @@ def test_engines_run_a_vit_or_auto_falls_back_to_torch_saying_why(monkeypatch, t
         np.testing.assert_allclose(a[0], b[0], rtol=1e-3, atol=1e-3 * np.abs(b[0]).max())
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_torchvision_vit_exports_with_dynamic_sizes(monkeypatch, tmp_path, batch_first):
+    """One ONNX export serves every input size and batch (the trace records the
+    patch-multiple resize, the position-embedding grid and the attention's
+    sequence length), equal to torch's maps."""
+    pytest.importorskip("onnxruntime")
+    from skretrieval.extraction._engines import engine_runner
+
+    monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
+    vit = _tiny_vit()
+    for layer in vit.encoder.layers:  # open_clip's towers may keep (L, N, E) sequences
+        layer.self_attention.batch_first = batch_first
+    if not batch_first:
+        class SeqFirst(TorchvisionViT):
+            def run_block(self, block, tokens):
+                return block(tokens.transpose(0, 1)).transpose(0, 1)
+        backbone = SeqFirst(vit)
+    else:
+        backbone = TorchvisionViT(vit)
+    trunk = backbone.cut(("block1", "norm", "norm.cls"))
+    runner = engine_runner("onnxruntime", trunk, sample_size=32, what="the tiny ViT")
+    assert runner is not trunk
+    for shape in [(32, 32), (45, 83), (64, 40), (8, 8), (3, 200)]:
+        x = torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = trunk(x)
+        got = runner(x)
+        for name, w in want.items():
+            assert got[name].shape == w.shape
+            torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-4)
+
+
 def test_timm_registers_are_split_off():
     pytest.importorskip("timm")
     import timm
@@ -412,6 +444,20 @@ def test_open_clip_tower_maps_and_class_token(tiny_clip, tmp_path):
     torch.testing.assert_close(loaded.model.conv1.weight, state["visual.conv1.weight"])
     with pytest.raises(ValueError, match="need a tag"):
         build_model(tiny_clip, "pretrained")
+
+
+def test_open_clip_tower_runs_on_onnx_runtime(tiny_clip, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
+    images = _images(2, (40, 72)) + _images(1, (64, 48), seed=1)
+    kw = dict(weights=None, layer="block1", max_size=64, device="cpu", cache=None)
+    ref = ConvFeatureExtractor(tiny_clip, engine="torch", **kw).fit().transform(images)
+    ext = ConvFeatureExtractor(tiny_clip, engine="onnxruntime", **kw).fit()
+    maps = ext.transform(images)
+    assert ext.engine_ == "onnxruntime"
+    for a, b in zip(maps, ref):
+        assert a[0].shape == b[0].shape
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-4 * np.abs(b[0]).max())
 
 
 def test_weights_file_missing_is_named():
