@@ -101,6 +101,14 @@ def match_features(a, b, matching="mutual", ratio=0.9):
     return np.stack([i, best[i]], 1).astype(np.int64)
 
 
+def _one_blas_thread():
+    """BLAS on one thread for the many tiny products of a verification (a
+    second thread only adds its wake-up latency, milliseconds on a busy CPU)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _hypotheses(m, n_min, max_trials, rng):
     """Minimal samples (rows of ``n_min`` match indices): every combination
     when there are at most ``max_trials`` of them, else ``max_trials`` draws
@@ -482,9 +490,10 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
         indices = np.asarray(indices, dtype=np.int64)
         feats = self._query_local(X, len(indices))
         seed = self._seed()
-        return np.array([[self._verify(f, i, seed) for i in row]
-                         for f, row in zip(feats, indices)], dtype=np.int64).reshape(
-                             indices.shape)
+        with _one_blas_thread():
+            return np.array([[self._verify(f, i, seed) for i in row]
+                             for f, row in zip(feats, indices)], dtype=np.int64).reshape(
+                                 indices.shape)
 
     def _seed(self):
         return int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -499,6 +508,12 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
         R = min(self.n_rerank, ind.shape[1])
         dist, ind = dist.copy(), ind.copy()
         verified = []
+        with _one_blas_thread():
+            self._verify_rows(feats, dist, ind, seed, R, verified)
+        return dist, ind, verified
+
+    def _verify_rows(self, feats, dist, ind, seed, R, verified):
+        """Re-rank the first ``R`` columns of every row of ``dist``/``ind`` in place."""
         for j in progress(range(ind.shape[0]), desc="verifying", unit="query",
                           verbose=self.verbose):
             if R == 0:
@@ -512,7 +527,6 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
             dist[j, :R] = dist[j, R - 1] - 1.0 - key
             ind[j, :R] = short[order]
             verified.append(short[order][counts[order] > 0])
-        return dist, ind, verified
 
     def _expand(self, Q, rows, k, dist, ind, verified):
         """Search the expanded queries; the verified results stay first."""
