@@ -265,6 +265,9 @@ class TimmMapsTrunk(torch.nn.Module):
         self.model = model
         self.return_nodes, self.stages, self.indices = dict(return_nodes), stages, indices
 
+    def extra_repr(self):  # in the network's digest, the key of its ONNX export
+        return f"return_nodes={self.return_nodes!r}, indices={self.indices!r}"
+
     def forward(self, x):
         maps = self.model.forward_intermediates(x, indices=self.indices, stop_early=True,
                                                 intermediates_only=True)

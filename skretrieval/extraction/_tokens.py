@@ -267,6 +267,11 @@ class TokenTrunk(nn.Module):
         self.backbone = backbone
         self.return_nodes = dict(return_nodes)
 
+    def extra_repr(self):
+        # part of the repr, hence of the network's digest (the key of its ONNX export):
+        # two cuts of one model differ by these only
+        return f"return_nodes={self.return_nodes!r}"
+
     def forward(self, x):
         bb = self.backbone
         ph, pw = bb.patch_size

@@ -228,6 +228,21 @@ def test_torchvision_vit_exports_with_dynamic_sizes(monkeypatch, tmp_path, batch
             torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-4)
 
 
+def test_cuts_of_one_vit_get_their_own_exports(monkeypatch, tmp_path):
+    """The ONNX cache is keyed by what a cut computes: "norm" and "norm.cls" share
+    every weight and output name, not their graph."""
+    pytest.importorskip("onnxruntime")
+    from skretrieval.extraction._engines import engine_runner
+
+    monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
+    backbone = TorchvisionViT(_tiny_vit())
+    x = torch.rand(1, 3, 32, 48)
+    for node, shape in (("norm", (1, 16, 4, 6)), ("norm.cls", (1, 16, 1, 1))):
+        runner = engine_runner("onnxruntime", backbone.cut(node), sample_size=32)
+        assert tuple(runner(x)["out"].shape) == shape
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+
+
 def test_timm_registers_are_split_off():
     pytest.importorskip("timm")
     import timm
