@@ -35,9 +35,9 @@ import warnings
 import numpy as np
 
 #: (backbone, layer, engine): "auto" is what a user gets (ONNX Runtime for
-#: MobileNetV2); the ViTs run with torch, which is also what "auto" falls back
-#: to for them (their ONNX exports freeze the token grid), timed without the
-#: failed export attempt so that the peak memory is the network's own.
+#: MobileNetV2 and torchvision's ViTs); timm's ViTs run with torch, which is
+#: what "auto" falls back to for them (their exports freeze the token grid),
+#: timed without the failed export so that the peak memory is the network's.
 TIMING = [
     ("mobilenet_v2", None, "torch"),
     ("mobilenet_v2", None, "auto"),
@@ -45,6 +45,7 @@ TIMING = [
     ("timm:vit_small_patch14_dinov2.lvd142m", None, "torch"),
     ("timm:vit_base_patch16_224", None, "torch"),
     ("vit_b_16", None, "torch"),
+    ("vit_b_16", None, "auto"),
 ]
 
 
