@@ -15,7 +15,8 @@ L2-normalised, cosine search; every method then refines that search:
 Benchmarks: COIL-100 every ``--step``-th view, leave-one-out, ``max_size``
 128; the fixed cluttered instance ``CLUTTERED_BENCHMARK`` (40 objects x 3
 scenes + 120 distractor scenes, 384 x 384, regenerated from seed 0),
-``max_size`` 384, clean COIL views as queries.  Every row prints its mAP and
+``max_size`` 384 (``--max-size``: 768 gives the last layer a 24 x 24 grid of
+16 px cells of the scene), clean COIL views as queries.  Every row prints its mAP and
 its time per query: search and re-ranking (the fit, which describes and
 indexes the database, is timed separately; the feature maps are shared).
 
@@ -179,7 +180,7 @@ def _tune_sv(args):
     from sklearn.model_selection import ParameterGrid
 
     b = make_cluttered_objects(DATA / "coil100", **{**CLUTTERED_BENCHMARK, "random_state": 1})
-    (maps, queries), _ = _extract(384, args, b.images, b.queries)
+    (maps, queries), _ = _extract(args.max_size, args, b.images, b.queries)
     bench = Bench("validation", maps, b.labels, queries,
                   lambda ind: b.evaluate(ind)["default"]["mAP"])
     bench.run("GeM", lambda: make_pipeline(GeMPooler(), NearestNeighborRetriever()))
@@ -215,6 +216,8 @@ def main(argv=None):
     ap.add_argument("--max-trials", type=int, default=100, help="RANSAC hypotheses")
     ap.add_argument("--tune-sv", action="store_true",
                     help="choose SV parameters on a validation instance (seed 1) first")
+    ap.add_argument("--max-size", type=int, default=384,
+                    help="cluttered benchmark: longest side of scenes and queries")
     ap.add_argument("--only", choices=("coil", "cluttered"), help="run one benchmark only")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/skretrieval-bench"))
     ap.add_argument("--out", help="also write the Markdown tables here")
@@ -266,7 +269,8 @@ def _cluttered(args, coil20):
     b = make_cluttered_objects(DATA / "coil100", **CLUTTERED_BENCHMARK)
     t_gen = time.perf_counter() - t0
     lw_images = coil20.images if "lw" in _optional() else []
-    (maps, queries, maps20), t_maps = _extract(384, args, b.images, b.queries, lw_images)
+    (maps, queries, maps20), t_maps = _extract(args.max_size, args, b.images, b.queries,
+                                               lw_images)
     bench = Bench("cluttered", maps, b.labels, queries,
                   lambda ind: b.evaluate(ind)["default"]["mAP"])
     _methods(bench, args, 2, maps20, np.asarray(coil20.labels))
@@ -274,7 +278,8 @@ def _cluttered(args, coil20):
         f"**Cluttered COIL-100** (`make_cluttered_objects(coil100, **CLUTTERED_BENCHMARK)`: "
         f"{b.n_queries} clean queries, {b.n_images} scenes of which "
         f"{int((b.labels == -1).sum())} distractors; generated in {t_gen:.0f} s); "
-        f"MobileNetV2 ImageNet, max_size 384 (12 x 12 maps). Maps: {t_maps:.0f} s."))
+        f"MobileNetV2 ImageNet, max_size {args.max_size} ({args.max_size // 32} x "
+        f"{args.max_size // 32} maps). Maps: {t_maps:.0f} s."))
 
 
 if __name__ == "__main__":
