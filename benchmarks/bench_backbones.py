@@ -96,7 +96,8 @@ def timing(sizes, n_images):
             r = json.loads(out.stdout.strip().splitlines()[-1])
             c, h, w = r["map"]
             print(f"| {r['backbone']} | {r['engine']} | {r['size']} | {r['params_m']:.1f} | "
-                  f"{c} x {h} x {w} | {r['s_per_image']:.3f} | {r['peak_mb']:.0f} | {r['network_mb']:.0f} |",
+                  f"{c} x {h} x {w} | {r['s_per_image']:.3f} | {r['peak_mb']:.0f} | "
+                  f"{r['network_mb']:.0f} |",
                   flush=True)
     print(f"(median of {n_images} images after one warm-up; random weights; load average "
           f"after: {os.getloadavg()})")

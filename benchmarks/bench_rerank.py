@@ -104,7 +104,8 @@ class Bench:
             self.rows.append((label, None, None, None))
             return
         if est is None:
-            print(f"[{self.name}] {label}: skipped (not importable, or not asked for)", file=sys.stderr)
+            print(f"[{self.name}] {label}: skipped (not importable, or not asked for)",
+                  file=sys.stderr)
             self.rows.append((label, None, None, None))
             return
         m, t_fit, ms = self.score(est)
