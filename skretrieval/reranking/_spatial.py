@@ -118,6 +118,11 @@ def _hypotheses(m, n_min, max_trials, rng):
     return rng.permuted(np.tile(np.arange(m), (max_trials, 1)), axis=1)[:, :n_min]
 
 
+def _complex(points):
+    """``(n, 2)`` points ``(x, y)`` as complex numbers ``x + iy``."""
+    return points[:, 0] + 1j * points[:, 1]
+
+
 def _similarities(src, dst, samples):
     """``z -> a z + b`` (complex ``a``, ``b``) through each sample of two
     matches; ``ok`` False where the two source points coincide."""
@@ -142,7 +147,7 @@ def _affines(src, dst, samples):
 def _inlier_masks(src, dst, transform, samples, threshold):
     """``(T, m)`` inlier masks of the transforms through each sample."""
     if transform == "similarity":
-        zs, zd = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
+        zs, zd = _complex(src), _complex(dst)
         a, b, ok = _similarities(zs, zd, samples)
         residual = np.abs(a[:, None] * zs[None] + b[:, None] - zd[None])
     else:
@@ -157,15 +162,14 @@ def _refit_inliers(src, dst, transform, inliers, threshold):
     (LO-RANSAC's local optimisation, one step)."""
     s, d = src[inliers], dst[inliers]
     if transform == "similarity":  # Umeyama's similarity without reflection
-        zs, zd = s[:, 0] + 1j * s[:, 1], d[:, 0] + 1j * d[:, 1]
+        zs, zd = _complex(s), _complex(d)
         cs, cd = zs - zs.mean(), zd - zd.mean()
         norm = float(np.sum(np.abs(cs) ** 2))
         if norm <= 0:
             return inliers
         a = np.sum(np.conj(cs) * cd) / norm
         b = zd.mean() - a * zs.mean()
-        z = src[:, 0] + 1j * src[:, 1]
-        return np.abs(a * z + b - (dst[:, 0] + 1j * dst[:, 1])) < threshold
+        return np.abs(a * _complex(src) + b - _complex(dst)) < threshold
     A = np.concatenate([s, np.ones((len(s), 1))], 1)
     M, _, rank, _ = np.linalg.lstsq(A, d, rcond=None)
     if rank < 3:
@@ -510,24 +514,20 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
         dist, ind = dist.copy(), ind.copy()
         verified = []
         with _one_blas_thread():
-            self._verify_rows(feats, dist, ind, seed, R, verified)
+            for j in progress(range(ind.shape[0]), desc="verifying", unit="query",
+                              verbose=self.verbose):
+                if R == 0:
+                    verified.append(np.zeros(0, np.int64))
+                    continue
+                short = ind[j, :R].copy()
+                sim = self._similarity(dist[j, :R]).astype(np.float64)
+                counts = np.array([self._verify(feats[j], i, seed) for i in short])
+                order = np.lexsort((-sim, -counts))
+                key = counts[order] + (1.0 + np.clip(sim[order], -1, 1)) / 2.5
+                dist[j, :R] = dist[j, R - 1] - 1.0 - key
+                ind[j, :R] = short[order]
+                verified.append(short[order][counts[order] > 0])
         return dist, ind, verified
-
-    def _verify_rows(self, feats, dist, ind, seed, R, verified):
-        """Re-rank the first ``R`` columns of every row of ``dist``/``ind`` in place."""
-        for j in progress(range(ind.shape[0]), desc="verifying", unit="query",
-                          verbose=self.verbose):
-            if R == 0:
-                verified.append(np.zeros(0, np.int64))
-                continue
-            short = ind[j, :R].copy()
-            sim = self._similarity(dist[j, :R]).astype(np.float64)
-            counts = np.array([self._verify(feats[j], i, seed) for i in short])
-            order = np.lexsort((-sim, -counts))
-            key = counts[order] + (1.0 + np.clip(sim[order], -1, 1)) / 2.5
-            dist[j, :R] = dist[j, R - 1] - 1.0 - key
-            ind[j, :R] = short[order]
-            verified.append(short[order][counts[order] > 0])
 
     def _expand(self, Q, rows, k, dist, ind, verified):
         """Search the expanded queries; the verified results stay first."""
