@@ -19,6 +19,7 @@ from skretrieval import (ConvFeatureExtractor, GeMPooler, MACPooler, NearestNeig
                          PCAWhitener, RetrievalMAP, RetrievalNet, clear_memory_cache,
                          forward_pass_count, layer_names)
 from skretrieval.extraction._backbones import WeightsNotFoundError, build_model, resolve_layer
+from skretrieval.extraction._engines import EngineError, engine_runner
 from skretrieval.extraction._tokens import (TorchvisionViT, interpolate_pos_embed,
                                             map_to_tokens, patch_multiple, tokens_to_map)
 
@@ -173,8 +174,6 @@ def test_engines_run_a_vit_or_auto_falls_back_to_torch_saying_why(monkeypatch, t
     ``engine="auto"`` warns why it cannot and runs torch (an explicit engine raises)."""
     pytest.importorskip("timm")
     pytest.importorskip("onnxruntime")
-    from skretrieval.extraction._engines import EngineError
-
     monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
     monkeypatch.delenv("SKRETRIEVAL_ENGINE", raising=False)
     images = _images(2, (40, 72)) + _images(1, (64, 48), seed=1)
@@ -202,8 +201,6 @@ def test_torchvision_vit_exports_with_dynamic_sizes(monkeypatch, tmp_path, batch
     patch-multiple resize, the position-embedding grid and the attention's
     sequence length), equal to torch's maps."""
     pytest.importorskip("onnxruntime")
-    from skretrieval.extraction._engines import engine_runner
-
     monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
     vit = _tiny_vit()
     for layer in vit.encoder.layers:  # open_clip's towers may keep (L, N, E) sequences
@@ -232,8 +229,6 @@ def test_cuts_of_one_vit_get_their_own_exports(monkeypatch, tmp_path):
     """The ONNX cache is keyed by what a cut computes: "norm" and "norm.cls" share
     every weight and output name, not their graph."""
     pytest.importorskip("onnxruntime")
-    from skretrieval.extraction._engines import engine_runner
-
     monkeypatch.setenv("SKRETRIEVAL_ONNX_CACHE", str(tmp_path))
     backbone = TorchvisionViT(_tiny_vit())
     x = torch.rand(1, 3, 32, 48)
