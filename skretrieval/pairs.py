@@ -56,6 +56,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .utils._arrays import similarities_from_distances
+
 __all__ = [
     "ImagePairs",
     "pairs_from_retriever",
@@ -138,14 +140,7 @@ def scores_from_distances(distances, metric="cosine"):
     -------
     scores : ndarray of the same shape (float32 for float32 distances)
     """
-    distances = np.asarray(distances)
-    if distances.dtype.kind not in "fiu":
-        raise TypeError(f"distances must be numbers, got dtype {distances.dtype}")
-    if distances.dtype.kind != "f":
-        distances = distances.astype(np.float64)
-    if metric == "cosine":
-        return distances.dtype.type(1.0) - distances
-    return -distances
+    return similarities_from_distances(distances, metric)
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..extraction._images import Crop, load_image
+from ..utils._arrays import similarities_from_distances
 from ._checks import (
     Relevance,
     check_int,
@@ -658,10 +659,8 @@ class RetrievalDisplay:
         dist, ind = retriever.kneighbors(X, n_neighbors=k)
         dist = np.asarray(dist, dtype=float)
         metric = getattr(retriever, "metric", "cosine")
-        if metric == "cosine":
-            scores, score_name = 1.0 - dist, "sim"
-        elif metric == "inner_product":
-            scores, score_name = -dist, "sim"
+        if metric in ("cosine", "inner_product"):
+            scores, score_name = similarities_from_distances(dist, metric), "sim"
         else:
             scores, score_name = dist, "dist"
         ind = np.asarray(ind, dtype=np.intp)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import clone
 
+from ..utils._arrays import similarities_from_distances
 
 __all__ = ["EvaluationReport", "evaluate_benchmark", "evaluate_descriptors"]
 
@@ -221,5 +222,5 @@ def evaluate_descriptors(benchmark, database, queries=None, *, whitener=None,
     return EvaluationReport(
         benchmark=benchmark.name, results=results, n_images=benchmark.n_images,
         n_queries=benchmark.n_queries, n_dims=int(X_db.shape[1]), whitening=whitening,
-        seconds=seconds, rankings=rankings, similarities=1.0 - dist,
+        seconds=seconds, rankings=rankings, similarities=similarities_from_distances(dist),
     )

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..utils._arrays import similarities_from_distances
 from ._images import ThumbnailCache, decode_bytes, decode_image, image_reason, make_thumbnail
 from ._limits import (
     MAX_INDEX_FILES,
@@ -193,9 +194,7 @@ class Routes:
 
     def _similarity_of(self, distances):
         metric = getattr(self.shared.retriever, "metric", "cosine")
-        if metric == "cosine":
-            return 1.0 - distances
-        return -distances
+        return similarities_from_distances(distances, metric)
 
     def _thumbnail_url(self, image_id):
         if self.root_real is None:

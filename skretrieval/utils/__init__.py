@@ -5,7 +5,9 @@ Nothing here depends on another subpackage of skretrieval; every other
 subpackage may import from here.
 """
 
+from ._arrays import distances_from_similarities, similarities_from_distances
 from ._files import IndexLockedError, atomic_write, file_lock
 from ._progress import progress
 
-__all__ = ["IndexLockedError", "atomic_write", "file_lock", "progress"]
+__all__ = ["IndexLockedError", "atomic_write", "distances_from_similarities", "file_lock",
+           "progress", "similarities_from_distances"]

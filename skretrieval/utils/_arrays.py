@@ -1,14 +1,18 @@
-"""Array helpers shared by the poolers, the re-rankers and the retrievers."""
+"""Array helpers shared by the poolers, the re-rankers and the retrievers: the one
+row normaliser, and the conversions between search distances and similarities."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["l2_normalize"]
+__all__ = ["distances_from_similarities", "l2_normalize", "similarities_from_distances"]
 
 
 def l2_normalize(V, axis=-1):
     """L2-normalise ``V`` along ``axis``; an all-zero vector stays zero.
+
+    The one row normaliser of the package: the poolers, the re-rankers and
+    the retriever (its database rows and its queries) all call it.
 
     Parameters
     ----------
@@ -20,7 +24,8 @@ def l2_normalize(V, axis=-1):
     Returns
     -------
     ndarray
-        ``V / ||V||`` of the dtype of ``V`` (float), zero where the norm is 0.
+        ``V / ||V||`` (a new array) of the dtype of ``V`` (float), zero where
+        the norm is 0.
 
     Examples
     --------
@@ -31,4 +36,94 @@ def l2_normalize(V, axis=-1):
     """
     V = np.asarray(V)
     norms = np.sqrt(np.sum(V * V, axis=axis, keepdims=True))
-    return V / np.where(norms > 0, norms, 1).astype(V.dtype, copy=False)
+    norms[norms == 0] = 1
+    return V / norms.astype(V.dtype, copy=False)
+
+
+def _as_float(values, what):
+    """``values`` as a float array (ints become float64)."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "fiu":
+        raise TypeError(f"{what} must be numbers, got dtype {values.dtype}")
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    return values
+
+
+def similarities_from_distances(distances, metric="cosine"):
+    """Similarities (higher is better) from nearest-neighbour distances.
+
+    The inverse of :func:`distances_from_similarities`.
+
+    Parameters
+    ----------
+    distances : array-like of float
+        Distances as returned by a retriever's ``kneighbors`` (smaller is
+        closer).
+
+    metric : str, default="cosine"
+        The retriever's metric.  ``"cosine"``: ``1 - distance``, the cosine
+        similarity; any other (``"inner_product"``, ``"euclidean"``, or the
+        metrics of scikit-learn's neighbours estimators): ``-distance``, i.e.
+        the inner product for ``"inner_product"`` and minus the Euclidean
+        distance for ``"euclidean"``.
+
+    Returns
+    -------
+    similarities : ndarray of the same shape
+        Of the dtype of ``distances`` (float32 stays float32; ints give
+        float64).
+
+    Raises
+    ------
+    TypeError
+        If ``distances`` are not numbers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> similarities_from_distances(np.array([0.0, 0.25]))
+    array([1.  , 0.75])
+    >>> similarities_from_distances(np.array([-2.0, 1.0]), "inner_product")
+    array([ 2., -1.])
+    """
+    distances = _as_float(distances, "distances")
+    if metric == "cosine":
+        return distances.dtype.type(1.0) - distances
+    return -distances
+
+
+def distances_from_similarities(similarities, metric="cosine"):
+    """Distances (smaller is closer) from similarities, in a retriever's convention.
+
+    The inverse of :func:`similarities_from_distances`.
+
+    Parameters
+    ----------
+    similarities : array-like of float
+        Similarities (higher is better).
+
+    metric : str, default="cosine"
+        The retriever's metric.  ``"cosine"``: ``1 - similarity``; any other:
+        ``-similarity``.
+
+    Returns
+    -------
+    distances : ndarray of the same shape
+        Of the dtype of ``similarities`` (ints give float64).
+
+    Raises
+    ------
+    TypeError
+        If ``similarities`` are not numbers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> distances_from_similarities(np.array([1.0, 0.75]))
+    array([0.  , 0.25])
+    """
+    similarities = _as_float(similarities, "similarities")
+    if metric == "cosine":
+        return similarities.dtype.type(1.0) - similarities
+    return -similarities
