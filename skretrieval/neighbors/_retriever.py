@@ -7,7 +7,6 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     check_consistent_length,
@@ -16,15 +15,16 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ..metrics._ranking import average_precision_from_relevance
+from ..utils._arrays import distances_from_similarities, l2_normalize
+from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ._approx import approx_kneighbors
 from ._backends import BACKENDS, INDEX_KINDS, params_algorithm
-from ._base import RetrieverMixin
+from ._base import RetrieverMixin, check_labels_fitted, resolve_n_neighbors
 from ._exact import block_query_rows
 from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
 from ._items import DatabaseItemsMixin
-from ._store import DescriptorStore, normalize_rows
+from ._store import DescriptorStore
 
 __all__ = ["NearestNeighborRetriever"]
 
@@ -531,10 +531,9 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     def _prepare_rows(self, X, dtype):
         """Normalised (cosine) rows of ``X`` in the storage dtype."""
         if self.metric == "cosine":
-            X = normalize(X)
+            X = l2_normalize(X)
         return X if X.dtype == dtype else X.astype(dtype)
 
-    # -- memory-mapped store ------------------------------------------------
     # ------------------------------------------------------------------
     # search
     # ------------------------------------------------------------------
@@ -545,48 +544,18 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             # (a float32 array that passes these checks needs none of
             # validate_data's, which cost about a millisecond per call)
             X = validate_data(self, X, reset=False, dtype=np.float32)
-        return normalize_rows(X) if self.metric == "cosine" else X
+        return l2_normalize(X) if self.metric == "cosine" else X
 
     def _resolve_n_neighbors(self, n_neighbors, n_queries, exclude_self):
         """Check ``n_neighbors`` and return it as an int."""
-        n_available = self.n_samples_fit_ - int(exclude_self)
-        if n_neighbors is None:
-            n_neighbors = self.n_neighbors
-        elif isinstance(n_neighbors, str):
-            if n_neighbors != "all":
-                raise ValueError(
-                    "n_neighbors must be a positive int, 'all' or None, got "
-                    f"{n_neighbors!r}."
-                )
-            if not self._backend().exact:
-                raise ValueError(
-                    "n_neighbors='all' (a full ranking of the database) needs "
-                    f"algorithm='brute'; {self._algorithm()!r} only finds approximate "
-                    "nearest neighbours. Pass an int n_neighbors instead."
-                )
-            return n_available
-        if not isinstance(n_neighbors, Integral) or isinstance(n_neighbors, bool):
-            raise TypeError(
-                "n_neighbors does not take "
-                f"{type(n_neighbors).__name__} value, enter integer value"
-            )
-        n_neighbors = int(n_neighbors)
-        if n_neighbors <= 0:
-            raise ValueError(f"Expected n_neighbors > 0. Got {n_neighbors}")
-        if n_neighbors > n_available:
-            if exclude_self:
-                raise ValueError(
-                    "Expected n_neighbors < n_samples_fit when X is None (each "
-                    "database item is excluded from its own ranking), but "
-                    f"n_neighbors = {n_neighbors}, n_samples_fit = "
-                    f"{self.n_samples_fit_}"
-                )
-            raise ValueError(
-                "Expected n_neighbors <= n_samples_fit, but n_neighbors = "
-                f"{n_neighbors}, n_samples_fit = {self.n_samples_fit_}, "
-                f"n_samples = {n_queries}"
-            )
-        return n_neighbors
+        refusal = None
+        if isinstance(n_neighbors, str) and not self._backend().exact:
+            refusal = ("n_neighbors='all' (a full ranking of the database) needs "
+                       f"algorithm='brute'; {self._algorithm()!r} only finds approximate "
+                       "nearest neighbours. Pass an int n_neighbors instead.")
+        return resolve_n_neighbors(n_neighbors, self.n_samples_fit_ - int(exclude_self),
+                                   default=self.n_neighbors, exclude_self=exclude_self,
+                                   n_queries=n_queries, full_refusal=refusal)
 
     def _chunk_rows(self):
         if self.chunk_size is not None:
@@ -594,11 +563,12 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         return block_query_rows(self.n_samples_fit_)
 
     def _keys_to_distances(self, keys):
-        if self.metric == "cosine":
-            return np.maximum(keys + np.float32(1.0), np.float32(0.0))
+        """Distances of the ranking keys: squared Euclidean distances, or minus
+        the similarities (cosine distances clipped at 0)."""
         if self.metric == "euclidean":
             return np.sqrt(np.maximum(keys, np.float32(0.0)))
-        return keys
+        dist = distances_from_similarities(-keys, self.metric)
+        return np.maximum(dist, np.float32(0.0)) if self.metric == "cosine" else dist
 
     def _exact_keys(self, Q, ind):
         """Ranking keys of the queries ``Q`` and their neighbours ``ind``."""
@@ -664,13 +634,6 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
     # ------------------------------------------------------------------
     # labels
     # ------------------------------------------------------------------
-    def _check_labels_fitted(self, method):
-        if self.y_ is None:
-            raise ValueError(
-                f"{type(self).__name__}.{method}() needs the database labels, but "
-                "the retriever was fitted without them: call fit(X, y)."
-            )
-
     def predict(self, X=None):
         """Labels of the nearest database items of query descriptors.
 
@@ -727,7 +690,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             skipped.
         """
         check_is_fitted(self)
-        self._check_labels_fitted("score")
+        check_labels_fitted(self, "score")
         if X is None:
             if y is not None:
                 raise ValueError(

@@ -1,4 +1,6 @@
-"""What the graph re-rankers share: the metric of a wrapped search, similarities, depths."""
+"""What the re-rankers share: the fit of a wrapped similarity search, its
+queries and database, and the global short list of the region and spatial
+re-rankers (:class:`ShortListMixin`)."""
 
 from __future__ import annotations
 
@@ -8,34 +10,31 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.utils.validation import validate_data
 
+from ..extraction._maps import FeatureMaps, check_maps, iter_maps
+from ..neighbors._base import (
+    RetrieverMixin,
+    check_similarity_search,
+    resolve_n_neighbors,
+    through_wrappers,
+)
 from ..neighbors._retriever import NearestNeighborRetriever
-from ..utils._arrays import l2_normalize
+from ..utils._arrays import distances_from_similarities, l2_normalize, similarities_from_distances
 
-__all__ = ["database_vectors", "fit_similarity_retriever", "normalized_queries",
-           "resolve_n_neighbors", "retriever_metric", "to_similarity"]
-
-
-def _through_wrappers(retriever, name, kind, default):
-    """The first ``name`` attribute of type ``kind`` of a retriever or the ones it wraps."""
-    for _ in range(16):
-        if retriever is None:
-            break
-        value = getattr(retriever, name, None)
-        if isinstance(value, kind) and not isinstance(value, bool):
-            return value
-        retriever = getattr(retriever, "retriever_", getattr(retriever, "retriever", None))
-    return default
+__all__ = ["ShortListMixin", "as_feature_maps", "database_vectors", "fit_similarity_retriever",
+           "l2_float32", "normalized_queries", "wrapped_n_neighbors"]
 
 
-def retriever_metric(retriever):
-    """The metric of a retriever, looked up through wrappers (default "cosine")."""
-    return _through_wrappers(retriever, "metric", str, "cosine")
+def l2_float32(V):
+    """Rows L2-normalised, as float32."""
+    return l2_normalize(np.asarray(V, dtype=np.float32))
 
 
-def to_similarity(dist, metric):
-    """Similarities from the distances of a cosine or inner-product search."""
-    dist = np.asarray(dist, dtype=np.float64)
-    return 1.0 - dist if metric == "cosine" else -dist
+def as_feature_maps(X):
+    """``X`` (checked) as :class:`FeatureMaps`, and its number of images."""
+    n = check_maps(X)
+    if not isinstance(X, FeatureMaps):
+        X = FeatureMaps(list(iter_maps(X)))
+    return X, n
 
 
 def database_vectors(retriever):
@@ -61,10 +60,8 @@ def fit_similarity_retriever(estimator, X, y, what, ensure_min_samples=1):
         X, y = validate_data(estimator, X, y, dtype=np.float32,
                              ensure_min_samples=ensure_min_samples)
     retriever = NearestNeighborRetriever() if estimator.retriever is None else estimator.retriever
-    if retriever_metric(retriever) == "euclidean":
-        raise ValueError(f"{what} needs a similarity search: use a retriever with "
-                         "metric='cosine' or 'inner_product'")
-    X = l2_normalize(X).astype(np.float32)
+    check_similarity_search(retriever, what)
+    X = l2_float32(X)
     estimator.y_ = None if y is None else np.asarray(y)
     return X, clone(retriever).fit(X, y)
 
@@ -74,22 +71,69 @@ def normalized_queries(estimator, X):
     if X is None:
         return None, np.arange(estimator.n_samples_fit_)
     X = validate_data(estimator, X, dtype=np.float32, reset=False)
-    return l2_normalize(X).astype(np.float32), None
+    return l2_float32(X), None
 
 
-def resolve_n_neighbors(n_neighbors, retriever, n_available):
-    """``n_neighbors`` (None: the retriever's; "all": every item) as an int."""
-    if n_neighbors is None:
-        n_neighbors = min(_through_wrappers(retriever, "n_neighbors", Integral, 10), n_available)
-    if isinstance(n_neighbors, str):
-        if n_neighbors != "all":
-            raise ValueError(f"n_neighbors must be a positive int, 'all' or None, "
-                             f"got {n_neighbors!r}")
-        return n_available
-    n_neighbors = int(n_neighbors)
-    if n_neighbors < 1:
-        raise ValueError(f"Expected n_neighbors > 0. Got {n_neighbors}")
-    if n_neighbors > n_available:
-        raise ValueError(f"Expected n_neighbors <= {n_available} (the items a query can "
-                         f"return), got {n_neighbors}")
-    return n_neighbors
+def wrapped_n_neighbors(retriever, n_available):
+    """The default ``n_neighbors`` of a wrapped retriever (10 if none), at most
+    ``n_available``."""
+    return min(through_wrappers(retriever, "n_neighbors", Integral, 10), n_available)
+
+
+class ShortListMixin(RetrieverMixin):
+    """Global search over ``aggregator_`` vectors, for re-rankers of its short list.
+
+    Expects the parameters ``aggregator`` and ``retriever``; sets
+    ``aggregator_``, ``global_``, ``y_`` and ``retriever_``.
+    """
+
+    def _fit_global(self, X, y):
+        retriever = NearestNeighborRetriever() if self.retriever is None else self.retriever
+        check_similarity_search(retriever, "re-ranking")
+        self.aggregator_ = clone(self.aggregator).fit(X, y)
+        self.global_ = l2_float32(self.aggregator_.transform(X))
+        self.y_ = None if y is None else np.asarray(y)
+        self.retriever_ = clone(retriever).fit(self.global_, y)
+
+    def _queries(self, X):
+        """Global query vectors, and the database rows for leave-one-out (X None)."""
+        if X is None:
+            return self.global_, np.arange(self.global_.shape[0])
+        X, _ = as_feature_maps(X)
+        return l2_float32(self.aggregator_.transform(X)), None
+
+    def _similarity(self, dist):
+        return similarities_from_distances(dist, getattr(self.retriever_, "metric", "cosine"))
+
+    def _distance(self, sim):
+        return distances_from_similarities(sim, getattr(self.retriever_, "metric", "cosine"))
+
+    def _depths(self, rows, n_neighbors, n_rerank):
+        """Results ``k`` returned and ``depth`` searched for the re-ranking."""
+        n_avail = self.global_.shape[0] - (rows is not None)
+        k = resolve_n_neighbors(n_neighbors, n_avail,
+                                default=getattr(self.retriever_, "n_neighbors", 10),
+                                exclude_self=rows is not None, clip=True)
+        return k, max(k, min(n_rerank, n_avail))
+
+    def _search(self, Q, rows, k):
+        """Global search of ``k`` results (leave-one-out for ``rows``)."""
+        n_db = self.global_.shape[0]
+        if rows is None:
+            return self.retriever_.kneighbors(Q, n_neighbors=k)
+        if Q is self.global_:
+            return self.retriever_.kneighbors(None, n_neighbors=k)
+        dist, ind = self.retriever_.kneighbors(Q, n_neighbors=min(k + 1, n_db))
+        keep = ind != rows[:, None]
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ind, order, axis=1)
+
+    @property
+    def n_samples_fit_(self):
+        return self.global_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.estimator_type = None
+        return tags

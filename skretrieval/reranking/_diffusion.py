@@ -12,16 +12,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..neighbors._base import WrappingRetrieverMixin
+from ..neighbors._base import WrappingRetrieverMixin, resolve_n_neighbors, retriever_metric
 from ..neighbors._topk import top_k
+from ..utils._arrays import similarities_from_distances
 from ..utils._state import LABELS, Attr, StateSpec
-from ._common import (
-    fit_similarity_retriever,
-    normalized_queries,
-    resolve_n_neighbors,
-    retriever_metric,
-    to_similarity,
-)
+from ._common import fit_similarity_retriever, normalized_queries, wrapped_n_neighbors
 
 __all__ = ["DiffusionRetriever", "mutual_knn_graph", "normalize_graph"]
 
@@ -202,7 +197,7 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
         "random_state": ["random_state"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec({
         "n_features_in_": Attr("int", values=(1, None)),
         "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),
@@ -250,7 +245,7 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
         X, self.retriever_ = fit_similarity_retriever(self, X, y, "diffusion", 2)
         n = X.shape[0]
         dist, ind = self.retriever_.kneighbors(None, n_neighbors=min(self.k, n - 1))
-        A = mutual_knn_graph(ind, to_similarity(dist, self._metric()), self.gamma, n)
+        A = mutual_knn_graph(ind, self._similarities(dist), self.gamma, n)
         self.graph_indptr_ = A.indptr.astype(np.int64)
         self.graph_indices_ = A.indices.astype(np.int32)
         self.graph_weights_ = A.data.astype(np.float32)
@@ -274,8 +269,10 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
             lam, U = lam[order], U[:, order]
         return lam.astype(np.float64), np.ascontiguousarray(U, dtype=np.float32)
 
-    def _metric(self):
-        return retriever_metric(self.retriever_)
+    def _similarities(self, dist):
+        """Similarities (float64) of the distances of the wrapped search."""
+        return similarities_from_distances(np.asarray(dist, dtype=np.float64),
+                                           retriever_metric(self.retriever_))
 
     def _graph(self):
         n = self.graph_indptr_.shape[0] - 1
@@ -283,7 +280,7 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
                                  shape=(n, n))
 
     def _query_weights(self, dist):
-        return np.maximum(to_similarity(dist, self._metric()), 0.0) ** self.gamma
+        return np.maximum(self._similarities(dist), 0.0) ** self.gamma
 
     # -- the two solvers -------------------------------------------------------
     def _diffuse_short_list(self, A, short, w):
@@ -354,7 +351,8 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
         check_is_fitted(self, "retriever_")
         X, rows = normalized_queries(self, X)
         n_avail = self.n_samples_fit_ - (rows is not None)
-        k = resolve_n_neighbors(n_neighbors, self.retriever_, n_avail)
+        k = resolve_n_neighbors(n_neighbors, n_avail, exclude_self=rows is not None,
+                                default=wrapped_n_neighbors(self.retriever_, n_avail))
         if self.method == "spectral":
             if not hasattr(self, "eigenvectors_"):
                 raise ValueError("method='spectral' was set after fit: fit again")

@@ -9,10 +9,15 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..utils._arrays import l2_normalize
-from ..utils._state import LABELS, Attr, StateSpec
-from ..neighbors._base import WrappingRetrieverMixin
+from ..neighbors._base import (
+    WrappingRetrieverMixin,
+    check_similarity_search,
+    resolve_n_neighbors,
+)
 from ..neighbors._retriever import NearestNeighborRetriever
+from ..utils._arrays import l2_normalize, similarities_from_distances
+from ..utils._state import LABELS, Attr, StateSpec
+from ._common import l2_float32
 
 __all__ = ["QueryExpansionRetriever", "weighted_mean"]
 
@@ -139,10 +144,8 @@ class QueryExpansionRetriever(WrappingRetrieverMixin, BaseEstimator):
         else:
             X, y = validate_data(self, X, y, dtype=np.float32)
         retriever = NearestNeighborRetriever() if self.retriever is None else self.retriever
-        if getattr(retriever, "metric", "cosine") == "euclidean":
-            raise ValueError("query expansion needs a similarity search: use a retriever "
-                             "with metric='cosine' or 'inner_product'")
-        self.X_fit_ = l2_normalize(X).astype(np.float32)
+        check_similarity_search(retriever, "query expansion")
+        self.X_fit_ = l2_float32(X)
         self.y_ = None if y is None else np.asarray(y)
         X_db = self.X_fit_
         k = min(self.dba_k, X_db.shape[0])
@@ -167,14 +170,14 @@ class QueryExpansionRetriever(WrappingRetrieverMixin, BaseEstimator):
         return weighted_mean(Q, X_db, ind, self._similarity(dist), self.qe_alpha)
 
     def _similarity(self, dist):
-        metric = getattr(self.retriever, "metric", "cosine")  # None: a cosine retriever
-        return 1.0 - dist if metric == "cosine" else -dist
+        # (retriever None: a cosine retriever)
+        return similarities_from_distances(dist, getattr(self.retriever, "metric", "cosine"))
 
     def _queries(self, X):
         if X is None:
             return self.X_fit_, np.arange(self.X_fit_.shape[0])
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        return l2_normalize(X).astype(np.float32), None
+        return l2_float32(X), None
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Search with the (expanded) queries.
@@ -207,7 +210,7 @@ class QueryExpansionRetriever(WrappingRetrieverMixin, BaseEstimator):
         if rows is None:
             return self.retriever_.kneighbors(Q, n_neighbors=k, return_distance=return_distance)
         # leave-one-out with expanded queries: search one more, drop the item
-        k = min(int(k), n_db - 1) if not isinstance(n_neighbors, str) else n_db - 1
+        k = resolve_n_neighbors(k, n_db - 1, default=k, exclude_self=True, clip=True)
         dist, ind = self.retriever_.kneighbors(Q, n_neighbors=min(k + 1, n_db))
         keep = ind != rows[:, None]
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]

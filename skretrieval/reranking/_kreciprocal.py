@@ -9,13 +9,13 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..neighbors._base import WrappingRetrieverMixin
+from ..neighbors._base import WrappingRetrieverMixin, resolve_n_neighbors
 from ..utils._state import LABELS, Attr, StateSpec
 from ._common import (
     database_vectors,
     fit_similarity_retriever,
     normalized_queries,
-    resolve_n_neighbors,
+    wrapped_n_neighbors,
 )
 
 __all__ = ["KReciprocalRetriever", "k_reciprocal_distances"]
@@ -164,7 +164,7 @@ class KReciprocalRetriever(WrappingRetrieverMixin, BaseEstimator):
         "lambda_value": [Interval(Real, 0, 1, closed="both")],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec({
         "n_features_in_": Attr("int", values=(1, None)),
         "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),
@@ -222,7 +222,8 @@ class KReciprocalRetriever(WrappingRetrieverMixin, BaseEstimator):
         DB = database_vectors(self.retriever_)
         Q, rows = normalized_queries(self, X)
         n_avail = self.n_samples_fit_ - (rows is not None)
-        k = resolve_n_neighbors(n_neighbors, self.retriever_, n_avail)
+        k = resolve_n_neighbors(n_neighbors, n_avail, exclude_self=rows is not None,
+                                default=wrapped_n_neighbors(self.retriever_, n_avail))
         depth = min(n_avail, max(k, self.n_rerank))
         dist, ind = self.retriever_.kneighbors(Q, n_neighbors=depth)
         R = min(self.n_rerank, depth)

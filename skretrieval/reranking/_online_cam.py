@@ -14,9 +14,9 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..neighbors._base import RetrieverMixin
+from ..neighbors._base import RetrieverMixin, resolve_n_neighbors
 from ..pooling._cam import ClassVectors
-from ..utils._arrays import l2_normalize
+from ..utils._arrays import distances_from_similarities, l2_normalize
 from ..utils._state import LABELS, Attr, StateSpec
 
 __all__ = ["OnlineCAMRetriever"]
@@ -159,13 +159,13 @@ class OnlineCAMRetriever(RetrieverMixin, BaseEstimator):
         """
         S = self.similarities(X)
         n_db = self.n_samples_fit_ - (X is None)
-        k = self.n_neighbors if n_neighbors is None else n_neighbors
-        k = n_db if isinstance(k, str) and k == "all" else min(int(k), n_db)
+        k = resolve_n_neighbors(n_neighbors, n_db, default=self.n_neighbors,
+                                exclude_self=X is None, clip=True)
         # stable: ties keep database order
         ind = np.argsort(-S, axis=1, kind="stable")[:, :k]
         if not return_distance:
             return ind
-        return 1.0 - np.take_along_axis(S, ind, axis=1), ind
+        return distances_from_similarities(np.take_along_axis(S, ind, axis=1)), ind
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

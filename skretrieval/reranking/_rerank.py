@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._expansion import weighted_mean
-from ._shortlist import ShortListMixin, as_feature_maps, l2_float32
+from ._common import ShortListMixin, as_feature_maps, l2_float32
 from ..extraction._maps import FeatureMaps
 from ..utils._progress import progress
 from ..utils._state import LABELS, Attr, StateSpec

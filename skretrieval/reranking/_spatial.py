@@ -26,7 +26,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._expansion import weighted_mean
-from ._shortlist import ShortListMixin, as_feature_maps
+from ._common import ShortListMixin, as_feature_maps
 from ..utils._arrays import l2_normalize
 from ..utils._progress import progress
 from ..utils._state import LABELS, Attr, StateSpec
