@@ -12,6 +12,7 @@ from ._limits import (
     THUMBNAIL_SIZE,
     GuardMiddleware,
     RequestError,
+    check_token,
     require_fastapi,
 )
 from ._model import SharedModel, check_pipeline
@@ -43,7 +44,8 @@ def create_app(model, *, images_root=None, token=None,
         and ``POST /index``; nothing outside it is ever read or written.
     token : str, default=None
         Enables ``POST /index`` for requests carrying
-        ``Authorization: Bearer <token>``.  ``None`` disables it (403).
+        ``Authorization: Bearer <token>``: at least 8 printable ASCII
+        characters, no spaces.  ``None`` disables it (403).
     max_upload_bytes : int, default=DEFAULT_MAX_UPLOAD_BYTES
         Largest request body, in bytes (413 beyond).
     max_pixels : int, default=DEFAULT_MAX_PIXELS
@@ -74,7 +76,8 @@ def create_app(model, *, images_root=None, token=None,
         skretrieval[serve]``).
     ValueError
         If ``model`` is not a fitted retrieval pipeline, ``images_root`` is
-        not a folder, or a limit is not positive.
+        not a folder, ``token`` is not a usable token, or a limit is not
+        positive.
 
     Notes
     -----
@@ -109,8 +112,7 @@ def create_app(model, *, images_root=None, token=None,
                   max_queue=max_queue, thumbnail_size=thumbnail_size,
                   request_timeout=request_timeout)
     root_real = _images_folder(images_root)
-    if token is not None and (not isinstance(token, str) or len(token) < 8):
-        raise ValueError("token must be a string of at least 8 characters")
+    check_token(token)
     for _, step in pipe.steps[:-1]:
         if isinstance(step, ConvFeatureExtractor):
             # no progress output per request; no feature cache growing per query

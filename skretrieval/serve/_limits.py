@@ -21,6 +21,7 @@ __all__ = [
     "GuardMiddleware",
     "RequestError",
     "bearer",
+    "check_token",
     "content_type",
     "inside",
     "parse_box",
@@ -221,7 +222,7 @@ def parse_k(value, max_k):
         value = int(value)
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"[+-]?\d{1,9}", text):
+        if not re.fullmatch(r"[+-]?[0-9]{1,9}", text):  # ASCII digits only
             raise RequestError(422, f"k must be an integer from 1 to {max_k}, "
                                     f"got {value[:40]!r}")
         value = int(text)
@@ -256,8 +257,8 @@ def parse_box(value):
 
 def _box_value(p):
     try:
-        if isinstance(p, bool):
-            raise ValueError
+        if isinstance(p, bool) or (isinstance(p, str) and not (p.isascii() and "_" not in p)):
+            raise ValueError  # float() would read full-width digits and '1_0'
         v = float(p)
     except (TypeError, ValueError):
         raise RequestError(422, f"box values must be numbers, got {str(p)[:40]!r}") \
@@ -265,6 +266,22 @@ def _box_value(p):
     if not math.isfinite(v):
         raise RequestError(422, "box values must be finite numbers")
     return v
+
+
+def check_token(token):
+    """Raise ValueError unless ``token`` (or None) can be sent in a header and matched.
+
+    A bearer token is compared with what follows ``Bearer`` in the
+    ``Authorization`` header, stripped: one with surrounding or inner white
+    space, control or non-ASCII characters could never match.
+    """
+    if token is None:
+        return
+    if not isinstance(token, str) or len(token) < 8:
+        raise ValueError("token must be a string of at least 8 characters")
+    if not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise ValueError("token must be printable ASCII without spaces (a header value "
+                         "that can be matched), e.g. secrets.token_urlsafe()")
 
 
 def bearer(request):
@@ -298,3 +315,5 @@ async def read_json(request):
         return json.loads(await request.body())
     except ValueError:
         raise RequestError(400, "malformed JSON body") from None
+    except RecursionError:  # e.g. 100000 nested '[': the decoder's stack
+        raise RequestError(400, "malformed JSON body: nested too deeply") from None

@@ -28,7 +28,7 @@ from ._limits import (
 )
 from ._model import run_in_thread
 
-__all__ = ["Routes", "STATIC_FILES"]
+__all__ = ["MAX_NAME_LENGTH", "Routes", "STATIC_FILES"]
 
 logger = logging.getLogger("skretrieval.serve")
 
@@ -38,6 +38,8 @@ STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
+#: Longest name of an uploaded file once sanitised (file systems allow 255 bytes).
+MAX_NAME_LENGTH = 200
 
 
 class Routes:
@@ -85,10 +87,11 @@ class Routes:
         from skretrieval import __version__
 
         r = self.shared.retriever
+        ids, _, _ = self.shared.snapshot  # never the retriever while /index changes it
         return {
             "status": "ok",
             "model_loaded": True,
-            "n_images": int(r.n_samples_fit_),
+            "n_images": len(ids),
             "dimension": int(r.n_features_in_),
             "metric": getattr(r, "metric", None),
             "steps": [type(step).__name__ for _, step in self.shared.pipeline.steps],
@@ -121,9 +124,10 @@ class Routes:
                 raise
             dist, ind = retriever.kneighbors(Xq, n_neighbors=n_neighbors)
             ids, names, _ = shared.snapshot
-            return dist[0], ids[ind[0]], names[ind[0]]
+            # the size too, under the lock: the version of the index searched
+            return dist[0], ids[ind[0]], names[ind[0]], len(ids)
 
-        dist, ids, names = await shared.run(query, deadline)
+        dist, ids, names, n_images = await shared.run(query, deadline)
         scores = self._similarity_of(np.asarray(dist, dtype=np.float64))
         results = [
             {"rank": r + 1, "id": _plain(ids[r]), "name": str(names[r]),
@@ -132,7 +136,7 @@ class Routes:
             for r in range(len(ids))
         ]
         return {"query": label, "k": k, "box": list(box) if box is not None else None,
-                "n_images": int(shared.retriever.n_samples_fit_), "results": results}
+                "n_images": n_images, "results": results}
 
     async def _read_query(self, request):
         """(image source, k, box, description) of a /search request."""
@@ -320,6 +324,10 @@ class Routes:
             safe = re.sub(r"[^A-Za-z0-9._\-]", "_", base).lstrip(".")
             if not safe:
                 raise RequestError(422, "every uploaded file needs a file name")
+            if len(safe) > MAX_NAME_LENGTH:
+                raise RequestError(422, f"file name too long: {safe[:40]}... has "
+                                        f"{len(safe)} characters, at most "
+                                        f"{MAX_NAME_LENGTH} allowed")
             files.append((safe, await up.read()))
         names_here = [s for s, _ in files]
         if len(set(names_here)) != len(names_here):
@@ -331,6 +339,9 @@ class Routes:
         existing file); their paths.  ``saved`` lists the files written (all
         removed again if one fails)."""
         dest = self._resolve_in_root(folder, "folder")
+        if os.path.lexists(dest) and not os.path.isdir(dest):
+            raise RequestError(409, f"{folder!r} exists in the images folder and is not "
+                                    "a folder: choose another 'folder'")
 
         def save_uploads():
             os.makedirs(dest, exist_ok=True)
@@ -384,6 +395,9 @@ class Routes:
             real = self._resolve_in_root(p, "path")
             if not os.path.isfile(real):
                 raise RequestError(404, f"no image file at {str(p)[:100]!r}")
+            if real in paths:
+                raise RequestError(422, f"{str(p)[:100]!r} is listed twice (the same "
+                                        "file as an earlier path)")
             paths.append(real)
         return paths
 
