@@ -21,7 +21,8 @@ from ..neighbors._retriever import NearestNeighborRetriever
 from ..utils._arrays import distances_from_similarities, l2_normalize, similarities_from_distances
 
 __all__ = ["ShortListMixin", "as_feature_maps", "database_vectors", "fit_similarity_retriever",
-           "l2_float32", "normalized_queries", "wrapped_n_neighbors"]
+           "l2_float32", "normalized_queries", "prepare_similarity_fit",
+           "wrapped_n_neighbors"]
 
 
 def l2_float32(V):
@@ -47,12 +48,13 @@ def database_vectors(retriever):
     return retriever.X_fit_
 
 
-def fit_similarity_retriever(estimator, X, y, what, ensure_min_samples=1):
-    """Validate ``X, y``, L2-normalise ``X`` and fit a clone of ``estimator.retriever``.
+def prepare_similarity_fit(estimator, X, y, what, ensure_min_samples=1):
+    """Validate ``X, y`` and L2-normalise ``X`` for a re-ranker of a similarity search.
 
     Sets ``estimator.y_`` (and ``n_features_in_`` through ``validate_data``).
     Refuses a Euclidean search: ``what`` (e.g. "diffusion") needs
-    similarities.  Returns ``(X_normalised, fitted_retriever)``.
+    similarities.  Returns ``(X_normalised, retriever)``: the (unfitted)
+    ``estimator.retriever``, or the default retriever.
     """
     if y is None:
         X = validate_data(estimator, X, dtype=np.float32, ensure_min_samples=ensure_min_samples)
@@ -61,9 +63,17 @@ def fit_similarity_retriever(estimator, X, y, what, ensure_min_samples=1):
                              ensure_min_samples=ensure_min_samples)
     retriever = NearestNeighborRetriever() if estimator.retriever is None else estimator.retriever
     check_similarity_search(retriever, what)
-    X = l2_float32(X)
     estimator.y_ = None if y is None else np.asarray(y)
-    return X, clone(retriever).fit(X, y)
+    return l2_float32(X), retriever
+
+
+def fit_similarity_retriever(estimator, X, y, what, ensure_min_samples=1):
+    """:func:`prepare_similarity_fit`, then fit a clone of the retriever on ``X``.
+
+    Returns ``(X_normalised, fitted_retriever)``.
+    """
+    X, retriever = prepare_similarity_fit(estimator, X, y, what, ensure_min_samples)
+    return X, clone(retriever).fit(X, estimator.y_)
 
 
 def normalized_queries(estimator, X):

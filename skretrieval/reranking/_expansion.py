@@ -9,15 +9,10 @@ from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..neighbors._base import (
-    WrappingRetrieverMixin,
-    check_similarity_search,
-    resolve_n_neighbors,
-)
-from ..neighbors._retriever import NearestNeighborRetriever
+from ..neighbors._base import WrappingRetrieverMixin, resolve_n_neighbors
 from ..utils._arrays import l2_normalize, similarities_from_distances
 from ..utils._state import LABELS, Attr, StateSpec
-from ._common import l2_float32
+from ._common import l2_float32, prepare_similarity_fit
 
 __all__ = ["QueryExpansionRetriever", "weighted_mean"]
 
@@ -139,14 +134,7 @@ class QueryExpansionRetriever(WrappingRetrieverMixin, BaseEstimator):
         -------
         self : QueryExpansionRetriever
         """
-        if y is None:
-            X = validate_data(self, X, dtype=np.float32)
-        else:
-            X, y = validate_data(self, X, y, dtype=np.float32)
-        retriever = NearestNeighborRetriever() if self.retriever is None else self.retriever
-        check_similarity_search(retriever, "query expansion")
-        self.X_fit_ = l2_float32(X)
-        self.y_ = None if y is None else np.asarray(y)
+        self.X_fit_, retriever = prepare_similarity_fit(self, X, y, "query expansion")
         X_db = self.X_fit_
         k = min(self.dba_k, X_db.shape[0])
         if k > 1:
@@ -155,7 +143,7 @@ class QueryExpansionRetriever(WrappingRetrieverMixin, BaseEstimator):
             dist, ind = plain.kneighbors(X_db, n_neighbors=k)
             X_db = weighted_mean(X_db, X_db, ind, self._similarity(dist), self.dba_alpha,
                                   self_weight=False)
-        self.retriever_ = clone(retriever).fit(X_db, y)
+        self.retriever_ = clone(retriever).fit(X_db, self.y_)
         return self
 
     def _expand(self, Q, rows):

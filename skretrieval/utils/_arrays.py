@@ -40,14 +40,18 @@ def l2_normalize(V, axis=-1):
     return V / norms.astype(V.dtype, copy=False)
 
 
-def _as_float(values, what):
-    """``values`` as a float array (ints become float64)."""
+def _flip(values, metric, what):
+    """``1 - values`` for the cosine metric, else ``-values``, as floats (ints
+    become float64): the map between distances and similarities, its own
+    inverse."""
     values = np.asarray(values)
     if values.dtype.kind not in "fiu":
         raise TypeError(f"{what} must be numbers, got dtype {values.dtype}")
     if values.dtype.kind != "f":
         values = values.astype(np.float64)
-    return values
+    if metric == "cosine":
+        return values.dtype.type(1.0) - values
+    return -values
 
 
 def similarities_from_distances(distances, metric="cosine"):
@@ -87,10 +91,7 @@ def similarities_from_distances(distances, metric="cosine"):
     >>> similarities_from_distances(np.array([-2.0, 1.0]), "inner_product")
     array([ 2., -1.])
     """
-    distances = _as_float(distances, "distances")
-    if metric == "cosine":
-        return distances.dtype.type(1.0) - distances
-    return -distances
+    return _flip(distances, metric, "distances")
 
 
 def distances_from_similarities(similarities, metric="cosine"):
@@ -123,7 +124,4 @@ def distances_from_similarities(similarities, metric="cosine"):
     >>> distances_from_similarities(np.array([1.0, 0.75]))
     array([0.  , 0.25])
     """
-    similarities = _as_float(similarities, "similarities")
-    if metric == "cosine":
-        return similarities.dtype.type(1.0) - similarities
-    return -similarities
+    return _flip(similarities, metric, "similarities")
