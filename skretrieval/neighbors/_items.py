@@ -1,11 +1,18 @@
-"""The items of a retriever's database: ids, labels and content fingerprints."""
+"""The items of a retriever's database: ids, labels and content fingerprints.
+
+:class:`ItemIds` (the ids and the next free integer id) and
+:class:`LabelCodes` (the sorted classes of the labels, each item's code and
+each class's count) are made from explicit values: the retriever keeps them
+as its plain attributes (``ids_``, ``_next_id``, ``y_``, ``_classes``,
+``_y_codes``, ``_class_counts``), which its pickles and saved files hold.
+"""
 
 from numbers import Integral
+from typing import NamedTuple
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["DatabaseItemsMixin"]
+__all__ = ["ItemIds", "LabelCodes", "check_fingerprints", "concatenate_labels"]
 
 
 def _id_kind(ids):
@@ -20,10 +27,20 @@ def _id_kind(ids):
     return "other"
 
 
-class DatabaseItemsMixin:
-    """Ids (``ids_``), labels (``y_`` and their codes) and fingerprints of the
-    database items of :class:`NearestNeighborRetriever`: their checks and
-    their look-up by id."""
+class ItemIds:
+    """The ids of a database's items: their look-up and the checks of new ones.
+
+    Parameters
+    ----------
+    ids : ndarray of shape (n_samples,) or None
+        The ids of the database (``ids_``), or None for a new database.
+    next_id : int, default=0
+        The integer id after the largest one given so far (``_next_id``).
+    """
+
+    def __init__(self, ids=None, next_id=0):
+        self.ids = ids
+        self.next_id = next_id
 
     def rows_of(self, ids):
         """Row numbers of database items given by id.
@@ -31,28 +48,26 @@ class DatabaseItemsMixin:
         Parameters
         ----------
         ids : array-like of shape (n_ids,) or scalar
-            Values of ``ids_``.
+            Ids of the database.
 
         Returns
         -------
-        rows : ndarray of shape (n_ids,), dtype intp
-            Their rows in ``X_fit_`` (the indices :meth:`kneighbors`
-            returns).
+        rows : ndarray of shape (n_ids,), dtype intp, or int
+            Their rows (an int for a scalar id).
 
         Raises
         ------
         ValueError
             If an id is not in the database.
         """
-        check_is_fitted(self)
         ids = np.asarray(ids)
         scalar = ids.ndim == 0
         ids = ids.reshape(-1)
-        order = np.argsort(self.ids_, kind="stable")
-        sorted_ids = self.ids_[order]
+        order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[order]
         found = np.zeros(ids.shape[0], dtype=bool)
         pos = np.zeros(ids.shape[0], dtype=np.intp)
-        if ids.shape[0] and _id_kind(ids) == _id_kind(self.ids_):
+        if ids.shape[0] and _id_kind(ids) == _id_kind(self.ids):
             pos = np.clip(np.searchsorted(sorted_ids, ids), 0, sorted_ids.shape[0] - 1)
             found = np.asarray(sorted_ids[pos] == ids, dtype=bool)
         if not np.all(found):
@@ -65,46 +80,36 @@ class DatabaseItemsMixin:
         rows = order[pos].astype(np.intp, copy=False)
         return rows[0] if scalar else rows
 
-    def _set_labels(self, y):
-        """Store the labels ``y`` (or None) and their codes."""
-        if y is None:
-            self.y_ = None
-            return
-        try:
-            classes, codes, counts = np.unique(
-                y, return_inverse=True, return_counts=True
-            )
-        except TypeError as exc:
-            raise ValueError(
-                "The labels y must be of one sortable type (e.g. all ints "
-                f"or all strings): {exc}"
-            ) from exc
-        self.y_ = y
-        self._classes = classes
-        self._y_codes = codes.reshape(-1).astype(np.intp, copy=False)
-        self._class_counts = counts
+    def new_ids(self, ids, n_samples):
+        """Validated ids of ``n_samples`` new items.
 
-    def _concatenate_labels(self, y):
-        old = self.y_
-        if old.shape[0] and y.shape[0] and (
-            (old.dtype.kind in "US") != (y.dtype.kind in "US")
-            or (old.dtype.kind in "iub") != (y.dtype.kind in "iub")
-        ):
-            raise ValueError(
-                "The labels y must be of one sortable type (e.g. all ints or all "
-                f"strings): the database has {old.dtype} labels, got {y.dtype}."
-            )
-        return np.concatenate([old, y])
+        Parameters
+        ----------
+        ids : array-like of shape (n_samples,) or None
+            The ids given (ints or strings), or None: consecutive ints from
+            0 for a new database, else from ``next_id``.
+        n_samples : int
+            The number of new items.
 
-    def _new_ids(self, ids, n_samples, reset):
-        """Validated ids of ``n_samples`` new items."""
+        Returns
+        -------
+        ids : ndarray of shape (n_samples,)
+            int64 or str ids.
+
+        Raises
+        ------
+        ValueError
+            If the ids are not unique, not ints or strings, of another kind
+            than the database's, or already in the database.
+        """
+        reset = self.ids is None
         if ids is None:
-            if not reset and _id_kind(self.ids_) != "int":
+            if not reset and _id_kind(self.ids) != "int":
                 raise ValueError(
                     "This database has non-integer ids: pass the ids of the new "
                     "items."
                 )
-            start = 0 if reset else self._next_id
+            start = 0 if reset else self.next_id
             return np.arange(start, start + n_samples, dtype=np.int64)
         ids = np.asarray(ids)
         if ids.ndim != 1 or ids.shape[0] != n_samples:
@@ -128,12 +133,12 @@ class DatabaseItemsMixin:
             dup = unique[counts > 1][:5].tolist()
             raise ValueError(f"ids must be unique; repeated: {dup}")
         if not reset:
-            if kind != _id_kind(self.ids_):
+            if kind != _id_kind(self.ids):
                 raise ValueError(
-                    f"ids of the new items must be of the kind of ids_ ({_id_kind(self.ids_)}"
+                    f"ids of the new items must be of the kind of ids_ ({_id_kind(self.ids)}"
                     f" ids), got {kind} ids."
                 )
-            taken = ids[np.isin(ids, self.ids_)]
+            taken = ids[np.isin(ids, self.ids)]
             if taken.shape[0]:
                 raise ValueError(
                     f"{taken.shape[0]} id(s) already in the database: "
@@ -141,24 +146,115 @@ class DatabaseItemsMixin:
                 )
         return ids
 
-    @staticmethod
-    def _check_fingerprints(fingerprints, n_samples):
-        """Validated fingerprints (a str array) of ``n_samples`` items, or None."""
-        if fingerprints is None:
-            return None
-        values = np.asarray(fingerprints)
-        if values.ndim != 1 or values.shape[0] != n_samples:
-            raise ValueError(
-                f"fingerprints must be a 1-d array of {n_samples} strings (one per "
-                f"item), got shape {values.shape}."
-            )
-        if values.shape[0] and not all(isinstance(v, str) for v in values.tolist()):
-            raise ValueError("fingerprints must be strings (e.g. content hashes).")
-        return values.astype(str)
 
-    def _encode_query_labels(self, y):
-        """Codes of query labels among the database labels (-1: absent)."""
-        classes = self._classes
+class LabelCodes(NamedTuple):
+    """The labels of a database as codes: ``classes`` (sorted, unique),
+    ``codes`` (each item's class, intp) and ``counts`` (items per class)."""
+
+    classes: np.ndarray
+    codes: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, y):
+        """The codes of the labels ``y``.
+
+        Parameters
+        ----------
+        y : ndarray of shape (n_samples,)
+            Labels of one sortable type.
+
+        Returns
+        -------
+        codes : LabelCodes
+
+        Raises
+        ------
+        ValueError
+            If the labels cannot be sorted (mixed types).
+        """
+        try:
+            classes, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+        except TypeError as exc:
+            raise ValueError(
+                "The labels y must be of one sortable type (e.g. all ints "
+                f"or all strings): {exc}"
+            ) from exc
+        return cls(classes, codes.reshape(-1).astype(np.intp, copy=False), counts)
+
+    def encode(self, y):
+        """Codes of query labels ``y`` among the classes (-1: absent).
+
+        Parameters
+        ----------
+        y : ndarray of shape (n_queries,)
+            Query labels.
+
+        Returns
+        -------
+        codes : ndarray of shape (n_queries,)
+        """
+        classes = self.classes
         pos = np.clip(np.searchsorted(classes, y), 0, classes.shape[0] - 1)
         found = np.asarray(classes[pos] == y, dtype=bool)
         return np.where(found, pos, -1)
+
+
+def concatenate_labels(old, y):
+    """The labels ``old`` of a database followed by those ``y`` of new items.
+
+    Parameters
+    ----------
+    old, y : ndarray
+        Labels of the database and of the new items.
+
+    Returns
+    -------
+    labels : ndarray
+
+    Raises
+    ------
+    ValueError
+        If one is strings (or numbers) and the other not.
+    """
+    if old.shape[0] and y.shape[0] and (
+        (old.dtype.kind in "US") != (y.dtype.kind in "US")
+        or (old.dtype.kind in "iub") != (y.dtype.kind in "iub")
+    ):
+        raise ValueError(
+            "The labels y must be of one sortable type (e.g. all ints or all "
+            f"strings): the database has {old.dtype} labels, got {y.dtype}."
+        )
+    return np.concatenate([old, y])
+
+
+def check_fingerprints(fingerprints, n_samples):
+    """Validated fingerprints (a str array) of ``n_samples`` items, or None.
+
+    Parameters
+    ----------
+    fingerprints : array-like of str of shape (n_samples,) or None
+        Content fingerprints of the items.
+    n_samples : int
+        The number of items.
+
+    Returns
+    -------
+    fingerprints : ndarray of str or None
+
+    Raises
+    ------
+    ValueError
+        If they are not ``n_samples`` strings.
+    """
+    if fingerprints is None:
+        return None
+    values = np.asarray(fingerprints)
+    if values.ndim != 1 or values.shape[0] != n_samples:
+        raise ValueError(
+            f"fingerprints must be a 1-d array of {n_samples} strings (one per "
+            f"item), got shape {values.shape}."
+        )
+    if values.shape[0] and not all(isinstance(v, str) for v in values.tolist()):
+        raise ValueError("fingerprints must be strings (e.g. content hashes).")
+    return values.astype(str)

@@ -23,13 +23,12 @@ from ._backends import BACKENDS, INDEX_KINDS, params_algorithm
 from ._base import RetrieverMixin, check_labels_fitted, resolve_n_neighbors
 from ._exact import block_query_rows
 from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
-from ._items import DatabaseItemsMixin
+from ._items import ItemIds, LabelCodes, check_fingerprints, concatenate_labels
 from ._store import DescriptorStore
 
 __all__ = ["NearestNeighborRetriever"]
 
-class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMixin,
-                               BaseEstimator):
+class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
     """Database of descriptors with nearest-neighbour search.
 
     Stores the (global) descriptors of a database of images, with their labels
@@ -380,8 +379,8 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         n_samples = X.shape[0]
         backend = self._backend(self._algorithm(*X.shape))
         # checks before any state changes
-        ids = self._new_ids(ids, n_samples, reset=True)
-        fingerprints = self._check_fingerprints(fingerprints, n_samples)
+        ids = ItemIds().new_ids(ids, n_samples)
+        fingerprints = check_fingerprints(fingerprints, n_samples)
         self._set_labels(y)
         X = self._prepare_rows(X, np.dtype(self.dtype))
         backend.check_data(X)
@@ -455,8 +454,8 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         else:
             X, y = validate_data(self, X, y, dtype=np.float32, reset=False)
         n_new = X.shape[0]
-        ids = self._new_ids(ids, n_new, reset=False)
-        fingerprints = self._check_fingerprints(fingerprints, n_new)
+        ids = ItemIds(self.ids_, self._next_id).new_ids(ids, n_new)
+        fingerprints = check_fingerprints(fingerprints, n_new)
         old_prints = getattr(self, "fingerprints_", None)
         if fingerprints is not None or old_prints is not None:
             fingerprints = np.concatenate([
@@ -464,7 +463,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
                 np.full(n_new, "") if fingerprints is None else fingerprints,
             ])
         if y is not None:
-            y_all = self._concatenate_labels(y)
+            y_all = concatenate_labels(self.y_, y)
         X = self._prepare_rows(X, self.X_fit_.dtype)
         keys = np.arange(self._n_keys, self._n_keys + n_new, dtype=np.int64)
         index = self._updatable_index()
@@ -482,6 +481,37 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
         # None (e.g. NN-descent): rebuilt on the next query
         self._index = None if index is None else self._backend().add(index, X, keys)
         return self
+
+    def rows_of(self, ids):
+        """Row numbers of database items given by id.
+
+        Parameters
+        ----------
+        ids : array-like of shape (n_ids,) or scalar
+            Values of ``ids_``.
+
+        Returns
+        -------
+        rows : ndarray of shape (n_ids,), dtype intp
+            Their rows in ``X_fit_`` (the indices :meth:`kneighbors`
+            returns).
+
+        Raises
+        ------
+        ValueError
+            If an id is not in the database.
+        """
+        check_is_fitted(self)
+        return ItemIds(self.ids_).rows_of(ids)
+
+    def _set_labels(self, y):
+        """Store the labels ``y`` (or None) and their codes."""
+        if y is None:
+            self.y_ = None
+            return
+        codes = LabelCodes.of(y)
+        self.y_ = y
+        self._classes, self._y_codes, self._class_counts = codes
 
     def remove(self, ids):
         """Remove items from the database, by id.
@@ -710,7 +740,7 @@ class NearestNeighborRetriever(RetrieverMixin, DatabaseItemsMixin, IndexStateMix
             Q, rows = self._validate_queries(X), None
             y = column_or_1d(y, warn=True)
             check_consistent_length(Q, y)
-            codes = self._encode_query_labels(y)
+            codes = LabelCodes(self._classes, self._y_codes, self._class_counts).encode(y)
             n_positives = np.where(codes >= 0, self._class_counts[codes], 0)
         n_queries = codes.shape[0]
 
