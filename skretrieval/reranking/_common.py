@@ -20,7 +20,7 @@ from ..neighbors._base import (
 from ..neighbors._retriever import NearestNeighborRetriever
 from ..utils._arrays import distances_from_similarities, l2_normalize, similarities_from_distances
 
-__all__ = ["ShortListMixin", "as_feature_maps", "database_vectors", "fit_similarity_retriever",
+__all__ = ["ShortList", "ShortListMixin", "as_feature_maps", "database_vectors", "fit_similarity_retriever",
            "l2_float32", "normalized_queries", "prepare_similarity_fit",
            "wrapped_n_neighbors"]
 
@@ -90,53 +90,106 @@ def wrapped_n_neighbors(retriever, n_available):
     return min(through_wrappers(retriever, "n_neighbors", Integral, 10), n_available)
 
 
-class ShortListMixin(RetrieverMixin):
-    """Global search over ``aggregator_`` vectors, for re-rankers of its short list.
+class ShortList:
+    """The global search of a short-list re-ranker over maps.
 
-    Expects the parameters ``aggregator`` and ``retriever``; sets
-    ``aggregator_``, ``global_``, ``y_`` and ``retriever_``.
+    Parameters
+    ----------
+    aggregator : estimator
+        The fitted aggregator of the maps into global vectors.
+    database : ndarray of shape (n_samples, n_features), float32
+        The L2-normalised global vectors of the database.
+    retriever : estimator
+        The retriever fitted on ``database``.
     """
 
-    def _fit_global(self, X, y):
-        retriever = NearestNeighborRetriever() if self.retriever is None else self.retriever
-        check_similarity_search(retriever, "re-ranking")
-        self.aggregator_ = clone(self.aggregator).fit(X, y)
-        self.global_ = l2_float32(self.aggregator_.transform(X))
-        self.y_ = None if y is None else np.asarray(y)
-        self.retriever_ = clone(retriever).fit(self.global_, y)
+    def __init__(self, aggregator, database, retriever):
+        self.aggregator = aggregator
+        self.database = database
+        self.retriever = retriever
 
-    def _queries(self, X):
+    @classmethod
+    def fit(cls, aggregator, retriever, X, y):
+        """Fit clones of ``aggregator`` on the maps ``X`` and of ``retriever``
+        (None: the default one) on their global vectors."""
+        retriever = NearestNeighborRetriever() if retriever is None else retriever
+        check_similarity_search(retriever, "re-ranking")
+        aggregator = clone(aggregator).fit(X, y)
+        database = l2_float32(aggregator.transform(X))
+        return cls(aggregator, database, clone(retriever).fit(database, y))
+
+    def queries(self, X):
         """Global query vectors, and the database rows for leave-one-out (X None)."""
         if X is None:
-            return self.global_, np.arange(self.global_.shape[0])
+            return self.database, np.arange(self.database.shape[0])
         X, _ = as_feature_maps(X)
-        return l2_float32(self.aggregator_.transform(X)), None
+        return l2_float32(self.aggregator.transform(X)), None
 
-    def _similarity(self, dist):
-        return similarities_from_distances(dist, getattr(self.retriever_, "metric", "cosine"))
+    def _metric(self):
+        return getattr(self.retriever, "metric", "cosine")
 
-    def _distance(self, sim):
-        return distances_from_similarities(sim, getattr(self.retriever_, "metric", "cosine"))
+    def similarity(self, dist):
+        """Similarities of the distances of the global search."""
+        return similarities_from_distances(dist, self._metric())
 
-    def _depths(self, rows, n_neighbors, n_rerank):
+    def distance(self, sim):
+        """Distances, in the global search's convention, of similarities."""
+        return distances_from_similarities(sim, self._metric())
+
+    def depths(self, rows, n_neighbors, n_rerank):
         """Results ``k`` returned and ``depth`` searched for the re-ranking."""
-        n_avail = self.global_.shape[0] - (rows is not None)
+        n_avail = self.database.shape[0] - (rows is not None)
         k = resolve_n_neighbors(n_neighbors, n_avail,
-                                default=getattr(self.retriever_, "n_neighbors", 10),
+                                default=getattr(self.retriever, "n_neighbors", 10),
                                 exclude_self=rows is not None, clip=True)
         return k, max(k, min(n_rerank, n_avail))
 
-    def _search(self, Q, rows, k):
+    def search(self, Q, rows, k):
         """Global search of ``k`` results (leave-one-out for ``rows``)."""
-        n_db = self.global_.shape[0]
+        n_db = self.database.shape[0]
         if rows is None:
-            return self.retriever_.kneighbors(Q, n_neighbors=k)
-        if Q is self.global_:
-            return self.retriever_.kneighbors(None, n_neighbors=k)
-        dist, ind = self.retriever_.kneighbors(Q, n_neighbors=min(k + 1, n_db))
+            return self.retriever.kneighbors(Q, n_neighbors=k)
+        if Q is self.database:
+            return self.retriever.kneighbors(None, n_neighbors=k)
+        dist, ind = self.retriever.kneighbors(Q, n_neighbors=min(k + 1, n_db))
         keep = ind != rows[:, None]
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ind, order, axis=1)
+
+
+class ShortListMixin(RetrieverMixin):
+    """A re-ranker of the :class:`ShortList` kept in its fitted attributes.
+
+    Expects the parameters ``aggregator`` and ``retriever``;
+    :meth:`_fit_global` sets ``aggregator_``, ``global_`` (the global
+    database vectors), ``y_`` and ``retriever_``, from which
+    :meth:`_short_list` makes the :class:`ShortList` that the other methods
+    ask.
+    """
+
+    def _fit_global(self, X, y):
+        short = ShortList.fit(self.aggregator, self.retriever, X, y)
+        self.aggregator_, self.global_, self.retriever_ = (
+            short.aggregator, short.database, short.retriever)
+        self.y_ = None if y is None else np.asarray(y)
+
+    def _short_list(self):
+        return ShortList(self.aggregator_, self.global_, self.retriever_)
+
+    def _queries(self, X):
+        return self._short_list().queries(X)
+
+    def _similarity(self, dist):
+        return self._short_list().similarity(dist)
+
+    def _distance(self, sim):
+        return self._short_list().distance(sim)
+
+    def _depths(self, rows, n_neighbors, n_rerank):
+        return self._short_list().depths(rows, n_neighbors, n_rerank)
+
+    def _search(self, Q, rows, k):
+        return self._short_list().search(Q, rows, k)
 
     @property
     def n_samples_fit_(self):
