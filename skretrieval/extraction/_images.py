@@ -4,6 +4,9 @@ Every estimator of :mod:`skretrieval` that consumes images accepts a list
 whose items may be freely mixed and of different sizes:
 
 * a file path (``str`` or :class:`os.PathLike`, e.g. :class:`pathlib.Path`);
+* the encoded bytes of an image file (``bytes``, ``bytearray``,
+  ``memoryview``) or a binary file object (:class:`io.BytesIO`, an open
+  file, an upload's ``file``), decoded like a file;
 * a :class:`PIL.Image.Image`;
 * a :class:`numpy.ndarray` (``H x W``, ``H x W x 1``, ``H x W x 2``,
   ``H x W x 3`` or ``H x W x 4``);
@@ -24,6 +27,7 @@ before fitting; :func:`list_images` lists the image files of a folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import numbers
 import os
@@ -97,16 +101,24 @@ def _is_path(item):
     return isinstance(item, (str, os.PathLike))
 
 
+def _is_encoded(item):
+    """Whether ``item`` is encoded image data: bytes or a binary file object."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return True
+    return (not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray, Crop))
+            and callable(getattr(item, "read", None)))
+
+
 def _is_image_like(item):
-    return _is_path(item) or isinstance(item, (Image.Image, np.ndarray))
+    return _is_path(item) or _is_encoded(item) or isinstance(item, (Image.Image, np.ndarray))
 
 
 def _type_error(item, index):
     where = "image" if index is None else f"image {index}"
     return TypeError(
         f"{where}: unsupported input of type {type(item).__name__!s}; expected a "
-        "file path (str or pathlib.Path), a PIL.Image.Image, a numpy.ndarray "
-        "or a skretrieval.Crop"
+        "file path (str or pathlib.Path), encoded bytes or a binary file object, a "
+        "PIL.Image.Image, a numpy.ndarray or a skretrieval.Crop"
     )
 
 
@@ -252,6 +264,12 @@ def short_description(item):
         return desc
     if isinstance(item, Crop):
         return f"crop {item.box!r} of {short_description(item.image)}"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return f"{memoryview(item).nbytes} bytes of image data"
+    if _is_encoded(item):
+        name = getattr(item, "name", None)
+        return f"binary file object {name!r}" if isinstance(name, str) else \
+            f"binary file object of type {type(item).__name__}"
     return f"object of type {type(item).__name__}"
 
 
@@ -422,16 +440,19 @@ def _array_to_rgb(a, item, index):
 _STRICT_FORMATS = ("JPEG", "MPO")
 
 
-def _strict_check(p, path, index):
-    """Raise for a JPEG file whose compressed data is corrupt (Pillow decodes
-    such data to wrong pixels without an error: libjpeg only warns)."""
+def _strict_check(source, path, index):
+    """Raise for JPEG data (``source``: a file name or the bytes) whose
+    compressed data is corrupt (Pillow decodes such data to wrong pixels
+    without an error: libjpeg only warns)."""
     from ._jpeg import jpeg_problem
 
-    try:
-        with open(p, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise _fail(path, index, f"cannot read file ({exc})") from exc
+    data = source
+    if not isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            with open(source, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise _fail(path, index, f"cannot read file ({exc})") from exc
     problem = jpeg_problem(data)
     if problem is not None:
         raise _fail(
@@ -454,7 +475,42 @@ def _draft(im, reduce_to):
                     max(1, math.ceil(h * reduce_to / longest))))
 
 
-def _load_path(path, index, strict=True, reduce_to=None):
+def _check_pixels(im, item, index, max_pixels):
+    """Refuse ``im`` (opened: its header read, not decoded) above ``max_pixels``."""
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise _fail(item, index, f"image of {w} x {h} = {w * h} pixels is larger than "
+                                 f"the limit of {max_pixels} pixels (max_pixels): "
+                                 "refused before decoding")
+
+
+def _read_encoded(item, index):
+    """The bytes of encoded data ``item`` (a file object is read from its
+    position to its end, then sought back there when it can be)."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        data = item
+    else:
+        try:
+            pos = item.tell() if getattr(item, "seekable", lambda: False)() else None
+            data = item.read()
+            if pos is not None:
+                item.seek(pos)
+        except (OSError, ValueError) as exc:  # closed, unreadable
+            raise _fail(item, index, f"cannot read the file object ({exc})") from exc
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise _fail(item, index, f"the file object gave {type(data).__name__}, not "
+                                     "bytes: open it in binary mode ('rb')")
+    if not memoryview(data).nbytes:
+        raise _fail(item, index, "empty image data (zero bytes)")
+    return data
+
+
+def _load_encoded(item, index, strict=True, reduce_to=None, max_pixels=None):
+    data = _read_encoded(item, index)
+    return _decode(io.BytesIO(data), data, item, index, strict, reduce_to, max_pixels)
+
+
+def _load_path(path, index, strict=True, reduce_to=None, max_pixels=None):
     p = os.fsdecode(os.fspath(path))
     try:
         st = os.stat(p)
@@ -470,12 +526,19 @@ def _load_path(path, index, strict=True, reduce_to=None):
         raise _fail(path, index, "not a regular file")
     if st.st_size == 0:
         raise _fail(path, index, "zero-byte (empty) file")
+    return _decode(p, p, path, index, strict, reduce_to, max_pixels)
+
+
+def _decode(fp, source, path, index, strict, reduce_to, max_pixels):
+    """Decode the file name or binary stream ``fp`` (``source``: the name
+    or the bytes, for the strict check) of the item ``path``."""
     try:
-        with Image.open(p) as im:
+        with Image.open(fp) as im:
+            _check_pixels(im, path, index, max_pixels)
             _draft(im, reduce_to)
             im.load()  # full decode now, so that truncated files fail here
             if strict and im.format in _STRICT_FORMATS:
-                _strict_check(p, path, index)
+                _strict_check(source, path, index)
             im = _exif_transpose(im, path, index)
             return _pil_to_rgb(im, path, index)
     except ImageLoadError:
@@ -510,12 +573,13 @@ def _load_pil(im, index):
         raise _fail(im, index, f"{kind} ({type(exc).__name__}: {msg})") from exc
 
 
-def load_image(item, *, index=None, strict=True, reduce_to=None):
+def load_image(item, *, index=None, strict=True, reduce_to=None, max_pixels=None):
     """Load one input item as an ``H x W x 3`` ``uint8`` RGB array.
 
     Parameters
     ----------
-    item : str, os.PathLike, PIL.Image.Image, numpy.ndarray or Crop
+    item : str, os.PathLike, bytes, binary file object, PIL.Image.Image, \
+numpy.ndarray or Crop
         The image. See Notes for the conversion rules.
     index : int or None, default=None
         Position of the item in its list; only used in error messages.
@@ -529,7 +593,14 @@ def load_image(item, *, index=None, strict=True, reduce_to=None):
         whose longest side stays >= ``reduce_to``; the caller resizes the rest
         of the way.  A 12-megapixel photo decodes about 5x faster for a
         512-px target (``benchmarks/bench_extraction.py``).  None: full
-        size.  Other formats, PIL images, arrays and crops decode at full size.
+        size.  Encoded bytes and file objects are decoded the same way.
+        Other formats, PIL images, arrays and crops decode at full size.
+    max_pixels : int or None, default=None
+        Largest image accepted from a file, bytes or a file object, in pixels
+        (width x height, read from the header *before* decoding: a
+        decompression bomb, a tiny file claiming huge dimensions, is refused
+        cheaply).  None: Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``,
+        an error at twice it).
 
     Returns
     -------
@@ -541,8 +612,9 @@ def load_image(item, *, index=None, strict=True, reduce_to=None):
     ImageLoadError
         If the item cannot be read or converted: missing, zero-byte or
         non-regular file, not an image / corrupt data, truncated file,
-        corrupt JPEG data (with ``strict``), unsupported array shape or
-        dtype, out-of-range values, empty array, crop box outside the image.
+        corrupt JPEG data (with ``strict``), more pixels than ``max_pixels``,
+        empty bytes, a text file object, unsupported array shape or dtype,
+        out-of-range values, empty array, crop box outside the image.
         The message names the item (index, path).
     TypeError
         If the item is of an unsupported type (``None``, a number, a list...).
@@ -576,6 +648,12 @@ def load_image(item, *, index=None, strict=True, reduce_to=None):
     compiled code is built on the first use in an environment (about 2 s,
     then 0.3 s to load from numba's cache on disk).
     PIL images and arrays are already decoded: they are not checked.
+
+    **Bytes and binary file objects** hold an encoded image file (as read
+    from disk or uploaded) and are decoded exactly like a file of the same
+    content, in memory, with the same checks and results.  A file object is
+    read from its current position to its end, then sought back to that
+    position when it is seekable (so it can be loaded again).
 
     **PIL images** are treated exactly like files, including their EXIF
     orientation when they carry one (an image already passed through
@@ -619,9 +697,12 @@ def load_image(item, *, index=None, strict=True, reduce_to=None):
     transposition), then the box, clipped to the image, is cut out.
     """
     if isinstance(item, Crop):
-        return _apply_crop(load_image(item.image, index=index, strict=strict), item, index)
+        return _apply_crop(load_image(item.image, index=index, strict=strict,
+                                      max_pixels=max_pixels), item, index)
     if _is_path(item):
-        return _load_path(item, index, strict, reduce_to)
+        return _load_path(item, index, strict, reduce_to, max_pixels)
+    if _is_encoded(item):
+        return _load_encoded(item, index, strict, reduce_to, max_pixels)
     if isinstance(item, Image.Image):
         return _load_pil(item, index)
     if isinstance(item, np.ndarray):
@@ -650,7 +731,7 @@ def image_key(item, *, index=None):
 
     Parameters
     ----------
-    item : str, os.PathLike, PIL.Image.Image, numpy.ndarray or Crop
+    item : str, os.PathLike, bytes, file object, PIL.Image.Image, ndarray or Crop
         The image.
     index : int or None, default=None
         Position of the item in its list; only used in error messages.
@@ -664,15 +745,16 @@ def image_key(item, *, index=None):
         * array: ``"array:"`` + BLAKE2b hash of dtype, shape and bytes;
         * PIL image: ``"pil:"`` + BLAKE2b hash of mode, size, pixel bytes,
           palette, transparency and EXIF orientation;
+        * bytes, seekable file object: ``"bytes:"`` + BLAKE2b hash of the data;
         * Crop: ``"crop:<key of its image>:<box>"``.
 
     Raises
     ------
     ImageLoadError
-        If a path cannot be stat'ed (e.g. missing file) or an array has
-        dtype ``object``.
+        If a path cannot be stat'ed (e.g. missing file), bytes are empty or an
+        array has dtype ``object``.
     TypeError
-        If the item is of an unsupported type.
+        If the item is of an unsupported type, or an unseekable file object.
     """
     if isinstance(item, Crop):
         return f"crop:{image_key(item.image, index=index)}:{item.box!r}"
@@ -684,6 +766,11 @@ def image_key(item, *, index=None):
             reason = "file not found" if isinstance(exc, FileNotFoundError) else str(exc)
             raise _fail(item, index, reason) from None
         return f"path:{p}:{st.st_size}:{st.st_mtime_ns}"
+    if _is_encoded(item):
+        if not isinstance(item, (bytes, bytearray, memoryview)) and not getattr(
+                item, "seekable", lambda: False)():  # reading it would consume it
+            raise TypeError(f"{describe(item, index)}: an unseekable file object has no key")
+        return "bytes:" + hashlib.blake2b(_read_encoded(item, index), digest_size=16).hexdigest()
     if isinstance(item, np.ndarray):
         if item.dtype.hasobject:
             raise _fail(item, index, f"unsupported array dtype {item.dtype}")

@@ -115,8 +115,9 @@ def create_app(model, *, images_root=None, token=None,
     check_token(token)
     for _, step in pipe.steps[:-1]:
         if isinstance(step, ConvFeatureExtractor):
-            # no progress output per request; no feature cache growing per query
-            step.set_params(verbose=0, cache=None)
+            # no progress output per request; no feature cache growing per query;
+            # a query the extractor cannot decode is an error (422), never skipped
+            step.set_params(verbose=0, cache=None, on_error="raise")
 
     shared = SharedModel(pipe, max_queue)
     routes = Routes(shared, root_real=root_real, token=token, max_pixels=max_pixels,

@@ -1,9 +1,7 @@
-"""Images of the search service: the pixel check read from the header, strict
-decoding of uploads and files, and the thumbnails with their cache."""
+"""Images of the search service: the pixel check read from the header (the
+pipeline then decodes each image once), and the thumbnails with their cache."""
 
 import io
-import os
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -13,8 +11,6 @@ from ._limits import RequestError
 __all__ = [
     "ThumbnailCache",
     "check_pixels",
-    "decode_bytes",
-    "decode_image",
     "image_reason",
     "make_thumbnail",
 ]
@@ -22,14 +18,20 @@ __all__ = [
 _THUMBNAIL_CACHE_ENTRIES = 512
 
 
-def check_pixels(path, max_pixels):
-    """Read the image header only; refuse images larger than ``max_pixels``."""
+def check_pixels(source, max_pixels):
+    """Read the header of an image (a file name, or its encoded bytes) without
+    decoding it; refuse what is not an image (422) or is larger than
+    ``max_pixels`` (413).  Returns its stored ``(width, height)``."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not source:
+            raise RequestError(422, "the uploaded file is empty")
+        source = io.BytesIO(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 width, height = im.size
     except UnidentifiedImageError:
         raise RequestError(422, "not an image file, or a format Pillow cannot "
@@ -46,35 +48,13 @@ def check_pixels(path, max_pixels):
     return width, height
 
 
-def decode_image(path, max_pixels):
-    """Decode an image file to an RGB array (strict: truncated or corrupt
-    files are refused), after checking its size from the header."""
-    from skretrieval import ImageLoadError, load_image
-
-    check_pixels(path, max_pixels)
-    try:
-        return load_image(path)
-    except ImageLoadError as exc:
-        raise RequestError(422, image_reason(exc)) from None
-
-
-def image_reason(exc):
-    """The message of a 422 for an :class:`~skretrieval.ImageLoadError`."""
+def image_reason(exc, name=None):
+    """The message of a 422 for an :class:`~skretrieval.ImageLoadError` (of
+    the image ``name`` if given)."""
     reason = getattr(exc, "reason", None) or str(exc)
-    return f"cannot read the image: {reason}"
-
-
-def decode_bytes(data, max_pixels):
-    """:func:`decode_image` of uploaded bytes (through a temporary file)."""
-    if not data:
-        raise RequestError(422, "the uploaded file is empty")
-    fd, tmp = tempfile.mkstemp(prefix="skretrieval-serve-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return decode_image(tmp, max_pixels)
-    finally:
-        os.unlink(tmp)
+    if reason.startswith("crop box"):  # a query box beyond the decoded image
+        return reason.replace("crop box", "box", 1)
+    return f"{name + ': ' if name else ''}cannot read the image: {reason}"
 
 
 def make_thumbnail(path, size, max_pixels):

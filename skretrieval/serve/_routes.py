@@ -13,7 +13,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..utils._arrays import similarities_from_distances
-from ._images import ThumbnailCache, decode_bytes, decode_image, image_reason, make_thumbnail
+from ._images import ThumbnailCache, check_pixels, image_reason, make_thumbnail
 from ._limits import (
     MAX_INDEX_FILES,
     RequestError,
@@ -179,22 +179,15 @@ class Routes:
         return ("path", real), k, box, body["path"]
 
     async def _query_item(self, source, box, deadline):
-        """The decoded query image, cropped to ``box`` if given."""
+        """The query as the pipeline takes it: the uploaded bytes or the file
+        name, in a :class:`~skretrieval.Crop` with ``box``.  Only its header
+        is read here (413 for too many pixels, 422 for what is not an image):
+        the extractor decodes it once, JPEGs at a reduced scale."""
         from skretrieval import Crop
 
-        def decode():
-            kind, value = source
-            if kind == "bytes":
-                return decode_bytes(value, self.max_pixels)
-            return decode_image(value, self.max_pixels)
-
-        image = await run_in_thread(decode, deadline)
-        if box is None:
-            return image
-        h, w = image.shape[:2]
-        if box[0] >= w or box[1] >= h:
-            raise RequestError(422, f"box lies outside the image of {w} x {h} pixels")
-        return Crop(image, box=box)
+        _, value = source
+        await run_in_thread(lambda: check_pixels(value, self.max_pixels), deadline)
+        return value if box is None else Crop(value, box=box)
 
     def _similarity_of(self, distances):
         metric = getattr(self.shared.retriever, "metric", "cosine")
@@ -363,20 +356,19 @@ class Routes:
             raise
 
     def _save_upload(self, folder, safe, data, target):
-        """Write one decodable upload at ``target`` (through a temporary file)."""
+        """Write one upload with a valid image header at ``target`` (through a
+        temporary file); the extraction decodes it, or fails the request."""
         if os.path.lexists(target):
             raise RequestError(409, f"{folder}/{safe} exists already: index "
                                     "it by path, or rename the upload")
-        if not data:
-            raise RequestError(422, f"{safe}: the uploaded file is empty")
+        try:
+            check_pixels(data, self.max_pixels)
+        except RequestError as exc:
+            raise RequestError(exc.status, f"{safe}: {exc.message}") from None
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            try:
-                decode_image(tmp, self.max_pixels)
-            except RequestError as exc:
-                raise RequestError(exc.status, f"{safe}: {exc.message}") from None
             os.link(tmp, target)  # fails if the name was taken meanwhile
         finally:
             os.unlink(tmp)
@@ -402,11 +394,12 @@ class Routes:
         return paths
 
     async def _check_files(self, paths, deadline):
-        """Decode every file of ``paths`` once (422 or 413 naming the first bad one)."""
+        """Check the header of every file of ``paths`` (422 or 413 naming the
+        first bad one); the extraction decodes them."""
         def check_files():
             for p in paths:
                 try:
-                    decode_image(p, self.max_pixels)
+                    check_pixels(p, self.max_pixels)
                 except RequestError as exc:
                     raise RequestError(exc.status, f"{os.path.relpath(p, self.root_real)}: "
                                                    f"{exc.message}") from None
@@ -432,7 +425,8 @@ class Routes:
                                          ids=np.asarray(names) if str_ids else None,
                                          on_existing="update", return_report=True)
             except ImageLoadError as exc:
-                raise RequestError(422, image_reason(exc)) from None
+                bad = exc.path and os.path.relpath(exc.path, self.root_real)
+                raise RequestError(422, image_reason(exc, bad)) from None
             except ValueError as exc:
                 raise RequestError(422, f"cannot add the images: {exc}") from None
             finally:
