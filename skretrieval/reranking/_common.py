@@ -21,8 +21,7 @@ from ..neighbors._retriever import NearestNeighborRetriever
 from ..utils._arrays import distances_from_similarities, l2_normalize, similarities_from_distances
 
 __all__ = ["ShortList", "ShortListMixin", "as_feature_maps", "database_vectors", "fit_similarity_retriever",
-           "l2_float32", "normalized_queries", "prepare_similarity_fit",
-           "wrapped_n_neighbors"]
+           "l2_float32", "prepare_similarity_fit", "wrapped_queries"]
 
 
 def l2_float32(V):
@@ -76,18 +75,26 @@ def fit_similarity_retriever(estimator, X, y, what, ensure_min_samples=1):
     return X, clone(retriever).fit(X, estimator.y_)
 
 
-def normalized_queries(estimator, X):
-    """``(None, rows)`` for leave-one-out, else ``(validated L2-normalised X, None)``."""
+def wrapped_queries(estimator, X, n_neighbors):
+    """The queries of a re-ranker wrapping a fitted ``retriever_``, and their depth.
+
+    Returns ``(Q, rows, n_available, k)``: ``Q`` the validated,
+    L2-normalised queries and ``rows`` None, or, for leave-one-out (``X``
+    None), ``Q`` None and ``rows`` every database row; ``n_available`` the
+    items a query can return; ``k`` the checked ``n_neighbors`` (None: the
+    wrapped retriever's, at most ``n_available``).
+    """
     if X is None:
-        return None, np.arange(estimator.n_samples_fit_)
-    X = validate_data(estimator, X, dtype=np.float32, reset=False)
-    return l2_float32(X), None
-
-
-def wrapped_n_neighbors(retriever, n_available):
-    """The default ``n_neighbors`` of a wrapped retriever (10 if none), at most
-    ``n_available``."""
-    return min(through_wrappers(retriever, "n_neighbors", Integral, 10), n_available)
+        Q, rows = None, np.arange(estimator.n_samples_fit_)
+    else:
+        X = validate_data(estimator, X, dtype=np.float32, reset=False)
+        Q, rows = l2_float32(X), None
+    n_available = estimator.n_samples_fit_ - (rows is not None)
+    default = min(through_wrappers(estimator.retriever_, "n_neighbors", Integral, 10),
+                  n_available)
+    k = resolve_n_neighbors(n_neighbors, n_available, default=default,
+                            exclude_self=rows is not None)
+    return Q, rows, n_available, k
 
 
 class ShortList:

@@ -12,11 +12,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..neighbors._base import WrappingRetrieverMixin, resolve_n_neighbors, retriever_metric
+from ..neighbors._base import WrappingRetrieverMixin, retriever_metric
 from ..neighbors._topk import top_k
 from ..utils._arrays import similarities_from_distances
 from ..utils._state import LABELS, Attr, StateSpec
-from ._common import fit_similarity_retriever, normalized_queries, wrapped_n_neighbors
+from ._common import fit_similarity_retriever, wrapped_queries
 
 __all__ = ["DiffusionRetriever", "mutual_knn_graph", "normalize_graph"]
 
@@ -349,10 +349,7 @@ class DiffusionRetriever(WrappingRetrieverMixin, BaseEstimator):
         indices : ndarray of shape (n_queries, n_neighbors)
         """
         check_is_fitted(self, "retriever_")
-        X, rows = normalized_queries(self, X)
-        n_avail = self.n_samples_fit_ - (rows is not None)
-        k = resolve_n_neighbors(n_neighbors, n_avail, exclude_self=rows is not None,
-                                default=wrapped_n_neighbors(self.retriever_, n_avail))
+        X, rows, n_avail, k = wrapped_queries(self, X, n_neighbors)
         if self.method == "spectral":
             if not hasattr(self, "eigenvectors_"):
                 raise ValueError("method='spectral' was set after fit: fit again")

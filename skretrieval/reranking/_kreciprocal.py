@@ -9,14 +9,9 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..neighbors._base import WrappingRetrieverMixin, resolve_n_neighbors
+from ..neighbors._base import WrappingRetrieverMixin
 from ..utils._state import LABELS, Attr, StateSpec
-from ._common import (
-    database_vectors,
-    fit_similarity_retriever,
-    normalized_queries,
-    wrapped_n_neighbors,
-)
+from ._common import database_vectors, fit_similarity_retriever, wrapped_queries
 
 __all__ = ["KReciprocalRetriever", "k_reciprocal_distances"]
 
@@ -220,10 +215,7 @@ class KReciprocalRetriever(WrappingRetrieverMixin, BaseEstimator):
         """
         check_is_fitted(self, "retriever_")
         DB = database_vectors(self.retriever_)
-        Q, rows = normalized_queries(self, X)
-        n_avail = self.n_samples_fit_ - (rows is not None)
-        k = resolve_n_neighbors(n_neighbors, n_avail, exclude_self=rows is not None,
-                                default=wrapped_n_neighbors(self.retriever_, n_avail))
+        Q, rows, n_avail, k = wrapped_queries(self, X, n_neighbors)
         depth = min(n_avail, max(k, self.n_rerank))
         dist, ind = self.retriever_.kneighbors(Q, n_neighbors=depth)
         R = min(self.n_rerank, depth)
