@@ -210,6 +210,11 @@ def test_more_broken_uploads(client, fresh, kind):
     assert_error(upload(client, data, name="x.png"), 422)
     assert_error(post_files(client, [("x.png", data, "image/png")]), 422, "x.png")
     assert not (root / "uploads").exists() or os.listdir(root / "uploads") == []
+    (root / "sub" / "broken.png").write_bytes(data)
+    r = client.post("/index", json={"paths": ["img0.jpg", "sub/broken.png"]}, headers=AUTH)
+    assert_error(r, 422, "sub/broken.png")
+    assert_error(client.post("/search", json={"path": "sub/broken.png"}), 422)
+    assert client.get("/health").json()["n_images"] == 6
 
 
 # ---------------------------------------------------------------------------
