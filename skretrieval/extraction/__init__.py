@@ -7,10 +7,13 @@
   :func:`list_images`) with strict JPEG checking;
 * backbones and weights (:func:`layer_names`, :func:`weights_search_dirs`,
   :class:`WeightsNotFoundError`);
-* extraction on a dask cluster (:class:`DistributedExtractionError`).
+* extraction on a dask cluster (:class:`DistributedExtractionError`);
+* the batching policy of the network passes, images of one shape together
+  (:class:`ShapeBatching`), shared with :class:`~skretrieval.RetrievalNetTrainer`.
 """
 
 from ._backbones import WeightsNotFoundError, layer_names, weights_search_dirs
+from ._batches import ShapeBatching
 from ._cache import clear_memory_cache, forward_pass_count
 from ._distributed import DistributedExtractionError
 from ._extractor import ConvFeatureExtractor
@@ -25,6 +28,7 @@ __all__ = [
     "DistributedExtractionError",
     "FeatureMaps",
     "ImageLoadError",
+    "ShapeBatching",
     "WeightsNotFoundError",
     "check_images",
     "clear_memory_cache",

@@ -33,7 +33,8 @@ import numpy as np
 from ..utils._files import give_default_mode
 from ._images import ImageLoadError, image_key
 
-__all__ = ["cache_setting", "get_cache", "clear_memory_cache", "forward_pass_count"]
+__all__ = ["FORWARD_PASSES", "PassCounter", "cache_setting", "clear_memory_cache",
+           "forward_pass_count", "get_cache"]
 
 #: Bytes the in-process memory cache holds at most, unless
 #: ``$SKRETRIEVAL_MEMORY_CACHE_BYTES`` (or its older name
@@ -462,17 +463,33 @@ def make_key(*parts):
     return h.hexdigest()
 
 
-class _Counter:
+class PassCounter:
+    """A thread-safe count of forward passes (one per image and scale).
+
+    Attributes
+    ----------
+    value : int
+        The passes counted so far.
+    """
+
     def __init__(self):
         self.value = 0
         self._lock = threading.Lock()
 
     def add(self, n):
+        """Count ``n`` more passes.
+
+        Parameters
+        ----------
+        n : int
+            The images (at one scale each) a network pass has run on.
+        """
         with self._lock:
             self.value += n
 
 
-FORWARD_PASSES = _Counter()
+#: The passes of every extractor of this process (:func:`forward_pass_count`).
+FORWARD_PASSES = PassCounter()
 
 
 def forward_pass_count():
