@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import math
 import os
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import cam_head, describe_weights, load_backbone, resolve_layer
 from . import _distributed
-from ._batches import (as_image_list, numbered_error, resize, resized_shape,
-                       stop_error, warn_skipped, SKIP_LISTED)
-from ._cache import RESUME_STORE, cache_setting, get_cache, image_cache_keys, make_key
-from ._passes import CHANNELS_LAST, NetworkPasses
-from ._images import ImageLoadError, item_path, describe, image_key, load_image
+from ._batches import (SKIP_LISTED, ShapeBatching, as_image_list, checked_scales,
+                       numbered_error, prepare_image, stop_error, warn_skipped)
+from ._cache import (FORWARD_PASSES, RESUME_STORE, cache_setting, get_cache,
+                     image_cache_keys, make_key)
+from ._passes import (CHANNELS_LAST, CachedJob, ChunkResult, CutNetwork, EngineSessions,
+                      NetworkRunner, RunJob, StashedJob, as_map, choose_engine)
+from ._images import ImageLoadError, describe, image_key
 from ._maps import FeatureMaps, class_activations
 from ._network import (backbone_network, fallback_device, network_from_state, probed,
                        resolve_device, smallest_input, state_arrays)
@@ -35,7 +35,7 @@ _CHUNK = 64
 # Images named in full in the warning of on_error="skip" (the rest are counted).
 
 
-class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
+class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
     """Convolutional feature maps of a torchvision backbone.
 
     Every image is resized so that its longest side is ``max_size * scale``
@@ -358,23 +358,7 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------
     def _scales(self):
-        def invalid(why):
-            return InvalidParameterError(
-                f"The 'scales' parameter of {type(self).__name__} must be {why}, got "
-                f"{self.scales!r}: give finite positive multipliers of max_size, "
-                "e.g. (1.0,) or (1, 2**-0.5, 0.5)")
-
-        try:
-            scales = np.atleast_1d(np.asarray(self.scales, dtype=float))
-        except (TypeError, ValueError):
-            raise invalid("a number or a sequence of numbers") from None
-        if scales.ndim != 1 or scales.size == 0:
-            raise invalid("a non-empty sequence of numbers")
-        with np.errstate(over="ignore"):
-            sides = scales * float(self.max_size)
-        if not np.all(np.isfinite(sides)) or not np.all(scales > 0):
-            raise invalid("finite positive numbers")
-        return tuple(float(s) for s in scales)
+        return checked_scales(self.scales, self.max_size, type(self).__name__)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
@@ -396,7 +380,7 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
         self._scales()
         self.skipped_ = []
         self.device_ = resolve_device(self.device)
-        self.engine_ = self._resolve_engine()
+        self.engine_ = choose_engine(self.engine, self.precision, self.device_)
         self._runners = {}
         wid = describe_weights(self.backbone, self.weights)
         model, mean, std = load_backbone(self.backbone, self.weights)
@@ -467,19 +451,44 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
                                      channels_last=CHANNELS_LAST, model=model)
 
     def _forward(self, batch):
-        return self._as_map(self.trunk_(batch)["out"])
+        return as_map(self.trunk_(batch)["out"], self._what())
 
-    def _as_map(self, out):
-        """A 4-D output as is; a fully-connected layer's ``(N, D)`` as ``D x 1 x 1``."""
-        if out.ndim == 2:
-            return out[:, :, None, None]
-        if out.ndim != 4:
-            raise ValueError(
-                f"layer {self.layer_name_!r} of {self.backbone} outputs a tensor of "
-                f"shape {tuple(out.shape)}, not a C x H x W map or a vector; choose "
-                "a convolutional or fully-connected layer"
-            )
-        return out
+    def _what(self):
+        return f"layer {self.layer_name_!r} of {self.backbone}"
+
+    def _engine_sessions(self):
+        """The engine of ``engine_`` over the sessions kept in ``_runners``."""
+        if self.__dict__.get("_runners") is None:
+            self._runners = {}
+        return EngineSessions(getattr(self, "engine_", "torch"), what=self._what(),
+                              sample_size=max(224, self.min_input_size_),
+                              fallback=self.engine == "auto", sessions=self._runners)
+
+    def _adopt_engine(self, sessions):
+        """``engine_`` after ``sessions`` ran: torch once it fell back."""
+        if sessions.engine != getattr(self, "engine_", "torch"):
+            self.engine_ = sessions.engine
+
+    def _engine(self, net):
+        """``net`` as run by ``engine_`` (built once per network and process;
+        when the engine cannot run it: torch, see :class:`._passes.EngineSessions`)."""
+        sessions = self._engine_sessions()
+        try:
+            return sessions(net)
+        finally:
+            self._adopt_engine(sessions)
+
+    def _network_runner(self, sessions):
+        """The runner of this fitted network on the engine ``sessions``."""
+        network = CutNetwork(self.trunk_, self.layer_node_, self._what(), self.backbone,
+                             cam_nodes=self._cam_extra(),
+                             multi=getattr(self, "_multi_trunk", None),
+                             multi_min_size=getattr(self, "_multi_min_size", None))
+        return NetworkRunner(network, engine=sessions,
+                             batching=ShapeBatching.for_device(self.batch_size, self.device_),
+                             device=self.device_, mean=self.mean_, std=self.std_,
+                             precision=getattr(self, "precision", "float32"),
+                             counter=FORWARD_PASSES, channels_last=CHANNELS_LAST)
 
     def _probe(self):
         """The channel count, stride, smallest accepted input and whether the
@@ -538,27 +547,10 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------
     def _prepare(self, index, item, scales):
         """Load one image and resize it for every scale (runs in a thread)."""
-        square = getattr(self, "fully_connected_", False)
-        # large JPEGs decode at a reduced scale still >= the largest target
-        reduce_to = None if square else math.ceil(self.max_size * max(scales))
-        arr = load_image(item, index=index, strict=getattr(self, "strict", True),
-                         reduce_to=reduce_to)
-        h, w = arr.shape[:2]
-        out = []
-        for s in scales:
-            shape = resized_shape(h, w, self.max_size * s)
-            if square:  # fully-connected codes: the whole image, aspect ignored
-                shape = (max(1, round(self.max_size * s)),) * 2
-            if min(shape) < self.min_input_size_:
-                reason = (
-                    f"{h}x{w} px, {shape[0]}x{shape[1]} after resizing to "
-                    f"max_size={self.max_size} x scale {s}; layer {self.layer_name_!r} "
-                    f"of {self.backbone} needs at least {self.min_input_size_} px on "
-                    "each side. Raise max_size or drop this image")
-                raise ImageLoadError(f"{describe(item, index)} is {reason}", index=index,
-                                     reason=reason, path=item_path(item))
-            out.append(resize(arr, shape))
-        return out
+        return prepare_image(item, index, scales, max_size=self.max_size,
+                             min_size=self.min_input_size_, what=self._what(),
+                             square=getattr(self, "fully_connected_", False),
+                             strict=getattr(self, "strict", True))
 
     def _resume_key(self, item, scales):
         """Key of the maps of ``item`` in the resume store (None if it has none)."""
@@ -687,7 +679,9 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
                           dtype=self.dtype)
         placed, skipped = [], []
         stash = RESUME_STORE.get()
-        reused = [0]
+        reused = 0
+        sessions = self._engine_sessions()
+        runner = self._network_runner(sessions)
         # On CPU the network already uses every core: one decoding thread
         # overlaps I/O without oversubscribing (benchmarks/bench_extraction.py).
         n_threads = self.n_jobs or (1 if self.device_ == "cpu" else min(4, os.cpu_count() or 1))
@@ -705,26 +699,30 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
                     current = pending
                     if c + 1 < len(chunks):  # decode the next chunk while this one runs
                         pending = lookup(chunks[c + 1])
-                    failed = self._run_chunk(current, chunk, items, scales, cache, stash[0],
-                                             reused, out, placed)
-                    if failed:
-                        errors = [failed[j] for j in sorted(failed)]
+                    done = self._run_chunk(current, runner, items, cache, stash[0])
+                    for maps, cams in zip(done.maps, done.cams):
+                        out.append(maps, cams)
+                    placed.extend(done.placed)
+                    reused += done.reused
+                    if done.errors:
                         if on_error == "raise":
-                            raise stop_error(errors, len(placed), cache is not None)
-                        skipped.extend((e.index, str(e)) for e in errors)
+                            raise stop_error(done.errors, len(placed), cache is not None)
+                        skipped.extend((e.index, str(e)) for e in done.errors)
                     bar.update(len(chunk))
         except Exception:
             if cache is None and placed:  # keep the work done for the next call
                 self._stash(out, placed, items, scales)
             raise
-        if reused[0]:
+        finally:
+            self._adopt_engine(sessions)
+        if reused:
             RESUME_STORE.release(stash[0])
         return out, placed, skipped
 
     def _lookup_chunk(self, pool, items, chunk, scales, cache, stash_index):
-        """Per image of ``chunk``: ``("stash", position, None)`` for maps left by a
-        transform that failed, ``("cache", maps per scale, keys)`` for maps in
-        the cache, else ``("run", future of the resized arrays, keys)``."""
+        """Per image of ``chunk``, its job: a :class:`StashedJob` for maps left
+        by a transform that failed, a :class:`CachedJob` for maps in the cache,
+        else a :class:`RunJob` (its arrays resized in ``pool``)."""
         keys = self._keys(items, chunk, scales)
         needed = (self.layer_node_,) + self._cam_extra()
         jobs = []
@@ -732,58 +730,62 @@ class ConvFeatureExtractor(NetworkPasses, TransformerMixin, BaseEstimator):
             if stash_index:  # maps left by a transform that failed
                 pos = stash_index.get(self._resume_key(items[i], scales))
                 if pos is not None:
-                    jobs.append(("stash", pos, None))
+                    jobs.append(StashedJob(i, pos))
                     continue
             keys_j = None if keys is None else keys[j]
             if keys_j is not None:
-                hits = [{node: cache.get(keys_j[node][s]) for node in needed}
-                        for s in range(len(scales))]
+                hits = tuple({node: cache.get(keys_j[node][s]) for node in needed}
+                             for s in range(len(scales)))
                 if all(h is not None for hit in hits for h in hit.values()):
-                    jobs.append(("cache", hits, keys_j))
+                    jobs.append(CachedJob(i, hits))
                     continue
-            jobs.append(("run", pool.submit(self._prepare, i, items[i], scales), keys_j))
+            jobs.append(RunJob(i, pool.submit(self._prepare, i, items[i], scales), keys_j))
         return jobs
 
-    def _run_chunk(self, jobs, chunk, items, scales, cache, stash, reused, out, placed):
-        """Run the network on the images of ``chunk`` that need it, append the
-        maps of the chunk to ``out`` (their positions to ``placed``); returns
-        ``{j: ImageLoadError}`` for the images that cannot be used."""
-        results, ready, failed = {}, {}, {}
-        groups = defaultdict(list)
-        for j, (kind, what, keys) in enumerate(jobs):
-            if kind == "stash":
-                ready[j] = (stash[what], stash.class_activations(what)
-                            if stash.has_cams else None)
-                reused[0] += 1
-                continue
-            if kind == "cache":
-                results.update({(j, s): what[s] for s in range(len(scales))})
-                continue
-            try:
-                arrays = what.result()
-            except ImageLoadError as exc:  # this image only: see on_error
-                failed[j] = numbered_error(exc, chunk[j], items)
-                continue
-            for s, arr in enumerate(arrays):
-                groups[arr.shape].append((j, s, arr, keys))
-        with torch.inference_mode():
-            self._run_groups(groups, chunk, items, cache, results)
-        for j in range(len(chunk)):
-            if j in failed:
-                continue
-            if j in ready:
-                entry, cams = ready.pop(j)
-            else:
-                got = [results.pop((j, s)) for s in range(len(scales))]
-                entry = tuple(g[self.layer_node_] for g in got)
-                cams = None
-                if self.cams is not None:
-                    node = self.cam_node_
-                    cams = class_activations(self._cam_weight, self._cam_bias, self.cams,
-                                             entry, [g[node] for g in got])
-            out.append(entry, cams)
-            placed.append(chunk[j])
-        return failed
+    def _run_chunk(self, jobs, runner, items, cache, stash):
+        """Run ``runner`` on the images of ``jobs`` that need it (their maps
+        into ``cache`` too); the :class:`ChunkResult` of the chunk."""
+        got, errors, arrays, owners = {}, [], [], []  # owners: (job, scale) of each array
+        for j, job in enumerate(jobs):
+            if isinstance(job, CachedJob):
+                got[j] = list(job.maps)
+            elif isinstance(job, RunJob):
+                try:
+                    resized = job.arrays.result()
+                except ImageLoadError as exc:  # this image only: see on_error
+                    errors.append(numbered_error(exc, job.index, items))
+                    continue
+                got[j] = [None] * len(resized)
+                arrays.extend(resized)
+                owners.extend((j, s) for s in range(len(resized)))
+        needed = (self.layer_node_,) + self._cam_extra()
+        index = [jobs[j].index for j, _ in owners]
+        for k, maps in runner.run(arrays, multi=cache is not None,
+                                  describe=lambda k: describe(items[index[k]], index[k])):
+            j, s = owners[k]
+            got[j][s] = {node: maps[node] for node in needed}
+            if cache is not None and jobs[j].keys is not None:
+                for node, fmap in maps.items():
+                    if self.dtype == "float16":  # in the key too
+                        fmap = fmap.astype(np.float16)
+                    cache.put(jobs[j].keys[node][s], fmap)
+        done = [(j, job) for j, job in enumerate(jobs) if j in got or isinstance(job, StashedJob)]
+        entries = [self._entry(job, got.pop(j, None), stash) for j, job in done]
+        return ChunkResult(tuple(job.index for _, job in done), tuple(e for e, _ in entries),
+                           tuple(c for _, c in entries), tuple(errors),
+                           reused=sum(isinstance(job, StashedJob) for job in jobs))
+
+    def _entry(self, job, scale_maps, stash):
+        """``(maps per scale, class activations or None)`` of a job done: from
+        ``stash`` for a :class:`StashedJob`, else of its ``{node: map}`` per scale."""
+        if isinstance(job, StashedJob):
+            return stash[job.position], (stash.class_activations(job.position)
+                                         if stash.has_cams else None)
+        entry = tuple(g[self.layer_node_] for g in scale_maps)
+        if self.cams is None:
+            return entry, None
+        return entry, class_activations(self._cam_weight, self._cam_bias, self.cams, entry,
+                                        [g[self.cam_node_] for g in scale_maps])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
