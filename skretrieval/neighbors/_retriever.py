@@ -561,7 +561,7 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
     def _prepare_rows(self, X, dtype):
         """Normalised (cosine) rows of ``X`` in the storage dtype."""
         if self.metric == "cosine":
-            X = l2_normalize(X)
+            X = l2_normalize(X, tiny_as_zero=True)
         return X if X.dtype == dtype else X.astype(dtype)
 
     # ------------------------------------------------------------------
@@ -574,7 +574,7 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
             # (a float32 array that passes these checks needs none of
             # validate_data's, which cost about a millisecond per call)
             X = validate_data(self, X, reset=False, dtype=np.float32)
-        return l2_normalize(X) if self.metric == "cosine" else X
+        return l2_normalize(X, tiny_as_zero=True) if self.metric == "cosine" else X
 
     def _resolve_n_neighbors(self, n_neighbors, n_queries, exclude_self):
         """Check ``n_neighbors`` and return it as an int."""

@@ -8,7 +8,7 @@ import numpy as np
 __all__ = ["distances_from_similarities", "l2_normalize", "similarities_from_distances"]
 
 
-def l2_normalize(V, axis=-1):
+def l2_normalize(V, axis=-1, *, tiny_as_zero=False):
     """L2-normalise ``V`` along ``axis``; an all-zero vector stays zero.
 
     The one row normaliser of the package: the poolers, the re-rankers and
@@ -20,6 +20,11 @@ def l2_normalize(V, axis=-1):
         A vector, or an array of vectors along ``axis``.
     axis : int, default=-1
         The axis of the vectors.
+    tiny_as_zero : bool, default=False
+        Whether vectors of norm below ``10 eps`` (of the dtype) count as
+        zero, i.e. are left as they are, as
+        :func:`sklearn.preprocessing.normalize` leaves them (the retriever's
+        rule for its database and queries).
 
     Returns
     -------
@@ -36,7 +41,10 @@ def l2_normalize(V, axis=-1):
     """
     V = np.asarray(V)
     norms = np.sqrt(np.sum(V * V, axis=axis, keepdims=True))
-    norms[norms == 0] = 1
+    if tiny_as_zero:
+        norms[norms < 10 * np.finfo(norms.dtype).eps] = 1
+    else:
+        norms[norms == 0] = 1
     return V / norms.astype(V.dtype, copy=False)
 
 
