@@ -175,3 +175,76 @@ class IndexStateMixin:
         if state.get("_store_path") is not None and state.get("X_fit_") is None:
             self.X_fit_ = DescriptorStore.open(
                 self._store_path, self._store_dtype, (n, self.n_features_in_)).X
+        _check_items(self)
+
+
+def _all_str(values):
+    return all(isinstance(v, str) for v in values.tolist())
+
+
+def _check_items(retriever):
+    """Refuse a loaded state whose items contradict each other (raise a
+    ValueError saying what): the shapes and dtypes are checked by the
+    declarations, the relations between values here.
+
+    Ids must be unique ints or strings, fingerprints strings, the index keys
+    increasing (rows are found in them by bisection), ``_next_id`` above the
+    integer ids, the label codes those of the labels, the descriptors of a
+    database held in memory finite, a serialised index the one its checksum
+    names: a file edited otherwise would answer other rankings, or none.
+    """
+    state = retriever.__dict__
+    ids = np.asarray(state["ids_"])
+    if ids.dtype.kind == "O" and not _all_str(ids):
+        raise ValueError("ids_ is an object array of other values than strings "
+                         "(ids are ints or strings)")
+    if ids.dtype.kind not in "iuUO":
+        raise ValueError(f"ids_ must be ints or strings, got dtype {ids.dtype}")
+    unique, counts = np.unique(ids, return_counts=True)
+    if unique.shape[0] != ids.shape[0]:
+        raise ValueError(f"ids_ holds repeated ids: {unique[counts > 1][:5].tolist()} "
+                         "(ids are unique)")
+    if (ids.dtype.kind in "iu" and ids.shape[0] and "_next_id" in state
+            and state["_next_id"] <= ids.max()):
+        raise ValueError(f"_next_id={state.get('_next_id')} is not above the largest "
+                         f"id {int(ids.max())}: new items would repeat an id")
+    prints = state.get("fingerprints_")
+    if prints is not None:
+        prints = np.asarray(prints)
+        if prints.dtype.kind not in "UO" or (prints.dtype.kind == "O" and not _all_str(prints)):
+            raise ValueError("fingerprints_ must be strings (content hashes), got "
+                             + (f"dtype {prints.dtype}" if prints.dtype.kind != "O"
+                                else "an object array of other values"))
+    keys = np.asarray(state.get("_keys", ()))
+    if keys.shape[0] > 1 and not np.all(keys[1:] > keys[:-1]):
+        raise ValueError("_keys (the index keys of the rows) are not increasing")
+    _check_labels(state)
+    X = state.get("X_fit_")
+    if state.get("_store_path") is None and isinstance(X, np.ndarray):
+        for start in range(0, X.shape[0], 1 << 14):
+            if not np.isfinite(X[start:start + (1 << 14)]).all():
+                raise ValueError("X_fit_ holds NaN or infinite descriptors")
+    blob, checksum = state.get(INDEX_BLOB), state.get(INDEX_CHECKSUM)
+    if blob is not None and checksum is not None and checksum != blob_checksum(blob):
+        raise ValueError("the serialised search index is corrupted (its SHA-256 differs "
+                         "from the one saved with it); refit the retriever")
+
+
+def _check_labels(state):
+    """The label codes, classes and counts must be those of ``y_``."""
+    y = state.get("y_")
+    if y is None or "_classes" not in state:
+        return
+    classes, codes = np.asarray(state["_classes"]), np.asarray(state["_y_codes"])
+    counts = np.asarray(state["_class_counts"])
+    try:
+        ok = (classes.shape[0] > 0 and codes.shape == (len(y),)
+              and np.array_equal(classes[codes], np.asarray(y))
+              and np.array_equal(np.bincount(codes, minlength=classes.shape[0]), counts))
+        if ok and classes.shape[0] > 1:
+            ok = bool(np.all(classes[1:] > classes[:-1]))
+    except (IndexError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError("the label codes (_classes, _y_codes, _class_counts) are not "
+                         "those of the labels y_")

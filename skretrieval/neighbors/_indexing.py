@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from ..utils._files import atomic_write, file_lock, remove_stale_temps
+from ..utils._files import atomic_write, file_lock, remove_stale_temps, temp_prefix
 from ..extraction._images import Crop, image_key
 
 __all__ = [
@@ -319,7 +319,9 @@ def load_index(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"index file not found: {path!r}")
-    if is_model_file(path):
+    # a .zip name or a folder is the pickle-free format, even when damaged: a
+    # file meant to be read without pickle is never unpickled
+    if os.path.isdir(path) or _is_zip_name(path) or is_model_file(path):
         from ..persistence import load_pipeline
 
         return _check_index(load_pipeline(path), path)
@@ -330,6 +332,10 @@ def load_index(path):
             f"cannot load {path!r} ({type(exc).__name__}: {exc}); expected a file "
             "written by 'skretrieval index' or skretrieval.save_index") from exc
     return _check_index(obj, path)
+
+
+def _is_zip_name(path):
+    return os.fspath(path).lower().endswith(".zip")
 
 
 def is_model_file(path):
@@ -356,16 +362,31 @@ def _dump(pipeline, path):
         saved = {k: params[k] for k in ("verbose", "cache") if k in params}
         extractor.set_params(**{k: (0 if k == "verbose" else None) for k in saved})
     try:
-        if os.fspath(path).endswith(".zip"):  # the pickle-free format, written atomically
-            from ..persistence import save_pipeline
-
-            save_pipeline(pipeline, path, overwrite=True)
+        if _is_zip_name(path):  # the pickle-free format, written atomically
+            _dump_model(pipeline, path)
         else:
             with atomic_write(path) as fh:
                 joblib.dump(pipeline, fh)
     finally:
         if saved:
             extractor.set_params(**saved)
+
+
+def _dump_model(pipeline, path):
+    """``save_pipeline`` of ``path`` through a temporary folder named after it,
+    which the next writer (under the lock) removes if this one is killed."""
+    import shutil
+    import tempfile
+
+    from ..persistence import save_pipeline
+
+    path = os.path.abspath(os.fspath(path))
+    tmp = tempfile.mkdtemp(prefix=temp_prefix(path), dir=os.path.dirname(path))
+    try:
+        written = save_pipeline(pipeline, os.path.join(tmp, "index.zip"))
+        os.replace(written, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class IndexFile:

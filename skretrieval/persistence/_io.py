@@ -15,13 +15,14 @@ import math
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
 import zipfile
 
 import numpy as np
 
-from ..utils._files import give_default_mode, remove_stale_temps
+from ..utils._files import fsync_file, give_default_mode, remove_stale_temps
 from ._checks import is_int
 from ._registry import (
     MANIFEST,
@@ -39,6 +40,27 @@ _ZIP_OVERHEAD = 64 * 2**20  # zip headers of an .npz file, beyond its arrays
 _BLOCK = 1 << 22
 _FILE_NAME = re.compile(r"^state/[A-Za-z0-9_.-]+\.npz$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# what reading a damaged zip archive raises besides BadZipFile (a header naming
+# an unknown compression or version, a seek before the start, a short read)
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError,
+               struct.error, OverflowError)
+
+
+def _unsafe_member(info):
+    """Why the zip member ``info`` cannot be in a model (None if it can): a
+    name that would leave the archive's folder, a link, a device..."""
+    name = info.filename
+    parts = name.rstrip("/").split("/")
+    if (not name or name.startswith("/") or "\\" in name or "\x00" in name
+            or re.match(r"^[A-Za-z]:", name) or any(p in ("", ".", "..") for p in parts)):
+        return f"a member with an unsafe name ({name!r}: absolute, or with '..')"
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFLNK:
+        return f"a symbolic link ({name!r})"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return f"a member that is not a plain file ({name!r}, mode {oct(mode)})"
+    return None
 
 
 class _HashingWriter(io.RawIOBase):
@@ -104,6 +126,9 @@ class DirTarget:
             old = tempfile.mkdtemp(prefix=".skretrieval-old-", dir=os.path.dirname(self.path))
             os.rmdir(old)
             os.replace(self.path, old)
+        for folder, _, files in os.walk(self.tmp):
+            for name in files:
+                fsync_file(os.path.join(folder, name))
         give_default_mode(self.tmp, directory=True)
         os.replace(self.tmp, self.path)
         if old is not None:
@@ -145,11 +170,15 @@ class ZipTarget:
 
     def commit(self):
         self.zf.close()
+        fsync_file(self.tmp)
         give_default_mode(self.tmp)
         os.replace(self.tmp, self.path)
 
     def abort(self):
-        self.zf.close()
+        try:
+            self.zf.close()  # may fail again (a full disk): the file goes anyway
+        except Exception:  # noqa: BLE001
+            pass
         try:
             os.remove(self.tmp)
         except OSError:
@@ -315,7 +344,7 @@ def _read_npz(fh, name, budget):
     checked (against ``budget``) before anything is decompressed."""
     try:
         zf = zipfile.ZipFile(fh)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise ModelFormatError(f"cannot read {name}: {exc}") from exc
     with zf:
         infos = zf.infolist()
@@ -335,7 +364,9 @@ def _read_npz(fh, name, budget):
             try:
                 with zf.open(info) as member:
                     arrays[key] = _read_npy(member, info.file_size, what)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+            except ModelFormatError:
+                raise
+            except _ZIP_ERRORS as exc:
                 raise ModelFormatError(f"cannot read {what}: {exc}") from exc
         return arrays
 
@@ -367,16 +398,24 @@ class ModelSource:
                 )
             try:
                 self.zf = zipfile.ZipFile(self.path, "r")
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                raise ModelFormatError(f"cannot read the zip archive {self.path!r}: {exc}") \
-                    from exc
+            except _ZIP_ERRORS as exc:
+                raise ModelFormatError(
+                    f"cannot read the zip archive {self.path!r} (damaged or truncated): "
+                    f"{exc}") from exc
             names = self.zf.namelist()
             problem = None
-            if MANIFEST not in names:
+            unsafe = next(filter(None, map(_unsafe_member, self.zf.infolist())), None)
+            if unsafe is not None:
+                problem = (f"{self.path!r} holds {unsafe}, which no model saved by "
+                           "skretrieval.persistence.save_pipeline has: refused")
+            elif MANIFEST not in names:
                 problem = (f"{self.path!r} has no {MANIFEST}: it is not a model saved by "
-                           "skretrieval.persistence.save_pipeline")
+                           "skretrieval.persistence.save_pipeline, or it is truncated "
+                           "or damaged")
             elif len(set(names)) != len(names):
-                problem = f"{self.path!r} holds several files of the same name"
+                dup = next(n for n in names if names.count(n) > 1)
+                problem = (f"{self.path!r} holds several files of the same name "
+                           f"({dup!r}): refused (the archive was altered)")
             if problem is not None:
                 self.zf.close()
                 raise ModelFormatError(problem)
@@ -387,6 +426,16 @@ class ModelSource:
         if self.zf is not None:
             self.zf.close()
 
+    def _refuse_link(self, name):
+        """Refuse a file ``name`` of a model folder reached through a link."""
+        part = self.path
+        for piece in name.split("/"):
+            part = os.path.join(part, piece)
+            if os.path.islink(part):
+                raise ModelFormatError(
+                    f"{name} of {self.path!r} is a symbolic link: a model folder holds "
+                    "plain files only (refused, nothing read through it)")
+
     def read_small(self, name, limit):
         """The bytes of the file ``name`` (at most ``limit``), None if absent."""
         what = f"{name} of {self.path!r}"
@@ -396,9 +445,16 @@ class ModelSource:
             except KeyError:
                 return None
             _check_member(info, limit, what)
-            with self.zf.open(info) as fh:
-                return bytes(_read_exactly(fh, info.file_size, what))
+            try:
+                with self.zf.open(info) as fh:
+                    return bytes(_read_exactly(fh, info.file_size, what))
+            except ModelFormatError:
+                raise
+            except _ZIP_ERRORS as exc:
+                raise ModelFormatError(
+                    f"cannot read {what} (the archive is damaged): {exc}") from exc
         full = os.path.join(self.path, name)
+        self._refuse_link(name)
         if not os.path.isfile(full):
             return None
         with open(full, "rb") as fh:
@@ -425,9 +481,13 @@ class ModelSource:
             _check_member(info, size, f"{name} in {self.path!r}")
             if info.compress_type == zipfile.ZIP_STORED:
                 with open(self.path, "rb") as fh:  # the member's data: after its header
+                    total = os.fstat(fh.fileno()).st_size
+                    if not 0 <= info.header_offset <= total - 30:
+                        raise ModelFormatError(
+                            f"{name} in {self.path!r}: malformed zip entry (its header "
+                            "is outside the archive)")
                     fh.seek(info.header_offset)
                     header = fh.read(30)
-                    total = os.fstat(fh.fileno()).st_size
                 if len(header) != 30 or header[:4] != b"PK\x03\x04":
                     raise ModelFormatError(f"{name} in {self.path!r}: malformed zip entry")
                 n_name, n_extra = struct.unpack("<HH", header[26:30])
@@ -435,8 +495,16 @@ class ModelSource:
                 if start + size > total:
                     raise ModelFormatError(f"{name} in {self.path!r}: truncated zip entry")
                 return io.BufferedReader(_Window(self.path, start, size), 1 << 16)
-            with self.zf.open(info) as fh:
-                return io.BytesIO(_read_exactly(fh, size, f"{name} in {self.path!r}"))
+            try:
+                with self.zf.open(info) as fh:
+                    return io.BytesIO(_read_exactly(fh, size, f"{name} in {self.path!r}"))
+            except ModelFormatError:
+                raise
+            except _ZIP_ERRORS as exc:
+                raise ModelFormatError(
+                    f"cannot read {name} in {self.path!r} (the archive is damaged): "
+                    f"{exc}") from exc
+        self._refuse_link(name)
         full = os.path.join(self.path, *name.split("/"))
         if not os.path.isfile(full):
             raise ModelFormatError(

@@ -340,6 +340,22 @@ def load_pipeline(path, *, device=None, params=None, max_bytes=MAX_ARRAY_BYTES):
         raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
     if params is not None and not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict of parameters, got {type(params).__name__}")
+    try:
+        model, loader = _load(path, device, max_bytes)
+    except ModelFormatError as exc:
+        where = os.fspath(path)
+        if where in str(exc):
+            raise
+        # every refusal names the file (the checks below name the step)
+        raise ModelFormatError(f"{where!r}: {exc}") from exc
+    _warn_locations(loader.reset, params)
+    if params:
+        _apply_params(model, params)
+    return model
+
+
+def _load(path, device, max_bytes):
+    """The model in ``path`` and its loader (what it reset)."""
     source = ModelSource(path)
     try:
         manifest, has_checksum = source.read_manifest()
@@ -356,7 +372,4 @@ def load_pipeline(path, *, device=None, params=None, max_bytes=MAX_ARRAY_BYTES):
                 from None
     finally:
         source.close()
-    _warn_locations(loader.reset, params)
-    if params:
-        _apply_params(model, params)
-    return model
+    return model, loader

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -28,7 +30,9 @@ __all__ = [
     "IndexLockedError",
     "atomic_write",
     "file_lock",
+    "fsync_file",
     "give_default_mode",
+    "temp_prefix",
     "remove_stale_temps",
 ]
 
@@ -63,16 +67,40 @@ def give_default_mode(path, *, directory=False):
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def _temp_prefix(path):
-    return "." + os.path.basename(path) + _TMP_TAG
+def temp_prefix(path):
+    """The prefix of the temporary files (and folders) of the writers of
+    ``path``, which :func:`remove_stale_temps` removes."""
+    return "." + os.path.basename(os.fspath(path)) + _TMP_TAG
+
+
+def fsync_file(path):
+    """Flush ``path`` (a file already written and closed) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(full, folders):
+    """Remove a file, a link (not what it points to) or, with ``folders``, a
+    folder tree."""
+    if stat.S_ISDIR(os.lstat(full).st_mode):
+        if not folders:
+            return False
+        shutil.rmtree(full)  # refuses a link; never follows one inside
+    else:
+        os.remove(full)
+    return True
 
 
 def remove_stale_temps(path, *, legacy_prefixes=(), legacy_age=3600.0):
     """Delete the temporary files that killed writers of ``path`` left.
 
     Only call it while holding the lock of ``path`` (:func:`file_lock`): the
-    files named ``.<name of path>.skretrieval-tmp-*`` beside ``path`` then
-    belong to no live writer.
+    files and folders named ``.<name of path>.skretrieval-tmp-*`` beside
+    ``path`` then belong to no live writer (links are removed, never
+    followed).
 
     Parameters
     ----------
@@ -89,10 +117,10 @@ def remove_stale_temps(path, *, legacy_prefixes=(), legacy_age=3600.0):
     Returns
     -------
     removed : list of str
-        The files deleted.
+        The files (and temporary folders, with what they hold) deleted.
     """
     folder = os.path.dirname(os.path.abspath(path)) or "."
-    prefix = _temp_prefix(path)
+    prefix = temp_prefix(path)
     removed = []
     try:
         names = os.listdir(folder)
@@ -101,14 +129,14 @@ def remove_stale_temps(path, *, legacy_prefixes=(), legacy_age=3600.0):
     now = time.time()
     for name in names:
         full = os.path.join(folder, name)
-        stale = name.startswith(prefix)
+        ours = stale = name.startswith(prefix)
         if not stale and name.startswith(tuple(legacy_prefixes)):
             with contextlib.suppress(OSError):
                 stale = now - os.stat(full).st_mtime > legacy_age
         if stale:
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.remove(full)
-                removed.append(full)
+            with contextlib.suppress(OSError):
+                if _remove(full, folders=ours):
+                    removed.append(full)
     return removed
 
 
@@ -136,7 +164,7 @@ def atomic_write(path, mode="wb"):
     """
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=folder)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
