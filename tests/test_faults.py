@@ -236,3 +236,95 @@ def test_cache_pointed_at_a_user_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a skretrieval cache"):
         ext.fit().transform([np.zeros((40, 40, 3), dtype=np.uint8)])
     assert np.array_equal(np.load(results), np.arange(10))
+
+
+# ---------------------------------------------------------------------------
+# a real full disk: a small tmpfs mounted for the test (root only)
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs under ``tmp_path`` (skips when mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+def _fill(disk):
+    """Fill ``disk`` to the last byte with files of its own."""
+    for name, block in (("filler", 1 << 16), ("filler2", 1)):
+        with open(disk / name, "wb", buffering=0) as fh:
+            try:
+                while fh.write(b"\0" * block):
+                    pass
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+
+
+def _vector_pipeline(n):
+    from sklearn.pipeline import make_pipeline
+
+    from skretrieval import NearestNeighborRetriever, PCAWhitener
+
+    X = np.random.default_rng(0).normal(size=(n, 8))
+    return make_pipeline(PCAWhitener(n_components=4), NearestNeighborRetriever()).fit(X), X
+
+
+@pytest.mark.parametrize("name, save", [
+    ("index.joblib", "save_index"), ("index.zip", "save_index"),
+    ("model.zip", "save_pipeline"), ("model", "save_pipeline"),
+])
+def test_a_real_full_disk_fails_clearly_and_keeps_the_previous_file(small_disk, name, save):
+    from skretrieval import load_index, save_index
+    from skretrieval.persistence import load_pipeline, save_pipeline
+
+    pipe, X = _vector_pipeline(50)
+    path = small_disk / name
+
+    def write(p):
+        if save == "save_index":
+            save_index(p, path)
+        else:
+            save_pipeline(p, path, overwrite=True)
+
+    write(pipe)
+    load = load_index if save == "save_index" else load_pipeline
+    expected = load(path)[-1].kneighbors(X[:5] @ np.eye(8, 4))[1]
+    snapshot = {p.relative_to(small_disk): p.read_bytes()
+                for p in sorted(small_disk.rglob("*")) if p.is_file()}
+    _fill(small_disk)
+    bigger, _ = _vector_pipeline(400)
+    with pytest.raises(OSError) as info:
+        write(bigger)
+    assert info.value.errno == errno.ENOSPC
+    assert "disk is full" in str(info.value) and name in str(info.value)
+    os.remove(small_disk / "filler")
+    os.remove(small_disk / "filler2")
+    after = {p.relative_to(small_disk): p.read_bytes()
+             for p in sorted(small_disk.rglob("*")) if p.is_file()}
+    assert after == snapshot  # the previous file intact, no partial file beside it
+    assert [p.name for p in small_disk.iterdir() if p.name.startswith(".")] == []
+    np.testing.assert_array_equal(load(path)[-1].kneighbors(X[:5] @ np.eye(8, 4))[1], expected)
+    write(bigger)  # with room again, the save completes
+    assert load(path)[-1].n_samples_fit_ == 400
+
+
+def test_a_real_full_disk_during_cli_index_fails_clearly(small_disk, tmp_path, capsys):
+    from skretrieval.cli import main
+
+    folder, index = tmp_path / "photos", small_disk / "index.joblib"
+    write_images(folder, ["a0.png", "a1.png"], seed=0)
+    # the network's weights (45 MB) do not fit: a new index cannot be written
+    assert main(["index", str(folder), "-o", str(index), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "index.joblib" in err
+    assert sorted(p.name for p in small_disk.iterdir()) == ["index.joblib.lock"]

@@ -22,7 +22,8 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from ..utils._files import atomic_write, file_lock, remove_stale_temps, temp_prefix
+from ..utils._files import (atomic_write, disk_full_error, file_lock, remove_stale_temps,
+                            temp_prefix)
 from ..extraction._images import Crop, image_key
 
 __all__ = [
@@ -385,6 +386,11 @@ def _dump_model(pipeline, path):
     try:
         written = save_pipeline(pipeline, os.path.join(tmp, "index.zip"))
         os.replace(written, path)
+    except OSError as exc:
+        full = disk_full_error(exc, path)
+        if full is None:
+            raise
+        raise full from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -121,16 +121,21 @@ class DirTarget:
         return open(full, "wb")
 
     def commit(self):
+        for folder, _, files in os.walk(self.tmp):
+            for name in files:
+                fsync_file(os.path.join(folder, name))
+        give_default_mode(self.tmp, directory=True)
         old = None
         if os.path.exists(self.path):
             old = tempfile.mkdtemp(prefix=".skretrieval-old-", dir=os.path.dirname(self.path))
             os.rmdir(old)
             os.replace(self.path, old)
-        for folder, _, files in os.walk(self.tmp):
-            for name in files:
-                fsync_file(os.path.join(folder, name))
-        give_default_mode(self.tmp, directory=True)
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.path)  # the previous model back in place
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

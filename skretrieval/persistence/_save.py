@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from ..utils._files import disk_full_error
 from ._checks import InvalidState, check_state
 from ._io import DirTarget, ZipTarget, is_zip_path, write_npz
 from ._registry import (
@@ -286,8 +287,11 @@ def save_pipeline(pipeline, path, *, overwrite=False):
             fh.write(data)
         with target.open(MANIFEST_CHECKSUM) as fh:
             fh.write(f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}\n".encode("ascii"))
-    except BaseException:
+        target.commit()
+    except BaseException as exc:
         target.abort()
+        full = disk_full_error(exc, path)
+        if full is not None:
+            raise full from exc
         raise
-    target.commit()
     return target.path

@@ -19,6 +19,7 @@ the kernel when the holder dies, so a crash leaves no stale lock).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -29,6 +30,7 @@ import time
 __all__ = [
     "IndexLockedError",
     "atomic_write",
+    "disk_full_error",
     "file_lock",
     "fsync_file",
     "give_default_mode",
@@ -80,6 +82,16 @@ def fsync_file(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def disk_full_error(exc, path):
+    """An :class:`OSError` saying that the disk is full and naming ``path``,
+    for an ``ENOSPC`` / ``EDQUOT`` error ``exc`` writing it (None otherwise)."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return OSError(exc.errno, f"cannot write {os.fspath(path)!r}: the disk is full "
+                   f"({exc.strerror or os.strerror(exc.errno)}); the previous file, if "
+                   "any, is left as it was")
 
 
 def _remove(full, folders):
@@ -172,9 +184,12 @@ def atomic_write(path, mode="wb"):
             os.fsync(fh.fileno())
         give_default_mode(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        full = disk_full_error(exc, path)
+        if full is not None:
+            raise full from exc
         raise
 
 
