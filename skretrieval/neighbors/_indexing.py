@@ -307,13 +307,17 @@ def load_index(path):
         If ``path`` does not exist.
     ValueError
         If it is neither a joblib file nor a pickle-free model of a fitted
-        retrieval pipeline.
+        retrieval pipeline (a
+        :class:`~skretrieval.persistence.ModelFormatError`, naming the file
+        and what is wrong, for a ``.zip`` or a folder).
 
     Notes
     -----
     A joblib file is a pickle: loading one runs code chosen by whoever wrote
     it.  Only load joblib index files you or someone you trust wrote; a
-    ``.zip`` index is read without pickle (:mod:`skretrieval.persistence`).
+    ``.zip`` index (or a folder) is read without pickle
+    (:mod:`skretrieval.persistence`), always: a damaged one, or a pickle
+    named ``.zip``, is refused, never unpickled.
     """
     import joblib
 

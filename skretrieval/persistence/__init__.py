@@ -115,7 +115,13 @@ bounded by the checked size, so a lying header cannot exceed it.  Members
 of a zip archive (the ``.npz`` files, or the outer ``.zip`` model) that are
 compressed more than :data:`MAX_COMPRESSION_RATIO` times (beyond their first
 MiB) are refused as likely zip bombs: :func:`save_pipeline` writes nothing
-compressed.  ``manifest.json`` is at most :data:`MAX_MANIFEST_BYTES`.
+compressed.  ``manifest.json`` is at most :data:`MAX_MANIFEST_BYTES`.  A zip archive
+holding a member with an absolute name or a ``..`` component, a symbolic
+link or another special file, or two members of one name, is refused before
+anything is read (nothing is ever extracted to disk); so is a model folder
+whose files are reached through a symbolic link.  A damaged or truncated
+archive is a :class:`ModelFormatError` naming the file, as is every other
+refusal of :func:`load_pipeline`.
 
 Checksums
 ---------
@@ -168,7 +174,12 @@ What is supported
   of usearch's ``Index.save()``; both come with their SHA-256
   (``_index_checksum``, checked before reading) and the library version
   (``_index_library``: bytes of another version are not read, the index is
-  rebuilt from the stored descriptors).
+  rebuilt from the stored descriptors).  The checksum is checked when the
+  model is loaded.  Like FAISS's, usearch's reader is C++ parsing the
+  bytes: a graph edited on purpose, its checksums recomputed, can crash the
+  process (a segmentation fault was observed) or answer other neighbours;
+  refit the retriever rather than query a HNSW index from a file you do not
+  trust.
 
 Loading also checks the format name and version (a file of a newer format
 version raises :class:`ModelFormatError`), refuses classes outside the

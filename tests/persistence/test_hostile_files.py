@@ -286,3 +286,27 @@ def test_a_tampered_hnsw_graph_is_refused_at_load(tmp_path):
     _edit_retriever(model, flip)  # the file checksums match, the index's does not
     with pytest.raises(ModelFormatError, match="serialised search index is corrupted"):
         load_pipeline(model)
+
+
+def test_cli_refuses_a_damaged_zip_index_and_leaves_it_as_it_was(tmp_path, capsys):
+    from skretrieval.cli import main
+
+    from _helpers import write_images
+
+    pipe, _ = _vector_model()
+    index = tmp_path / "index.zip"
+    data = bytearray(pathlib.Path(save_pipeline(pipe, index)).read_bytes())
+    data[len(data) // 2] ^= 0x20
+    index.write_bytes(bytes(data))
+    write_images(tmp_path / "photos", ["a.png"], seed=0)
+    image = str(tmp_path / "photos" / "a.png")
+    for args in (["index", str(tmp_path / "photos"), "-o", str(index), "--append",
+                  "--device", "cpu"],
+                 ["search", str(index), image]):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "index.zip" in err and "Traceback" not in err
+        assert index.read_bytes() == bytes(data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.zip", "index.zip.lock",
+                                                         "photos"]
