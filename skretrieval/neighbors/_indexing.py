@@ -327,9 +327,13 @@ def load_index(path):
     # a .zip name or a folder is the pickle-free format, even when damaged: a
     # file meant to be read without pickle is never unpickled
     if os.path.isdir(path) or _is_zip_name(path) or is_model_file(path):
-        from ..persistence import load_pipeline
+        from ..persistence import ModelFormatError, load_pipeline
 
-        return _check_index(load_pipeline(path), path)
+        try:
+            pipeline = load_pipeline(path)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"cannot load the index: {exc}") from exc
+        return _check_index(pipeline, path)
     try:
         obj = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure
