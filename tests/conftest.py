@@ -81,3 +81,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``nndescent`` share one xdist worker (``--dist loadgroup``):
+    numba compiles pynndescent once per process, about 30 s, so spreading them
+    would pay it on every worker."""
+    for item in items:
+        if item.get_closest_marker("nndescent") is not None:
+            item.add_marker(pytest.mark.xdist_group("nndescent"))
