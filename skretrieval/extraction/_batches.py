@@ -16,6 +16,7 @@ Shared by :class:`~skretrieval.ConvFeatureExtractor` and
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -58,10 +59,11 @@ def as_image_list(X, what="X", *, maps_message=None, empty_message=None):
     ValueError
         For an array that is not a batch of images, or no image at all.
     """
-    if isinstance(X, (str, os.PathLike, Image.Image)):
+    if isinstance(X, (str, os.PathLike, Image.Image, bytes, bytearray, memoryview,
+                      io.IOBase)):
         raise TypeError(
-            f"{what} must be a collection of images (a list of paths, PIL images or "
-            f"arrays), got a single {type(X).__name__}; wrap it in a list"
+            f"{what} must be a collection of images (a list of paths, PIL images, "
+            f"encoded bytes or arrays), got a single {type(X).__name__}; wrap it in a list"
         )
     if isinstance(X, FeatureMaps):
         raise TypeError(maps_message or f"{what} is already FeatureMaps: it goes to a "

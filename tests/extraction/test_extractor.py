@@ -1,5 +1,6 @@
 """ConvFeatureExtractor on tiny random networks and on the real MobileNetV2."""
 
+import io
 import os
 import pickle
 import subprocess
@@ -309,6 +310,9 @@ def test_empty_and_wrong_collections(resnet18):
         ConvFeatureExtractor("resnet18", weights=None).fit([])
     with pytest.raises(TypeError, match="wrap it in a list"):
         resnet18.transform("a.jpg")
+    for single in (b"\xff\xd8", io.BytesIO(b"\xff\xd8")):  # one encoded image
+        with pytest.raises(TypeError, match="single .*wrap it in a list"):
+            resnet18.transform(single)
     with pytest.raises(TypeError, match="pooler"):
         resnet18.transform(FeatureMaps())
 

@@ -469,11 +469,16 @@ def test_rejected_arrays(arr, match):
         load_image(arr, index=3)
 
 
-@pytest.mark.parametrize("item", [None, 3, 2.5, [np.zeros((2, 2))], b"abc", {"a": 1}])
+@pytest.mark.parametrize("item", [None, 3, 2.5, [np.zeros((2, 2))], {"a": 1}])
 def test_unsupported_types(item):
     pattern = r"image 5: unsupported input of type " + type(item).__name__
     with pytest.raises(TypeError, match=pattern):
         load_image(item, index=5)
+
+
+def test_bytes_that_are_not_an_image_are_a_load_error():
+    with pytest.raises(ImageLoadError, match="image 5"):
+        load_image(b"abc", index=5)
 
 
 # ---------------------------------------------------------------------------
