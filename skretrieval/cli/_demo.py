@@ -12,6 +12,7 @@ from ..datasets import load_demo_dataset
 from ..datasets._demo import N_DISTRACTOR_VIEWS, VIEWS
 from ..display import plot_rankings
 from ..pooling._registry import POOLERS
+from ..utils import similarities_from_distances
 from ._common import CLIError, check_device
 
 __all__ = ["cmd_demo", "run_demo"]
@@ -52,7 +53,7 @@ def _search_group(X, labels, whitener=None):
                  for q in queries]
     ap = np.full(len(labels), np.nan)
     _, ap[queries] = mean_average_precision(ind[queries], positives, return_ap=True)
-    return ap, ind, 1.0 - dist
+    return ap, ind, similarities_from_distances(dist, "cosine")
 
 
 def _evaluate(X, labels, groups, n_components, whiten_power):
