@@ -123,14 +123,7 @@ __all__ = [
     "weights_search_dirs",
 ]
 
-#: Names that moved to a subpackage and still resolve from the root.
-_MOVED = {"APLoss": "skretrieval.nn", "ContrastiveLoss": "skretrieval.nn",
-          "TripletLoss": "skretrieval.nn"}
-
-
 def __getattr__(name):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'skretrieval' has no attribute {name!r}")
+    # names that moved to a subpackage still resolve from the root
+    # (utils/_legacy.py: MOVED_NAMES, beside the old module paths)
+    return _legacy.moved_name(__name__, name)

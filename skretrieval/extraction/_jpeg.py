@@ -27,13 +27,14 @@ hierarchical JPEG, a height given by a DNL marker, missing tables) are
 accepted as they are, and so are truncated files (Pillow decides on those,
 see ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``).
 
-The decoding loop is compiled with numba (a dependency of pynndescent) on
+The decoding loop is compiled with numba (a declared dependency) on
 first use and cached on disk; it runs without the GIL.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 __all__ = ["jpeg_problem"]
 
@@ -99,21 +100,16 @@ def _build_table(counts, symbols, is_dc):
     return maxcode, valoff, huffval, look
 
 
-try:
-    from numba import njit as _njit
-
-    # No function here allocates, so none needs numba's reference counting
-    # (_nrt=False, as in numba's own allocation-free helpers): with it, every
-    # call, and every use of a function inlined by numba, counts references
-    # to each array argument, in the per-block loop (5 times slower).  The
-    # decoders below _scan are inlined into it by numba (calls to them made
-    # progressive scans 1.7 times slower), _fill and _decode by LLVM.
-    _jit = _njit(nogil=True, cache=True, _nrt=False)
-    _jit_inline = _njit(nogil=True, cache=True, _nrt=False, inline="always")
-except ImportError:  # pragma: no cover - numba comes with pynndescent
-    def _jit(func):
-        return func
-    _jit_inline = _jit
+# numba is a declared dependency (setup.cfg): without it the checker would
+# run in pure Python, hundreds of times slower, so it is imported plainly.
+# No function here allocates, so none needs numba's reference counting
+# (_nrt=False, as in numba's own allocation-free helpers): with it, every
+# call, and every use of a function inlined by numba, counts references
+# to each array argument, in the per-block loop (5 times slower).  The
+# decoders below _scan are inlined into it by numba (calls to them made
+# progressive scans 1.7 times slower), _fill and _decode by LLVM.
+_jit = njit(nogil=True, cache=True, _nrt=False)
+_jit_inline = njit(nogil=True, cache=True, _nrt=False, inline="always")
 
 
 @_jit

@@ -18,7 +18,7 @@ import importlib.util
 import sys
 import types
 
-__all__ = ["LEGACY_MODULES", "install"]
+__all__ = ["LEGACY_MODULES", "MOVED_NAMES", "install", "moved_name"]
 
 #: old module -> the modules (new paths) that now hold its names, searched in order.
 LEGACY_MODULES = {
@@ -47,6 +47,39 @@ LEGACY_MODULES = {
     "skretrieval._demo": ("skretrieval.datasets._demo", "skretrieval.display",
                           "skretrieval.cli._demo"),
 }
+
+#: module -> {name that left it: the module now holding it}; the module's own
+#: ``__getattr__`` answers with :func:`moved_name`.
+MOVED_NAMES = {
+    "skretrieval": {"APLoss": "skretrieval.nn", "ContrastiveLoss": "skretrieval.nn",
+                    "TripletLoss": "skretrieval.nn"},
+}
+
+
+def moved_name(module, name):
+    """The object ``name`` that moved out of ``module`` (for its ``__getattr__``).
+
+    Parameters
+    ----------
+    module : str
+        The module asked, e.g. ``"skretrieval"``.
+    name : str
+        The attribute asked.
+
+    Returns
+    -------
+    object
+        ``name`` from the module that holds it now.
+
+    Raises
+    ------
+    AttributeError
+        If ``name`` never moved out of ``module``.
+    """
+    target = MOVED_NAMES.get(module, {}).get(name)
+    if target is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(target), name)
 
 
 class _AliasModule(types.ModuleType):
