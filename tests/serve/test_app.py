@@ -420,15 +420,15 @@ def test_unexpected_error_is_a_json_500(served_index, caplog):
 
 def test_request_timeout(served_index):
     def slow(original, X):
-        time.sleep(1.5)
+        time.sleep(2.5)
         return original(X)
 
     app = create_app(_Patched(served_index, slow).model, request_timeout=0.5)
     with TestClient(app) as c:
         t0 = time.perf_counter()
         assert_error(upload(c, image_bytes(served_index[1], "img0.jpg")), 504)
-        assert time.perf_counter() - t0 < 1.4
-        time.sleep(1.3)  # the abandoned worker finishes
+        assert time.perf_counter() - t0 < 2.0  # the search alone takes 2.5 s
+        time.sleep(2.2)  # the abandoned worker finishes
 
 
 def test_requests_are_serialised_and_the_loop_stays_free(served_index):
