@@ -8,7 +8,9 @@ batch to a dict of named tensors (a cut backbone from
   device (``"auto"``: the fastest one installed, :data:`AUTO_ORDER`);
 * :func:`export_onnx` -- the network exported once to ONNX (dynamic batch,
   height and width) into a content-addressed cache on disk
-  (``$SKRETRIEVAL_ONNX_CACHE``, else ``~/.cache/skretrieval/onnx``);
+  (``$SKRETRIEVAL_ONNX_CACHE``, else ``~/.cache/skretrieval/onnx``), each
+  file beside a manifest (``<key>.onnx.json``: its key, outputs, size and
+  sha256) that is checked on every load (:func:`cached_export`);
 * :func:`engine_runner` -- a callable with the network's interface (a torch
   batch in, a dict of torch tensors out) run by the engine, built once per
   process and network content (kept by :func:`._network.shared`).
@@ -19,6 +21,14 @@ needs no other package, whereas the dynamo exporter (the default of recent
 torch) needs ``onnxscript`` and re-derives shape guards per node.  Every
 export is checked once against torch on an input of another size before
 use (:data:`CHECK_RTOL`).
+
+The cache is safe to share: a file that does not match its manifest (another
+export copied over it, garbage, a truncated copy, a file without manifest) is
+exported again, never run; the sessions are built from the bytes that were
+checked, not by reopening the file.  An export is written under the file's
+lock (:func:`..utils._files.file_lock`), model then manifest, each by atomic
+rename: processes exporting one network at once export it once and all get
+the checked file.
 """
 
 from __future__ import annotations
@@ -27,19 +37,22 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import threading
 import warnings
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..utils._files import atomic_write
+from ..utils._files import atomic_write, file_lock, remove_stale_temps
 from ._network import shared
 
-__all__ = ["AUTO_ORDER", "ENGINES", "EngineError", "engine_available", "engine_runner",
-           "export_onnx", "onnx_cache_dir", "resolve_engine"]
+__all__ = ["AUTO_ORDER", "ENGINES", "EngineError", "OnnxExport", "cached_export",
+           "engine_available", "engine_runner", "export_onnx", "manifest_path",
+           "onnx_cache_dir", "resolve_engine"]
 
 #: Engine name -> (module to import, extra that installs it).
 ENGINES = {
@@ -58,6 +71,8 @@ EXPORT_SETTINGS = ("torchscript", OPSET, "dynamic n,h,w", "float32")
 #: Largest relative difference (to the largest magnitude of each output)
 #: accepted between an engine and torch when an export is first used.
 CHECK_RTOL = 1e-3
+#: Version of the manifest written beside each export.
+MANIFEST_FORMAT = 1
 
 _DIGESTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _EXPORT_LOCK = threading.Lock()
@@ -167,9 +182,135 @@ def _outputs(net, x):
     return {k: v.float() for k, v in out.items()}
 
 
+class OnnxExport(NamedTuple):
+    """An export from the cache, checked against its manifest."""
+
+    path: str
+    names: tuple
+    data: bytes
+
+
+def manifest_path(path):
+    """The manifest of the export ``path``: ``<path>.json``."""
+    return path + ".json"
+
+
+def _read_checked(path, key, names):
+    """``(bytes, None)`` of the export ``path`` when it matches its manifest,
+    else ``(None, why)`` (``why`` is ``"absent"`` when nothing is there)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None, "absent"
+    except OSError as exc:
+        return None, f"is unreadable ({exc})"
+    try:
+        with open(manifest_path(path), encoding="utf-8") as fh:
+            info = json.load(fh)
+    except FileNotFoundError:
+        return None, "has no manifest"
+    except (OSError, ValueError) as exc:
+        return None, f"has an unreadable manifest ({type(exc).__name__})"
+    if not isinstance(info, dict) or info.get("format") != MANIFEST_FORMAT:
+        return None, "has a manifest of another format"
+    if info.get("key") != key or info.get("outputs") != list(names):
+        return None, "has the manifest of another export"
+    if info.get("size") != len(data) or info.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None, "does not match its manifest's size and sha256"
+    return data, None
+
+
+def _export_bytes(net, sample, names, what):
+    axes = {"image": {0: "n", 2: "h", 3: "w"}}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), _quiet_exporter():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Outputs(net, names).eval(), (sample,), buf, dynamo=False,
+                              input_names=["image"], output_names=list(names),
+                              dynamic_axes=axes, opset_version=OPSET)
+    except Exception as exc:
+        raise EngineError(f"cannot export {what} to ONNX ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    return buf.getvalue()
+
+
+def cached_export(net, sample, *, what="the network"):
+    """``net`` exported to ONNX (dynamic N, H, W), from the cache on disk when
+    a checked export is there, else exported and written to it.
+
+    A cached file is used only when its manifest (``<file>.json``) names its
+    key and outputs and gives its size and sha256; any other file (another
+    export copied over it, garbage, a truncated copy, an export of an older
+    version without manifest) is exported again, with a RuntimeWarning.  The
+    export is written under the file's lock, so that processes exporting one
+    network at once export it once.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        In eval mode, on the CPU; maps a batch to a dict of named tensors.
+    sample : torch.Tensor
+        An input it accepts (traced).
+    what : str
+        Names the network (backbone and layer) in the error.
+
+    Returns
+    -------
+    export : OnnxExport
+        Its ``path`` in the cache, the output ``names`` in the order of the
+        file's outputs and the checked bytes ``data`` (build sessions from
+        them, not from the path, which another process may replace).
+
+    Raises
+    ------
+    EngineError
+        If the export fails (an operation without an ONNX form, a shape that
+        cannot be dynamic...), naming ``what``, or if it cannot be written to
+        the cache folder.
+    """
+    names = tuple(_outputs(net, sample))
+    folder = onnx_cache_dir()
+    key = hashlib.sha256(repr((network_digest(net), names,
+                               tuple(sample.shape))).encode()).hexdigest()[:40]
+    path = os.path.join(folder, key + ".onnx")
+    data, _ = _read_checked(path, key, names)
+    if data is not None:
+        return OnnxExport(path, names, data)
+    with _EXPORT_LOCK, contextlib.ExitStack() as stack:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            stack.enter_context(file_lock(path, message=False))
+        except OSError as exc:
+            raise EngineError(f"cannot lock the ONNX cache folder {folder!r} to export "
+                              f"{what} ({type(exc).__name__}: {exc})") from exc
+        data, why = _read_checked(path, key, names)  # written while we waited?
+        if data is not None:
+            return OnnxExport(path, names, data)
+        remove_stale_temps(path)
+        remove_stale_temps(manifest_path(path))
+        if why != "absent":
+            warnings.warn(f"the cached ONNX export {path!r} of {what} {why}: "
+                          "exporting it again", RuntimeWarning, stacklevel=2)
+        data = _export_bytes(net, sample, names, what)
+        info = {"format": MANIFEST_FORMAT, "key": key, "outputs": list(names),
+                "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "torch": torch.__version__, "opset": OPSET}
+        try:
+            with atomic_write(path) as fh:
+                fh.write(data)
+            with atomic_write(manifest_path(path), "w") as fh:
+                json.dump(info, fh)
+        except OSError as exc:
+            raise EngineError(f"cannot write the ONNX export of {what} to the cache "
+                              f"folder {folder!r} ({type(exc).__name__}: {exc})") from exc
+    return OnnxExport(path, names, data)
+
+
 def export_onnx(net, sample, *, what="the network"):
     """The path of ``net`` exported to ONNX (dynamic N, H, W), from the cache
-    on disk when it is there.
+    on disk when a checked export is there (:func:`cached_export`).
 
     Parameters
     ----------
@@ -190,52 +331,32 @@ def export_onnx(net, sample, *, what="the network"):
     ------
     EngineError
         If the export fails (an operation without an ONNX form, a shape that
-        cannot be dynamic...), naming ``what``.
+        cannot be dynamic...), naming ``what``, or cannot be written.
     """
-    names = tuple(_outputs(net, sample))
-    folder = onnx_cache_dir()
-    name = hashlib.sha256(repr((network_digest(net), names, tuple(sample.shape))).encode())
-    path = os.path.join(folder, name.hexdigest()[:40] + ".onnx")
-    with _EXPORT_LOCK:
-        if os.path.isfile(path):
-            return path, names
-        os.makedirs(folder, exist_ok=True)
-        axes = {"image": {0: "n", 2: "h", 3: "w"}}
-        buf = io.BytesIO()
-        try:
-            with warnings.catch_warnings(), _quiet_exporter():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(_Outputs(net, names).eval(), (sample,), buf, dynamo=False,
-                                  input_names=["image"], output_names=list(names),
-                                  dynamic_axes=axes, opset_version=OPSET)
-        except Exception as exc:
-            raise EngineError(f"cannot export {what} to ONNX ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-        with atomic_write(path) as fh:
-            fh.write(buf.getvalue())
-    return path, names
+    export = cached_export(net, sample, what=what)
+    return export.path, export.names
 
 
 class _OnnxRuntime:
-    def __init__(self, path, threads):
+    def __init__(self, model, threads):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 4  # failures raise (with the message), not also log
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x):
         return self.session.run(None, {"image": x})
 
 
 class _OpenVINO:
-    def __init__(self, path, threads):
+    def __init__(self, model, threads):
         import openvino as ov
 
         core = ov.Core()
-        self.model = core.compile_model(core.read_model(path), "CPU", {
+        self.model = core.compile_model(core.read_model(model), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32"})
         self.request = self.model.create_infer_request()
@@ -322,9 +443,10 @@ def engine_runner(engine, net, *, sample_size=224, check_size=None, threads=None
 
     def build():
         sample = torch.zeros(1, 3, sample_size, sample_size)
-        path, names = export_onnx(net, sample, what=what)
+        export = cached_export(net, sample, what=what)
         try:
-            runner = EngineRunner(engine, _SESSIONS[engine](path, threads), names, path)
+            runner = EngineRunner(engine, _SESSIONS[engine](export.data, threads),
+                                  export.names, export.path)
         except Exception as exc:
             raise EngineError(f"{engine} cannot load the ONNX export of {what} "
                               f"({type(exc).__name__}: {exc})") from exc
