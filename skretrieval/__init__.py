@@ -8,7 +8,7 @@ and score it with :class:`RetrievalMAP` in ``GridSearchCV``.
 
 The subpackages, one per concept: :mod:`skretrieval.extraction` (images to
 feature maps), :mod:`skretrieval.pooling` (maps to descriptors, whitening),
-:mod:`skretrieval.neighbors` (search and index files),
+:mod:`skretrieval.neighbors` (search), :mod:`skretrieval.index` (index files),
 :mod:`skretrieval.reranking` (query expansion, region re-ranking),
 :mod:`skretrieval.nn` (torch layers, losses, the trainer),
 :mod:`skretrieval.metrics`, :mod:`skretrieval.datasets`,
@@ -16,8 +16,7 @@ feature maps), :mod:`skretrieval.pooling` (maps to descriptors, whitening),
 :mod:`skretrieval.pairs` and :mod:`skretrieval.cli`.
 """
 
-__version__ = "0.2.0"
-
+from .utils._version import __version__
 from .utils import _legacy
 
 _legacy.install()
@@ -51,10 +50,10 @@ from .pooling import (  # noqa: E402
     VLADEncoder,
     region_grid,
 )
-from .neighbors import (  # noqa: E402
+from .neighbors import NearestNeighborRetriever  # noqa: E402
+from .index import (  # noqa: E402
     IndexFile,
     IndexUpdate,
-    NearestNeighborRetriever,
     add_to_index,
     edit_index,
     item_fingerprint,

@@ -53,7 +53,7 @@ DRIVER = textwrap.dedent("""
             return real(obj, fh, *args, **kwargs)
         joblib.dump = dump
     elif kind == "add":
-        import skretrieval.neighbors._indexing as indexing
+        import skretrieval.cli._index as indexing  # the name the command calls
         real_add = indexing.add_to_index
         def add(*args, **kwargs):
             calls[0] += 1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+from ..index import load_index
+from ..utils._argtypes import positive_float, positive_int
+from ..utils._progress import stderr_is_terminal
 
 __all__ = ["PROG", "CLIError", "check_device", "format_size", "info", "load_pipeline",
            "positive_float", "positive_int", "show_progress", "warn"]
@@ -25,8 +28,6 @@ def show_progress(args):
     """Whether to draw progress bars on stderr: never with ``--quiet``, always
     with ``--progress``, otherwise when stderr is a terminal (not in a log or
     a CI job)."""
-    from ..utils._progress import stderr_is_terminal
-
     if getattr(args, "quiet", False):
         return False
     return bool(getattr(args, "progress", False)) or stderr_is_terminal()
@@ -63,8 +64,6 @@ def format_size(n_bytes):
 
 def load_pipeline(path):
     """The fitted retrieval pipeline saved in ``path`` by 'skretrieval index'."""
-    from ..neighbors._indexing import load_index
-
     if not os.path.exists(path):
         raise CLIError(f"index file not found: {path!r}")
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "manifest.json")):
@@ -76,25 +75,3 @@ def load_pipeline(path):
             "expected a file written by 'skretrieval index'"
         )
     return pipe
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value

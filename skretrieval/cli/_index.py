@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..index import IndexFile, add_to_index, item_fingerprint
 from ._common import (PROG, CLIError, check_device, format_size, info, load_pipeline,
                       show_progress, warn)
 
@@ -13,8 +14,6 @@ __all__ = ["cmd_index"]
 
 def cmd_index(args):
     """Run ``skretrieval index``: a new index of FOLDER, or ``--append`` to FILE."""
-    from ..neighbors._indexing import IndexFile
-
     t0 = time.perf_counter()
     folder = args.folder
     paths, n_found = _list_images_checked(folder, args.skip_bad)
@@ -56,8 +55,6 @@ def _list_images_checked(folder, skip_bad):
 def _new_index(args, index_file, paths, n_found, t0):
     """``index`` of a new FILE: fit the pipeline, then add the rest in batches."""
     import numpy as np
-
-    from ..neighbors._indexing import item_fingerprint
 
     folder = args.folder
     n = len(paths)
@@ -186,8 +183,6 @@ def _add_in_batches(pipe, index_file, paths, names, todo, str_ids, every, bar):
     """Add ``paths[todo]`` to the index in batches, saving after each."""
     import numpy as np
 
-    from ..neighbors._indexing import add_to_index
-
     step = every or len(todo)
     for start in range(0, len(todo), step):
         rows = todo[start : start + step]
@@ -258,8 +253,6 @@ def _compare_with_index(retriever, paths, names, row_of):
     """The images of the folder not indexed yet (``new``), those whose content
     changed (``changed``), as positions in ``paths``, and the number indexed
     without a content hash (``unknown``)."""
-    from ..neighbors._indexing import item_fingerprint
-
     stored = getattr(retriever, "fingerprints_", None)
     new, changed, unknown = [], [], 0
     for i, (path, name) in enumerate(zip(paths, names)):

@@ -7,6 +7,8 @@ import os
 
 from ..datasets import DATASETS
 from ..pooling._registry import POOLERS
+from ..serve._cli import add_serve_parser
+from ..utils._version import __version__
 from ._common import PROG, positive_float, positive_int
 from ._demo import cmd_demo
 from ._evaluate import cmd_evaluate
@@ -204,9 +206,6 @@ def _add_evaluate_command(sub):
 
 def build_parser():
     """The argument parser of the ``skretrieval`` command."""
-    from .. import __version__
-    from ..serve._cli import add_serve_parser  # serve's own parser imports the CLI's types
-
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Content-based instance image retrieval with deep CNN features "

@@ -1,21 +1,15 @@
-"""Search: the nearest-neighbour retriever, its backends and store, and index files.
+"""Search: the nearest-neighbour retriever, its backends and store.
 
 :class:`NearestNeighborRetriever` ranks a database of descriptors for each
-query (exact blocked search, NN-descent or FAISS), grows with ``partial_fit``,
-shrinks with ``remove`` and answers with image ids; the index-file helpers
-(:func:`add_to_index`, :func:`load_index`, :func:`save_index`,
-:func:`edit_index`, :class:`IndexFile`) keep a fitted pipeline on disk safely.
+query (exact blocked search, NN-descent or FAISS), grows with ``partial_fit``
+and shrinks with ``remove`` and answers with image ids.  The index-file
+helpers (:func:`add_to_index`, :func:`load_index`, :func:`save_index`,
+:func:`edit_index`, :class:`IndexFile`...) moved to :mod:`skretrieval.index`
+(they work on whole pipelines, above :mod:`skretrieval.persistence`); they
+are still importable from here (``utils/_legacy.py``: ``MOVED_NAMES``).
 """
 
-from ._indexing import (
-    IndexFile,
-    IndexUpdate,
-    add_to_index,
-    edit_index,
-    item_fingerprint,
-    load_index,
-    save_index,
-)
+from ..utils import _legacy
 from ._retriever import NearestNeighborRetriever
 
 __all__ = [
@@ -28,3 +22,8 @@ __all__ = [
     "load_index",
     "save_index",
 ]
+
+
+def __getattr__(name):
+    # the index-file names moved to skretrieval.index (utils/_legacy.py: MOVED_NAMES)
+    return _legacy.moved_name(__name__, name)

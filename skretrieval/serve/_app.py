@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from ..extraction._extractor import ConvFeatureExtractor
+from ..utils._version import __version__
 from ._limits import (
     DEFAULT_MAX_K,
     DEFAULT_MAX_PIXELS,
@@ -104,8 +106,6 @@ def create_app(model, *, images_root=None, token=None,
     """
     require_fastapi()
     from fastapi import FastAPI
-
-    from skretrieval import ConvFeatureExtractor, __version__
 
     pipe = check_pipeline(model)
     _check_limits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_k=max_k,

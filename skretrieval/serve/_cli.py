@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from ..cli._common import positive_float, positive_int
+from ..utils._argtypes import positive_float, positive_int
+from . import _server
 from ._limits import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, \
     DEFAULT_REQUEST_TIMEOUT
 
@@ -117,8 +118,6 @@ def run_serve(args):
         For a bad model file, images folder or option, or a missing extra
         (the ``skretrieval`` command reports them on one line).
     """
-    from ._server import serve
-
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     if args.images is not None and not os.path.isdir(args.images):
         raise ValueError(f"--images {args.images!r} is not a folder")
@@ -126,11 +125,11 @@ def run_serve(args):
         raise ValueError("--allow-paths needs --images ROOT (paths are confined to it)")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(levelname)s:     %(name)s: %(message)s")
-    serve(args.index, host=args.host, port=args.port, allow_pickle=args.allow_pickle,
-          images_root=args.images, token=token,
-          max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-          max_k=args.max_k, request_timeout=args.timeout, allow_paths=args.allow_paths,
-          device=args.device, log_level=args.log_level)
+    _server.serve(args.index, host=args.host, port=args.port, allow_pickle=args.allow_pickle,
+                  images_root=args.images, token=token,
+                  max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                  max_k=args.max_k, request_timeout=args.timeout, allow_paths=args.allow_paths,
+                  device=args.device, log_level=args.log_level)
     return 0
 
 

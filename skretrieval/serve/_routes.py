@@ -12,7 +12,10 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..extraction._images import Crop, ImageLoadError
+from ..index import add_to_index
 from ..utils._arrays import similarities_from_distances
+from ..utils._version import __version__
 from ._images import ThumbnailCache, check_pixels, image_reason, make_thumbnail
 from ._limits import (
     MAX_INDEX_FILES,
@@ -84,8 +87,6 @@ class Routes:
     # -- GET /health -----------------------------------------------------
     def health(self):
         """``GET /health``: the model's size and the service's settings."""
-        from skretrieval import __version__
-
         r = self.shared.retriever
         ids, _, _ = self.shared.snapshot  # never the retriever while /index changes it
         return {
@@ -117,8 +118,6 @@ class Routes:
             try:
                 Xq = pipe[:-1].transform([item])
             except Exception as exc:  # noqa: BLE001 - ImageLoadError of a crop...
-                from skretrieval import ImageLoadError
-
                 if isinstance(exc, ImageLoadError):
                     raise RequestError(422, image_reason(exc)) from None
                 raise
@@ -183,8 +182,6 @@ class Routes:
         name, in a :class:`~skretrieval.Crop` with ``box``.  Only its header
         is read here (413 for too many pixels, 422 for what is not an image):
         the extractor decodes it once, JPEGs at a reduced scale."""
-        from skretrieval import Crop
-
         _, value = source
         await run_in_thread(lambda: check_pixels(value, self.max_pixels), deadline)
         return value if box is None else Crop(value, box=box)
@@ -413,8 +410,6 @@ class Routes:
         shared = self.shared
 
         def add():
-            from skretrieval import ImageLoadError, add_to_index
-
             r = shared.retriever
             ids = np.asarray(r.ids_)
             str_ids = ids.dtype.kind in "US" or (ids.dtype.kind == "O" and ids.shape[0]

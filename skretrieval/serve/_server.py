@@ -6,7 +6,10 @@ import ipaddress
 import logging
 import os
 
-from ..neighbors._indexing import is_model_file
+from ..extraction._extractor import ConvFeatureExtractor
+from ..index import load_index
+from ..index._indexing import is_model_file
+from ..persistence import load_pipeline
 from ._app import create_app
 from ._limits import (
     DEFAULT_MAX_K,
@@ -57,8 +60,6 @@ def load_model(path, *, allow_pickle=False, device=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"model not found: {path!r}")
     if is_model_file(path):
-        from skretrieval.persistence import load_pipeline
-
         return check_pipeline(load_pipeline(path, device=device))
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a folder without manifest.json: not a model "
@@ -69,12 +70,8 @@ def load_model(path, *, allow_pickle=False, device=None):
             "is a joblib index file, loading it runs code stored in the file: pass "
             "allow_pickle=True (command line: --allow-pickle) only if you trust who "
             "wrote it, or convert it once with skretrieval.persistence.save_pipeline")
-    from skretrieval.neighbors import load_index
-
     pipe = load_index(path)
     if device is not None:
-        from skretrieval import ConvFeatureExtractor
-
         for _, step in pipe.steps[:-1]:
             if isinstance(step, ConvFeatureExtractor):
                 step.set_params(device=device)

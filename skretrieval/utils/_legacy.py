@@ -37,7 +37,8 @@ LEGACY_MODULES = {
     "skretrieval._whitening": ("skretrieval.pooling._whitening",),
     "skretrieval._cam": ("skretrieval.pooling._cam", "skretrieval.reranking._online_cam"),
     "skretrieval._retriever": ("skretrieval.neighbors",),
-    "skretrieval._indexing": ("skretrieval.neighbors._indexing",),
+    "skretrieval._indexing": ("skretrieval.index._indexing",),
+    "skretrieval.neighbors._indexing": ("skretrieval.index._indexing",),
     "skretrieval._expansion": ("skretrieval.reranking._expansion",),
     "skretrieval._rerank": ("skretrieval.reranking._rerank",),
     "skretrieval._deepnet": ("skretrieval.nn._layers",),
@@ -53,6 +54,9 @@ LEGACY_MODULES = {
 MOVED_NAMES = {
     "skretrieval": {"APLoss": "skretrieval.nn", "ContrastiveLoss": "skretrieval.nn",
                     "TripletLoss": "skretrieval.nn"},
+    "skretrieval.neighbors": {name: "skretrieval.index" for name in (
+        "IndexFile", "IndexUpdate", "add_to_index", "edit_index", "item_fingerprint",
+        "load_index", "save_index")},
 }
 
 

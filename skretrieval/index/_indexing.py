@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 from ..utils._files import (atomic_write, disk_full_error, file_lock, remove_stale_temps,
                             temp_prefix)
 from ..extraction._images import Crop, image_key
+from ..persistence import ModelFormatError, load_pipeline, save_pipeline
 
 __all__ = [
     "IndexFile",
@@ -327,8 +328,6 @@ def load_index(path):
     # a .zip name or a folder is the pickle-free format, even when damaged: a
     # file meant to be read without pickle is never unpickled
     if os.path.isdir(path) or _is_zip_name(path) or is_model_file(path):
-        from ..persistence import ModelFormatError, load_pipeline
-
         try:
             pipeline = load_pipeline(path)
         except ModelFormatError as exc:
@@ -386,8 +385,6 @@ def _dump_model(pipeline, path):
     which the next writer (under the lock) removes if this one is killed."""
     import shutil
     import tempfile
-
-    from ..persistence import save_pipeline
 
     path = os.path.abspath(os.fspath(path))
     tmp = tempfile.mkdtemp(prefix=temp_prefix(path), dir=os.path.dirname(path))
