@@ -4,7 +4,7 @@
 query (exact blocked search, NN-descent or FAISS), grows with ``partial_fit``
 and shrinks with ``remove`` and answers with image ids.  The index-file
 helpers (:func:`add_to_index`, :func:`load_index`, :func:`save_index`,
-:func:`edit_index`, :class:`IndexFile`...) moved to :mod:`skretrieval.index`
+:func:`edit_index`, :class:`IndexFile`...) moved to ``skretrieval.index``
 (they work on whole pipelines, above :mod:`skretrieval.persistence`); they
 are still importable from here (``utils/_legacy.py``: ``MOVED_NAMES``).
 """
