@@ -217,3 +217,26 @@ def write_image(path, seed, size=(96, 72)):
     fmt = None if isinstance(path, (str, os.PathLike)) else "JPEG"  # a file object
     Image.fromarray(img.astype(np.uint8)).save(path, format=fmt, quality=95)
     return path
+
+
+# ---------------------------------------------------------------------------
+# the HTTP service (tests/serve/)
+# ---------------------------------------------------------------------------
+
+
+def upload(client, data, name="q.jpg", **fields):
+    """``POST /search`` of the encoded image ``data``, other form ``fields`` as text."""
+    return client.post("/search", files={"image": (name, data, "image/jpeg")},
+                       data={k: str(v) for k, v in fields.items()})
+
+
+def assert_error(response, status, *words):
+    """A JSON error ``{"detail", "status"}`` of ``status`` naming ``words``;
+    returns its detail."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"detail", "status"} and body["status"] == status
+    assert "Traceback" not in response.text
+    for w in words:
+        assert w in body["detail"], body["detail"]
+    return body["detail"]

@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from _helpers import write_image  # noqa: E402
+from _helpers import assert_error, upload, write_image  # noqa: E402
 from skretrieval.serve import create_app, load_model  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
@@ -36,23 +36,8 @@ def client(served_index, model):
         yield c
 
 
-def upload(client, data, name="q.jpg", **fields):
-    return client.post("/search", files={"image": (name, data, "image/jpeg")},
-                       data={k: str(v) for k, v in fields.items()})
-
-
 def image_bytes(root, name):
     return (root / name).read_bytes()
-
-
-def assert_error(response, status, *words):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"detail", "status"} and body["status"] == status
-    assert "Traceback" not in response.text
-    for w in words:
-        assert w in body["detail"], body["detail"]
-    return body["detail"]
 
 
 def huge_png(width, height):

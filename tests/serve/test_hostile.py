@@ -21,27 +21,11 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from _helpers import write_image  # noqa: E402
+from _helpers import assert_error, upload, write_image  # noqa: E402
 from skretrieval.serve import create_app, load_model  # noqa: E402
 
 TOKEN = "hostile-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def assert_error(response, status, *words):
-    """A JSON error ``{"detail", "status"}`` of ``status`` naming ``words``."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"detail", "status"} and body["status"] == status
-    assert "Traceback" not in response.text
-    for w in words:
-        assert w in body["detail"], body["detail"]
-    return body["detail"]
-
-
-def upload(client, data, name="q.jpg", **fields):
-    return client.post("/search", files={"image": (name, data, "image/jpeg")},
-                       data={k: str(v) for k, v in fields.items()})
 
 
 def post_files(client, files, folder=None, headers=AUTH):
