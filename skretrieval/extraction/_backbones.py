@@ -36,7 +36,10 @@ from ._weightfiles import (WeightsNotFoundError, file_weights_id, is_weights_pat
                            weights_search_dirs)
 
 __all__ = [
+    "BACKBONE_FAMILIES",
+    "CNNFamily",
     "WeightsNotFoundError",
+    "backbone_family",
     "load_backbone",
     "model_builder_kwargs",
     "layer_names",
@@ -46,16 +49,6 @@ __all__ = [
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def model_builder_kwargs(backbone):
-    """Keyword arguments of the torchvision builder of ``backbone``."""
-    # GoogLeNet / Inception-v3 build auxiliary classifiers and run a slow
-    # scipy initialisation unless told otherwise; the ImageNet files have no
-    # auxiliary heads.
-    if backbone in ("googlenet", "inception_v3"):
-        return {"aux_logits": False, "init_weights": False}
-    return {}
 
 
 def _weights_enum(backbone, name):
@@ -148,7 +141,8 @@ def build_model(backbone, weights=None, *, progress=False):
             f"unknown backbone {backbone!r}; choose a torchvision classification "
             f"model ({known}), 'timm:<model name>' or 'open_clip:<arch>/<tag>'"
         )
-    kwargs = model_builder_kwargs(backbone)
+    family = backbone_family(backbone)
+    kwargs = family.builder_kwargs(backbone)
     # Random weights are drawn from a fixed seed: the same backbone gives the
     # same network in every process, so features (and feature caches) of
     # randomly initialised models are reproducible.
@@ -176,8 +170,7 @@ def build_model(backbone, weights=None, *, progress=False):
                 f"{'...' if len(missing) > 5 else ''}, unexpected keys "
                 f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
             )
-    if type(model).__name__ == "VisionTransformer":  # patch tokens as maps
-        model = TorchvisionViT(model)
+    model = family.wrap(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -209,30 +202,29 @@ def load_backbone(backbone, weights=None, *, progress=False):
 
 
 # --------------------------------------------------------------------------
-# Layer names
+# Families of torchvision backbones
 # --------------------------------------------------------------------------
 
-def _vgg_friendly_names(model):
-    """Map Simonyan & Zisserman's names (conv5_3, pool5) to feature indices.
+_POOL_NODE = re.compile(r"(^|\.)(avgpool|adaptive_avg_pool2d|flatten|mean|global_pool)(_\d+)?$")
 
-    ``convB_I`` is the output of the ReLU that follows the I-th convolution of
-    block B (the activations the retrieval papers use); ``poolB`` the max
-    pooling closing block B.
-    """
-    names = {}
-    block, conv = 1, 0
-    last_conv = None
-    for idx, mod in enumerate(model.features):
-        if isinstance(mod, torch.nn.Conv2d):
-            conv += 1
-            last_conv = f"conv{block}_{conv}"
-            names[last_conv + "_prerelu"] = f"features.{idx}"
-        elif isinstance(mod, torch.nn.ReLU) and last_conv is not None:
-            names[last_conv] = f"features.{idx}"
-        elif isinstance(mod, torch.nn.MaxPool2d):
-            names[f"pool{block}"] = f"features.{idx}"
-            block, conv, last_conv = block + 1, 0, None
-    return names
+
+def _graph_nodes(model):
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return get_graph_node_names(model)[1]
+
+
+def _module_of(node, model):
+    """Shorten a node name to the outermost module whose last node it is."""
+    modules = dict(model.named_modules())
+    parts = node.split(".")
+    for k in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:k])
+        if prefix in modules:
+            return prefix
+    return node
 
 
 def _fc_friendly_names(model):
@@ -248,49 +240,311 @@ def _fc_friendly_names(model):
     return names
 
 
-def _friendly_names(backbone, model):
-    if backbone.startswith("vgg"):
-        return {**_vgg_friendly_names(model), **_fc_friendly_names(model)}
-    if backbone.startswith("alexnet"):
+class CNNFamily:
+    """A family of torchvision CNNs cut by graph tracing: the generic GAP head.
+
+    The family of every torchvision classifier no other row of
+    :data:`BACKBONE_FAMILIES` claims (ResNet, DenseNet, GoogLeNet, ConvNeXt,
+    Swin, ...): no friendly names, the default node is the module before
+    global pooling, and class activation maps need global average pooling
+    followed by one linear layer.  A subclass overrides what its family does
+    differently.
+    """
+
+    def builder_kwargs(self, backbone):
+        """Keyword arguments of the torchvision builder of ``backbone``.
+
+        Parameters
+        ----------
+        backbone : str
+            The torchvision model name.
+
+        Returns
+        -------
+        dict
+        """
+        return {}
+
+    def wrap(self, model):
+        """The backbone built from the torchvision model ``model`` (here ``model``).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The torchvision classifier, weights loaded.
+
+        Returns
+        -------
+        torch.nn.Module
+        """
+        return model
+
+    def friendly_names(self, model):
+        """Friendly layer names mapped to graph nodes or modules.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+
+        Returns
+        -------
+        dict of str to str
+        """
+        return {}
+
+    def default_node(self, backbone, model, nodes):
+        """The last convolutional activation before the classifier head.
+
+        Parameters
+        ----------
+        backbone : str
+        model : torch.nn.Module
+        nodes : list of str
+            The graph nodes of ``model`` (eval mode).
+
+        Returns
+        -------
+        str
+        """
+        for i, node in enumerate(nodes):
+            if _POOL_NODE.search(node) and i > 0:
+                return _module_of(nodes[i - 1], model)
+        raise ValueError(f"cannot find the last convolutional layer of {backbone}; pass layer=")
+
+    def layer_names(self, backbone, model):
+        """Names accepted as ``layer``: friendly names, graph nodes, then modules.
+
+        Parameters
+        ----------
+        backbone : str
+        model : torch.nn.Module
+
+        Returns
+        -------
+        list of str
+        """
+        friendly = list(self.friendly_names(model))
+        nodes = _graph_nodes(model)
+        # container modules (resnet "layer3", "features") are accepted too: their
+        # output is that of their last node
+        known = set(friendly) | set(nodes)
+        modules = [name for name, _ in model.named_modules() if name and name not in known]
+        return friendly + nodes + modules
+
+    def resolve(self, backbone, model, layer):
+        """``(node, pretty name)`` of ``layer`` (None: :meth:`default_node`).
+
+        Parameters
+        ----------
+        backbone : str
+        model : torch.nn.Module
+        layer : str, int or None
+
+        Returns
+        -------
+        tuple of (str, str)
+        """
+        nodes = _graph_nodes(model)
+        if layer is None:
+            node = self.default_node(backbone, model, nodes)
+            return node, node
+        friendly = self.friendly_names(model)
+        key = str(layer)
+        if key in friendly:
+            return friendly[key], key
+        modules = dict(model.named_modules())
+        if key in nodes or (key in modules and key != ""):
+            return key, key
+        hints = [n for n in list(friendly) + nodes if key.split(".")[0] in n][:10]
+        some = list(friendly)[:12] or [n for n in nodes if n.count(".") <= 1][:12]
+        raise ValueError(
+            f"unknown layer {layer!r} for backbone {backbone!r}. "
+            f"{'Close matches: ' + ', '.join(hints) + '. ' if hints else ''}"
+            f"Examples: {', '.join(some)}; skretrieval.layer_names({backbone!r}) lists all."
+        )
+
+    def cam_head(self, backbone, model):
+        """The last convolutional node and the linear classifier on top of it.
+
+        Parameters
+        ----------
+        backbone : str
+        model : torch.nn.Module
+
+        Returns
+        -------
+        node : str
+        weight : ndarray of shape (n_classes, n_channels)
+        bias : ndarray of shape (n_classes,)
+        """
+        nodes = _graph_nodes(model)
+        node = self.default_node(backbone, model, nodes)
+        start = next(i for i, n in enumerate(nodes) if _POOL_NODE.search(n))
+        modules = dict(model.named_modules())
+        linears, others = [], []
+        for name in nodes[start:]:
+            mod = modules.get(name)
+            if isinstance(mod, torch.nn.Linear):
+                linears.append(mod)
+            elif not (_POOL_NODE.search(name) or isinstance(mod, (torch.nn.Dropout,
+                                                                   torch.nn.Identity))):
+                others.append(name)
+        if len(linears) != 1 or others:
+            raise ValueError(
+                f"{backbone} has no class activation maps: its head after global pooling is "
+                f"{', '.join(nodes[start:])}, not one linear layer"
+            )
+        fc = linears[0]
+        weight = fc.weight.detach().cpu().numpy().astype(np.float32)
+        bias = (fc.bias.detach().cpu().numpy().astype(np.float32) if fc.bias is not None
+                else np.zeros(weight.shape[0], np.float32))
+        return node, weight, bias
+
+
+class AlexNetFamily(CNNFamily):
+    """AlexNet: ``features.N``, ``fc6`` / ``fc7`` names, no class activation maps."""
+
+    def friendly_names(self, model):
+        """``fc6``, ``fc7`` and their ``_prerelu`` (see :meth:`CNNFamily.friendly_names`)."""
         return _fc_friendly_names(model)
-    if backbone.startswith(("mobilenet", "efficientnet")) and hasattr(model, "features"):
+
+    def default_node(self, backbone, model, nodes):
+        """The last ReLU of ``model.features`` (see :meth:`CNNFamily.default_node`)."""
+        relus = [f"features.{i}" for i, m in enumerate(model.features)
+                 if isinstance(m, torch.nn.ReLU)]
+        return relus[-1]
+
+    def cam_head(self, backbone, model):
+        """Raise: fully-connected heads have no CAMs (see :meth:`CNNFamily.cam_head`)."""
+        raise ValueError(
+            f"{backbone} has no class activation maps: its classifier is a stack of "
+            "fully-connected layers on the flattened pool5 grid, not global average "
+            "pooling + one linear layer. Use a backbone with a GAP head (resnet*, "
+            "densenet*, googlenet, mobilenet_v2, efficientnet_*), as Jimenez et al. "
+            "did for their ResNet-50 / DenseNet-161 results"
+        )
+
+
+class VGGFamily(AlexNetFamily):
+    """VGG: Simonyan & Zisserman's names (``conv5_3``, ``pool5``) besides AlexNet's.
+
+    ``convB_I`` is the output of the ReLU that follows the I-th convolution of
+    block B (the activations the retrieval papers use), ``convB_I_prerelu``
+    the convolution itself; ``poolB`` the max pooling closing block B.
+    """
+
+    def friendly_names(self, model):
+        """``convB_I``, ``poolB``, ``fc6``, ... (see :meth:`CNNFamily.friendly_names`)."""
+        names = {}
+        block, conv = 1, 0
+        last_conv = None
+        for idx, mod in enumerate(model.features):
+            if isinstance(mod, torch.nn.Conv2d):
+                conv += 1
+                last_conv = f"conv{block}_{conv}"
+                names[last_conv + "_prerelu"] = f"features.{idx}"
+            elif isinstance(mod, torch.nn.ReLU) and last_conv is not None:
+                names[last_conv] = f"features.{idx}"
+            elif isinstance(mod, torch.nn.MaxPool2d):
+                names[f"pool{block}"] = f"features.{idx}"
+                block, conv, last_conv = block + 1, 0, None
+        return {**names, **_fc_friendly_names(model)}
+
+
+class BlockFamily(CNNFamily):
+    """Networks whose ``features`` is a sequence of blocks: ``block<i>`` and ``<i>``
+    name ``features.<i>``."""
+
+    def friendly_names(self, model):
+        """``block<i>`` and ``<i>`` (see :meth:`CNNFamily.friendly_names`)."""
+        if not hasattr(model, "features"):
+            return {}
         n = len(model.features)
         names = {f"block{i}": f"features.{i}" for i in range(n)}
         names.update({str(i): f"features.{i}" for i in range(n)})
         return names
-    return {}
 
 
-def _graph_nodes(model):
-    from torchvision.models.feature_extraction import get_graph_node_names
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return get_graph_node_names(model)[1]
+class MobileNetFamily(BlockFamily):
+    """MobileNet V2 / V3: blocks of ``features``, GAP head."""
 
 
-def _default_node(backbone, model, nodes):
-    """The last convolutional activation before the classifier head."""
-    if backbone.startswith(("vgg", "alexnet")):
-        relus = [f"features.{i}" for i, m in enumerate(model.features)
-                 if isinstance(m, torch.nn.ReLU)]
-        return relus[-1]
-    head = re.compile(r"(^|\.)(avgpool|adaptive_avg_pool2d|flatten|mean|global_pool)(_\d+)?$")
-    for i, node in enumerate(nodes):
-        if head.search(node) and i > 0:
-            return _module_of(nodes[i - 1], model)
-    raise ValueError(f"cannot find the last convolutional layer of {backbone}; pass layer=")
+class EfficientNetFamily(BlockFamily):
+    """EfficientNet B0-B7 and V2: blocks of ``features``, GAP head."""
 
 
-def _module_of(node, model):
-    """Shorten a node name to the outermost module whose last node it is."""
-    modules = dict(model.named_modules())
-    parts = node.split(".")
-    for k in range(1, len(parts) + 1):
-        prefix = ".".join(parts[:k])
-        if prefix in modules:
-            return prefix
-    return node
+class InceptionFamily(CNNFamily):
+    """GoogLeNet and Inception-v3: built without auxiliary classifiers."""
+
+    def builder_kwargs(self, backbone):
+        """No auxiliary heads (the ImageNet files have none) and no slow scipy
+        initialisation (see :meth:`CNNFamily.builder_kwargs`)."""
+        return {"aux_logits": False, "init_weights": False}
+
+
+class TorchvisionViTFamily(CNNFamily):
+    """torchvision's ViTs, wrapped as :class:`~._tokens.TorchvisionViT` (a
+    :class:`~._tokens.MapBackbone`: the model then lists, resolves and cuts
+    its own layers)."""
+
+    def wrap(self, model):
+        """``model`` as a :class:`~._tokens.TorchvisionViT` (see :meth:`CNNFamily.wrap`)."""
+        if type(model).__name__ == "VisionTransformer":  # patch tokens as maps
+            return TorchvisionViT(model)
+        return model
+
+
+#: The families of torchvision backbones, in order: ``(name prefixes, family)``;
+#: the first row one of whose prefixes starts the backbone name wins, and the
+#: generic row (prefix ``""``) is last.  ``timm:`` and ``open_clip:`` names are
+#: :mod:`._hubs`'s and their models are :class:`~._tokens.MapBackbone` s.
+BACKBONE_FAMILIES = [
+    (("vgg",), VGGFamily()),
+    (("alexnet",), AlexNetFamily()),
+    (("mobilenet",), MobileNetFamily()),
+    (("efficientnet",), EfficientNetFamily()),
+    (("googlenet", "inception_v3"), InceptionFamily()),
+    (("vit_",), TorchvisionViTFamily()),
+    (("",), CNNFamily()),
+]
+
+
+def backbone_family(backbone):
+    """The :class:`CNNFamily` of a torchvision backbone name.
+
+    Parameters
+    ----------
+    backbone : str
+        A torchvision model name.
+
+    Returns
+    -------
+    CNNFamily
+        The family of the first row of :data:`BACKBONE_FAMILIES` matching
+        ``backbone`` (the generic family for any other value).
+    """
+    name = backbone if isinstance(backbone, str) else ""
+    for prefixes, family in BACKBONE_FAMILIES:
+        if name.startswith(tuple(prefixes)):
+            return family
+    return CNNFamily()
+
+
+def model_builder_kwargs(backbone):
+    """Keyword arguments of the torchvision builder of ``backbone``.
+
+    Parameters
+    ----------
+    backbone : str
+
+    Returns
+    -------
+    dict
+    """
+    # GoogLeNet / Inception-v3 build auxiliary classifiers and run a slow
+    # scipy initialisation unless told otherwise; the ImageNet files have no
+    # auxiliary heads.
+    return backbone_family(backbone).builder_kwargs(backbone)
 
 
 def layer_names(backbone, model=None):
@@ -299,13 +553,7 @@ def layer_names(backbone, model=None):
         model, _, _ = load_backbone(backbone, None)
     if isinstance(model, MapBackbone):
         return model.layer_names()
-    friendly = list(_friendly_names(backbone, model))
-    nodes = _graph_nodes(model)
-    # container modules (resnet "layer3", "features") are accepted too: their
-    # output is that of their last node
-    known = set(friendly) | set(nodes)
-    modules = [name for name, _ in model.named_modules() if name and name not in known]
-    return friendly + nodes + modules
+    return backbone_family(backbone).layer_names(backbone, model)
 
 
 def resolve_layer(backbone, model, layer):
@@ -318,27 +566,7 @@ def resolve_layer(backbone, model, layer):
     """
     if isinstance(model, MapBackbone):  # transformers, timm, open_clip
         return model.resolve(layer, backbone)
-    nodes = _graph_nodes(model)
-    if layer is None:
-        node = _default_node(backbone, model, nodes)
-        return node, node
-    friendly = _friendly_names(backbone, model)
-    key = str(layer)
-    if key in friendly:
-        return friendly[key], key
-    modules = dict(model.named_modules())
-    if key in nodes or (key in modules and key != ""):
-        return key, key
-    hints = [n for n in list(friendly) + nodes if key.split(".")[0] in n][:10]
-    some = list(friendly)[:12] or [n for n in nodes if n.count(".") <= 1][:12]
-    raise ValueError(
-        f"unknown layer {layer!r} for backbone {backbone!r}. "
-        f"{'Close matches: ' + ', '.join(hints) + '. ' if hints else ''}"
-        f"Examples: {', '.join(some)}; skretrieval.layer_names({backbone!r}) lists all."
-    )
-
-
-_POOL_NODE = re.compile(r"(^|\.)(avgpool|adaptive_avg_pool2d|flatten|mean|global_pool)(_\d+)?$")
+    return backbone_family(backbone).resolve(backbone, model, layer)
 
 
 def cam_head(backbone, model):
@@ -357,34 +585,5 @@ def cam_head(backbone, model):
     bias : ndarray of shape (n_classes,)
     """
     if isinstance(model, MapBackbone):
-        model.cam_head(backbone)
-    if backbone.startswith(("vgg", "alexnet")):
-        raise ValueError(
-            f"{backbone} has no class activation maps: its classifier is a stack of "
-            "fully-connected layers on the flattened pool5 grid, not global average "
-            "pooling + one linear layer. Use a backbone with a GAP head (resnet*, "
-            "densenet*, googlenet, mobilenet_v2, efficientnet_*), as Jimenez et al. "
-            "did for their ResNet-50 / DenseNet-161 results"
-        )
-    nodes = _graph_nodes(model)
-    node = _default_node(backbone, model, nodes)
-    start = next(i for i, n in enumerate(nodes) if _POOL_NODE.search(n))
-    modules = dict(model.named_modules())
-    linears, others = [], []
-    for name in nodes[start:]:
-        mod = modules.get(name)
-        if isinstance(mod, torch.nn.Linear):
-            linears.append(mod)
-        elif not (_POOL_NODE.search(name) or isinstance(mod, (torch.nn.Dropout,
-                                                               torch.nn.Identity))):
-            others.append(name)
-    if len(linears) != 1 or others:
-        raise ValueError(
-            f"{backbone} has no class activation maps: its head after global pooling is "
-            f"{', '.join(nodes[start:])}, not one linear layer"
-        )
-    fc = linears[0]
-    weight = fc.weight.detach().cpu().numpy().astype(np.float32)
-    bias = (fc.bias.detach().cpu().numpy().astype(np.float32) if fc.bias is not None
-            else np.zeros(weight.shape[0], np.float32))
-    return node, weight, bias
+        return model.cam_head(backbone)
+    return backbone_family(backbone).cam_head(backbone, model)

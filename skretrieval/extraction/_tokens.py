@@ -77,6 +77,24 @@ class MapBackbone(nn.Module):
         raise NotImplementedError
 
     def cam_head(self, backbone):
+        """The CAM head of the backbone: none by default, so this raises.
+
+        Parameters
+        ----------
+        backbone : str
+            The backbone name, for the message.
+
+        Returns
+        -------
+        node : str
+        weight : ndarray of shape (n_classes, n_channels)
+        bias : ndarray of shape (n_classes,)
+
+        Raises
+        ------
+        ValueError
+            A map backbone has no global average pooling + linear head.
+        """
         raise ValueError(
             f"{backbone} has no class activation maps: its classifier is not global "
             "average pooling + one linear layer on convolutional maps. Use a torchvision "
