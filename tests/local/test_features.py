@@ -118,8 +118,6 @@ def test_deep_local_features_positions_and_whitening(astronaut, one_torch_thread
     maps = deep.extractor_.transform(imgs[:1])
     V = np.concatenate([m.reshape(m.shape[0], -1).T for m in maps[0]])
     norms = np.linalg.norm(V, axis=1)
-    np.testing.assert_allclose(np.sort(norms)[::-1][:40], np.linalg.norm(
-        V[np.argsort(-norms, kind="stable")[:40]], axis=1))
     first = V[np.argmax(norms)]
     np.testing.assert_allclose(plain[0][1][0], first / np.linalg.norm(first), rtol=1e-5)
     # whitened training descriptors: decorrelated before the final L2
