@@ -63,9 +63,10 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         Words each query descriptor is assigned to (the database's get one).
     train_size : int, default=100000
         Most descriptors the codebook is trained on (a random sample).
-    kmeans : {"minibatch", "faiss"}, default="minibatch"
-        scikit-learn's MiniBatchKMeans, or FAISS's k-means
-        (``pip install skretrieval[faiss]``).
+    kmeans : {"minibatch", "kmeans", "faiss"}, default="minibatch"
+        scikit-learn's MiniBatchKMeans (fast, approximate centroids), its
+        KMeans (Lloyd's iterations, exact on small samples), or FAISS's
+        k-means (``pip install skretrieval[faiss]``).
     n_iter : int, default=20
         k-means iterations.
     n_neighbors : int, default=10
@@ -205,7 +206,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
             D = codebook_features
         else:
             D = as_local_features(codebook_features, "codebook_features").concatenated()[1]
-        if D.ndim != 2 or D.shape[1] == 0:
+        if D.ndim != 2 or len(D) == 0:
             raise ValueError("no local descriptor to learn the codebook from: "
                              f"the {n} images have no local feature")
         self._train(D)

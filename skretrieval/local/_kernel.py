@@ -33,6 +33,12 @@ def _kmeans_sklearn(D, k, seed, n_iter):
     return km.fit(D).cluster_centers_
 
 
+def _kmeans_lloyd(D, k, seed, n_iter):
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, random_state=seed, n_init=1, max_iter=n_iter).fit(D).cluster_centers_
+
+
 def _kmeans_faiss(D, k, seed, n_iter):
     try:
         import faiss
@@ -45,7 +51,8 @@ def _kmeans_faiss(D, k, seed, n_iter):
 
 
 #: k-means implementations by name (``ASMKRetriever(kmeans=...)``).
-CODEBOOK_BACKENDS = {"minibatch": _kmeans_sklearn, "faiss": _kmeans_faiss}
+CODEBOOK_BACKENDS = {"minibatch": _kmeans_sklearn, "kmeans": _kmeans_lloyd,
+                     "faiss": _kmeans_faiss}
 
 
 def train_codebook(D, n_clusters, *, kmeans="minibatch", seed=0, n_iter=20):
