@@ -32,6 +32,9 @@ from ..reranking._expansion import QueryExpansionRetriever
 from ..reranking._kreciprocal import KReciprocalRetriever
 from ..reranking._rerank import RegionReranker
 from ..reranking._spatial import SpatialVerificationReranker
+from ..local._asmk import ASMKRetriever
+from ..local._deep import DeepLocalFeatures
+from ..local._sift import SIFTExtractor
 from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = [
@@ -90,6 +93,9 @@ SUPPORTED_CLASSES = {
     "skretrieval.OnlineCAMRetriever": OnlineCAMRetriever,
     "skretrieval.RegionReranker": RegionReranker,
     "skretrieval.SpatialVerificationReranker": SpatialVerificationReranker,
+    "skretrieval.SIFTExtractor": SIFTExtractor,
+    "skretrieval.DeepLocalFeatures": DeepLocalFeatures,
+    "skretrieval.ASMKRetriever": ASMKRetriever,
     "skretrieval.RetrievalNetTrainer": RetrievalNetTrainer,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.frozen.FrozenEstimator": FrozenEstimator,
