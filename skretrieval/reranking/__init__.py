@@ -1,5 +1,6 @@
 """After the first search: query expansion, database-side augmentation, diffusion,
-k-reciprocal re-ranking, region re-ranking, spatial verification, online class aggregation.
+k-reciprocal re-ranking, region re-ranking, spatial verification (on conv-map cells or on
+local features), online class aggregation.
 
 Each estimator searches a database (most wrap a retriever) and is itself the last
 step of a pipeline.
@@ -8,6 +9,7 @@ step of a pipeline.
 from ._diffusion import DiffusionRetriever
 from ._expansion import QueryExpansionRetriever
 from ._kreciprocal import KReciprocalRetriever
+from ._local_verification import FALLBACKS, LocalVerificationReranker, verify_matches
 from ._online_cam import OnlineCAMRetriever
 from ._rerank import RegionReranker, cam_boxes
 from ._spatial import (
@@ -19,7 +21,9 @@ from ._spatial import (
 
 __all__ = [
     "DiffusionRetriever",
+    "FALLBACKS",
     "KReciprocalRetriever",
+    "LocalVerificationReranker",
     "OnlineCAMRetriever",
     "QueryExpansionRetriever",
     "RegionReranker",
@@ -28,4 +32,5 @@ __all__ = [
     "count_inliers",
     "match_features",
     "top_activations",
+    "verify_matches",
 ]

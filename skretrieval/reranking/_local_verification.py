@@ -1,0 +1,397 @@
+"""Spatial verification of any retriever's short list with real local features.
+
+:class:`SpatialVerificationReranker` verifies with the cells of the conv maps
+it re-ranks; :class:`LocalVerificationReranker` takes its local features from
+a local feature extractor (:class:`~skretrieval.local.SIFTExtractor`,
+:class:`~skretrieval.local.DeepLocalFeatures`) and re-ranks the short list of
+any retriever over the same images (a global pipeline, or an
+:class:`~skretrieval.local.ASMKRetriever`), by the inliers of a geometric
+model fitted by OpenCV's robust estimators (USAC / MAGSAC, RANSAC) or by the
+package's own vectorised RANSAC.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ..local._features import as_local_features
+from ..neighbors._base import RetrieverMixin, resolve_n_neighbors
+from ..utils._progress import progress
+from ..utils._state import LABELS, Attr, StateSpec
+from ._spatial import count_inliers, match_features
+
+__all__ = ["FALLBACKS", "LocalVerificationReranker", "verify_matches"]
+
+#: Matches a model needs at least.
+_MIN_MATCHES = {"similarity": 2, "affine": 3, "homography": 4}
+#: The estimators each ``method`` tries, in order, until one runs.
+FALLBACKS = {"auto": ("magsac", "ransac", "own"), "magsac": ("magsac", "own"),
+             "ransac": ("ransac", "own"), "own": ("own",)}
+
+
+def _cv2_flag(cv2, name):
+    return {"magsac": getattr(cv2, "USAC_MAGSAC", None), "ransac": cv2.RANSAC}[name]
+
+
+def _cv2_similarity(cv2, flag, src, dst, threshold, max_trials):
+    return cv2.estimateAffinePartial2D(src, dst, method=flag, ransacReprojThreshold=threshold,
+                                       maxIters=max_trials, confidence=0.999)[1]
+
+
+def _cv2_affine(cv2, flag, src, dst, threshold, max_trials):
+    return cv2.estimateAffine2D(src, dst, method=flag, ransacReprojThreshold=threshold,
+                                maxIters=max_trials, confidence=0.999)[1]
+
+
+def _cv2_homography(cv2, flag, src, dst, threshold, max_trials):
+    return cv2.findHomography(src, dst, flag, threshold, maxIters=max_trials,
+                              confidence=0.999)[1]
+
+
+_CV2_MODELS = {"similarity": _cv2_similarity, "affine": _cv2_affine,
+               "homography": _cv2_homography}
+
+
+def _opencv(name, src, dst, transform, threshold, max_trials, rng):
+    import cv2  # ImportError: the next estimator of the fall-back order
+
+    flag = _cv2_flag(cv2, name)
+    if flag is None:
+        raise AttributeError(f"this OpenCV has no {name}")
+    cv2.setRNGSeed(int(rng.integers(2**31 - 1)))
+    mask = _CV2_MODELS[transform](cv2, flag, src.astype(np.float32), dst.astype(np.float32),
+                                  float(threshold), int(max_trials))
+    return 0 if mask is None else int(np.count_nonzero(mask))
+
+
+def _own(name, src, dst, transform, threshold, max_trials, rng):
+    # the package's RANSAC fits similarities and affinities (a homography is
+    # verified as an affinity)
+    model = "affine" if transform == "homography" else transform
+    return count_inliers(src, dst, model, threshold, min(max_trials, 1000), 1, rng)
+
+
+_ESTIMATORS = {"magsac": _opencv, "ransac": _opencv, "own": _own}
+
+
+def verify_matches(src, dst, transform="affine", method="auto", residual_threshold=8.0,
+                   max_trials=2000, min_inliers=5, rng=None):
+    """Inliers of ``dst ~ T(src)`` for a model class, by the first estimator that runs.
+
+    Parameters
+    ----------
+    src, dst : ndarray of shape (m, 2)
+        Matched positions ``(x, y)``.
+    transform : {"similarity", "affine", "homography"}, default="affine"
+    method : {"auto", "magsac", "ransac", "own"}, default="auto"
+        The estimators tried, in order (:data:`FALLBACKS`): ``"auto"`` is
+        OpenCV's USAC with MAGSAC++ scoring (``cv2.USAC_MAGSAC``, OpenCV >=
+        4.5), then OpenCV's RANSAC, then the package's own vectorised RANSAC
+        (:func:`~skretrieval.reranking.count_inliers`, which verifies a
+        homography as an affine transform); an estimator is skipped when
+        OpenCV is missing, lacks it, or raises.
+    residual_threshold : float, default=8.0
+        Inlier distance in pixels.
+    max_trials : int, default=2000
+        Most hypotheses.
+    min_inliers : int, default=5
+        Fewer inliers count as 0.
+    rng : numpy Generator, int or None
+        Seed (OpenCV's RNG is seeded from it).
+
+    Returns
+    -------
+    inliers : int
+    """
+    src = np.asarray(src, np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, np.float64).reshape(-1, 2)
+    if len(src) < max(min_inliers, _MIN_MATCHES[transform]):
+        return 0
+    rng = np.random.default_rng(rng)
+    names = FALLBACKS[method]
+    count = 0
+    for name in names:
+        try:
+            count = _ESTIMATORS[name](name, src, dst, transform, residual_threshold,
+                                      max_trials, rng)
+            break
+        except Exception:  # OpenCV missing, without this estimator, or failing: the next
+            if name == names[-1]:
+                raise
+    return count if count >= min_inliers else 0
+
+
+def _final_step(retriever):
+    return retriever[-1] if isinstance(retriever, Pipeline) else retriever
+
+
+class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
+    """Any retriever's short list re-ranked by spatial verification of local features.
+
+    ``retriever`` (cloned and fitted on the same ``X``) ranks the database;
+    its top ``n_rerank`` results per query are then verified with local
+    features: the query's and the database image's descriptors are matched
+    (Lowe's ratio test or mutual nearest neighbours, :func:`match_features`),
+    a geometric model is fitted to the matched keypoint positions by a
+    robust estimator (:func:`verify_matches`: USAC/MAGSAC, RANSAC, or the
+    package's RANSAC, in that fall-back order), and the short list is
+    ordered by inlier count.
+
+    **Fall-back order of the ranking**: inliers (at least ``min_inliers``,
+    else 0) first, then the retriever's own order, so that when nothing
+    verifies the ranking is exactly the retriever's; results below the
+    short list keep the retriever's order.
+
+    Two ways to give the local features:
+
+    * ``local`` is a local feature extractor (:class:`SIFTExtractor`,
+      :class:`DeepLocalFeatures`): ``X`` is a list of images, given both to
+      ``retriever`` (e.g. a pipeline ``ConvFeatureExtractor -> GeMPooler ->
+      NearestNeighborRetriever``, or ``SIFTExtractor -> ASMKRetriever``)
+      and to ``local`` (cloned, fitted on ``X``);
+    * ``local=None``: ``X`` is :class:`~skretrieval.local.LocalFeatures`,
+      searched by ``retriever`` (e.g. :class:`ASMKRetriever`) and verified
+      as they are.
+
+    Parameters
+    ----------
+    retriever : estimator or Pipeline
+        Fitted on ``X`` (cloned); its last step has ``kneighbors``.
+    local : estimator or None, default=None
+        The local feature extractor (see above).
+    n_rerank : int, default=100
+        Length of the short list verified per query.
+    matching : {"ratio", "mutual"}, default="ratio"
+        Tentative matches (on L2-normalised descriptors such as RootSIFT).
+    ratio : float, default=0.8
+        Lowe's ratio.
+    transform : {"similarity", "affine", "homography"}, default="affine"
+        Geometric model.
+    method : {"auto", "magsac", "ransac", "own"}, default="auto"
+        Robust estimator (see :func:`verify_matches`).
+    residual_threshold : float or None, default=None
+        Inlier distance in pixels; None: 8 px, or the median keypoint scale
+        of the database when larger (a deep feature's cell).
+    max_trials : int, default=2000
+        Most hypotheses per pair.
+    min_inliers : int, default=5
+        Fewer inliers count as not verified.
+    random_state : int, RandomState or None, default=0
+        Seed; the draws of a (query, database image) pair depend on it and
+        on the database row only.
+    verbose : int, default=0
+        Progress bar of the queries when > 0.
+
+    Attributes
+    ----------
+    retriever_ : estimator
+        The fitted retriever.
+    local_ : estimator or None
+        The fitted local feature extractor.
+    keypoints_ : ndarray of shape (n_local, 2), float32
+        Database keypoint positions, image after image.
+    descriptors_ : ndarray of shape (n_local, d), float16
+        Their descriptors.
+    offsets_ : ndarray of shape (n_samples + 1,)
+        Image ``i`` owns rows ``offsets_[i]:offsets_[i + 1]``.
+    threshold_ : float
+        The inlier distance used.
+    y_ : ndarray or None
+        Database labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval.local import ASMKRetriever, LocalFeatures
+    >>> from skretrieval.reranking import LocalVerificationReranker
+    >>> rng = np.random.default_rng(0)
+    >>> feats = LocalFeatures([(rng.random((30, 4)) * 100, rng.standard_normal((30, 16)))
+    ...                        for _ in range(4)])
+    >>> sv = LocalVerificationReranker(ASMKRetriever(n_clusters=8), n_rerank=3).fit(feats)
+    >>> sv.kneighbors(feats[:1], n_neighbors=2, return_distance=False)[0, 0]
+    0
+    """
+
+    _fitted_attr = "offsets_"
+
+    _parameter_constraints = {
+        "retriever": [HasMethods(["fit"])],
+        "local": [HasMethods(["fit", "transform"]), None],
+        "n_rerank": [Interval(Integral, 0, None, closed="left")],
+        "matching": [StrOptions({"mutual", "ratio"})],
+        "ratio": [Interval(Real, 0, 1, closed="right")],
+        "transform": [StrOptions(set(_MIN_MATCHES))],
+        "method": [StrOptions(set(FALLBACKS))],
+        "residual_threshold": [Interval(Real, 0, None, closed="neither"), None],
+        "max_trials": [Interval(Integral, 1, None, closed="left")],
+        "min_inliers": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    _state_spec = StateSpec({
+        "retriever_": Attr("estimator"),
+        "local_": Attr("estimator", none=True),
+        "keypoints_": Attr("array", dtype="f", shape=(None, 2)),
+        "descriptors_": Attr("array", dtype="f", shape=("keypoints_", None)),
+        "offsets_": Attr("array", dtype="iu", shape=(None,), values=(0, "keypoints_")),
+        "threshold_": Attr("float"),
+        "y_": Attr("array", dtype=LABELS, shape=(None,), none=True),
+    })
+
+    def __init__(self, retriever, local=None, *, n_rerank=100, matching="ratio", ratio=0.8,
+                 transform="affine", method="auto", residual_threshold=None, max_trials=2000,
+                 min_inliers=5, random_state=0, verbose=0):
+        self.retriever = retriever
+        self.local = local
+        self.n_rerank = n_rerank
+        self.matching = matching
+        self.ratio = ratio
+        self.transform = transform
+        self.method = method
+        self.residual_threshold = residual_threshold
+        self.max_trials = max_trials
+        self.min_inliers = min_inliers
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _local_features(self, X):
+        if self.local_ is None:
+            return as_local_features(X)
+        return as_local_features(self.local_.transform(X), "the local extractor's output")
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        """Fit the retriever on ``X`` and store the database's local features.
+
+        Parameters
+        ----------
+        X : list of images, or LocalFeatures (``local=None``)
+        y : array-like of shape (n_samples,), default=None
+            Database labels.
+
+        Returns
+        -------
+        self : LocalVerificationReranker
+        """
+        if self.local is None:
+            feats = as_local_features(X)
+            self.local_ = None
+        else:
+            self.local_ = clone(self.local)
+            feats = as_local_features(self.local_.fit_transform(X), "the local extractor's output")
+        self.retriever_ = clone(self.retriever).fit(X, y)
+        if not hasattr(_final_step(self.retriever_), "kneighbors"):
+            raise ValueError("the retriever (or its last step) must have kneighbors")
+        kp, desc, offsets = feats.concatenated()
+        self.keypoints_ = np.ascontiguousarray(kp[:, :2], dtype=np.float32)
+        self.descriptors_ = desc.astype(np.float16)
+        self.offsets_ = offsets
+        scales = kp[:, 2][kp[:, 2] > 0]
+        self.threshold_ = float(self.residual_threshold if self.residual_threshold is not None
+                                else max(8.0, float(np.median(scales)) if len(scales) else 8.0))
+        self.y_ = None if y is None else np.asarray(y)
+        return self
+
+    @property
+    def n_samples_fit_(self):
+        return len(self.offsets_) - 1
+
+    def database_features(self, i):
+        """Keypoint positions ``(n, 2)`` and descriptors ``(n, d)`` of database image ``i``."""
+        a, b = self.offsets_[i], self.offsets_[i + 1]
+        return self.keypoints_[a:b], self.descriptors_[a:b].astype(np.float32)
+
+    def _search(self, X, k):
+        final = _final_step(self.retriever_)
+        if X is not None and isinstance(self.retriever_, Pipeline):
+            X = self.retriever_[:-1].transform(X)
+        return final.kneighbors(X, n_neighbors=k)
+
+    def _seed(self):
+        return int(check_random_state(self.random_state).randint(2**31 - 1))
+
+    def _verify(self, query, i, seed):
+        q_kp, q_desc = query
+        d_kp, d_desc = self.database_features(i)
+        pairs = match_features(q_desc, d_desc, self.matching, self.ratio)
+        return verify_matches(d_kp[pairs[:, 1]], q_kp[pairs[:, 0], :2], self.transform,
+                              self.method, self.threshold_, self.max_trials, self.min_inliers,
+                              np.random.default_rng([seed, int(i)]))
+
+    def _queries(self, X):
+        if X is None:
+            return [self.database_features(i) for i in range(self.n_samples_fit_)]
+        return [(kp[:, :2], desc) for kp, desc in self._local_features(X)]
+
+    def inliers(self, X, indices):
+        """Inlier counts of queries against database images, shape of ``indices``.
+
+        Parameters
+        ----------
+        X : list of images, LocalFeatures or None
+            Queries (None: the database images, by row).
+        indices : array-like of int of shape (n_queries, m)
+        """
+        check_is_fitted(self, self._fitted_attr)
+        indices = np.asarray(indices, dtype=np.int64)
+        queries, seed = self._queries(X), self._seed()
+        return np.array([[self._verify(f, i, seed) for i in row]
+                         for f, row in zip(queries, indices)], dtype=np.int64).reshape(
+                             indices.shape)
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        """Search, then verify the short list.
+
+        The distances of the short list become ``d_R - 1 - (inliers + (R -
+        r) / (R + 1))`` (``d_R`` the retriever's distance of the last
+        short-listed result, ``r`` a result's rank in the retriever's list
+        of ``R``): they sort as the re-ranking does and stay below those of
+        the rest, which keep the retriever's distances.
+
+        Parameters
+        ----------
+        X : list of images, LocalFeatures or None
+            Queries (as given to ``fit``); None ranks every database image
+            against the others.
+        n_neighbors : int or "all", default=None
+            Results per query (default: the retriever's ``n_neighbors``, or 10).
+        return_distance : bool, default=True
+
+        Returns
+        -------
+        distances, indices : ndarray of shape (n_queries, n_neighbors)
+        """
+        check_is_fitted(self, self._fitted_attr)
+        n_avail = self.n_samples_fit_ - (X is None)
+        default = getattr(_final_step(self.retriever_), "n_neighbors", 10)
+        k = resolve_n_neighbors(n_neighbors, n_avail, default=min(default, n_avail),
+                                exclude_self=X is None)
+        depth = max(k, min(self.n_rerank, n_avail))
+        dist, ind = self._search(X, depth)
+        dist, ind = np.array(dist, dtype=np.float64), np.array(ind)
+        queries, seed = self._queries(X), self._seed()
+        R = min(self.n_rerank, ind.shape[1])
+        for j in progress(range(len(ind)), desc="verifying", unit="query", verbose=self.verbose):
+            if R == 0:
+                break
+            short = ind[j, :R].copy()
+            counts = np.array([self._verify(queries[j], i, seed) for i in short])
+            order = np.lexsort((np.arange(R), -counts))
+            key = counts[order] + (R - order) / (R + 1.0)
+            dist[j, :R] = dist[j, R - 1] - 1.0 - key
+            ind[j, :R] = short[order]
+        dist, ind = dist[:, :k], ind[:, :k]
+        return (dist, ind) if return_distance else ind
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        return tags
