@@ -123,8 +123,9 @@ def pca_whitener(mean, components, explained_variance, *, power=0.5, whiten=True
     return FrozenEstimator(pw)
 
 
-def _signed_power(v, p):
-    return np.sign(v) * np.abs(v) ** p
+def _signed_power(v, p, eps):
+    """``sign(v) max(|v|, eps) ** p`` (zeros stay zeros), deep-image-retrieval's ``sympow``."""
+    return np.sign(v) * np.maximum(np.abs(v), eps) ** p
 
 
 class MultiScaleHead(TransformerMixin, BaseEstimator):
@@ -141,9 +142,11 @@ class MultiScaleHead(TransformerMixin, BaseEstimator):
         v = \\mathrm{L2}\\Big(\\big(\\tfrac{1}{S} \\textstyle\\sum_s
             \\operatorname{sgn}(v_s) |v_s|^{p}\\big)^{1/p}\\Big)
 
-    (signed powers, element-wise), with ``p = power``: cirtorch's ``msp``
-    (the learned GeM ``p`` for networks without a whitening layer, 1
-    otherwise), naver's ``gemp`` (3).
+    (signed powers, element-wise, of magnitudes floored at ``eps``), with
+    ``p = power``: cirtorch's ``msp`` (the learned GeM ``p`` for networks
+    without a whitening layer, 1 otherwise; no floor), naver's ``gemp`` (3,
+    floored at ``1e-6`` before both powers, which matters when the mean of
+    the cubes is tiny).
 
     Parameters
     ----------
@@ -154,6 +157,8 @@ class MultiScaleHead(TransformerMixin, BaseEstimator):
         :meth:`fit`; wrap it in :class:`~sklearn.frozen.FrozenEstimator`).
     power : float, default=1.0
         Exponent of the generalized mean over the scales.
+    eps : float, default=0.0
+        Floor of the magnitudes raised to ``power`` and to ``1 / power``.
 
     Attributes
     ----------
@@ -183,6 +188,7 @@ class MultiScaleHead(TransformerMixin, BaseEstimator):
         "pooler": [HasMethods(["transform"])],
         "projection": [HasMethods(["transform"]), None],
         "power": [Interval(Real, 0, None, closed="neither")],
+        "eps": [Interval(Real, 0, None, closed="left")],
     }
 
     _state_spec = StateSpec({
@@ -190,10 +196,11 @@ class MultiScaleHead(TransformerMixin, BaseEstimator):
         "n_scales_": Attr("int", values=(1, None)),
     })
 
-    def __init__(self, pooler, *, projection=None, power=1.0):
+    def __init__(self, pooler, *, projection=None, power=1.0, eps=0.0):
         self.pooler = pooler
         self.projection = projection
         self.power = power
+        self.eps = eps
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -241,8 +248,8 @@ class MultiScaleHead(TransformerMixin, BaseEstimator):
             if self.projection is not None:
                 v = np.asarray(self.projection.transform(v), dtype=np.float64)
             v = l2_normalize(v)
-            p = float(self.power)
-            v = _signed_power(_signed_power(v, p).mean(axis=0), 1.0 / p)
+            p, eps = float(self.power), float(self.eps)
+            v = _signed_power(_signed_power(v, p, eps).mean(axis=0), 1.0 / p, eps)
             if out is None:
                 out = np.empty((n_images, v.shape[0]), dtype=np.float32)
             out[i] = l2_normalize(v)

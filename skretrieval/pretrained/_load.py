@@ -163,7 +163,7 @@ def load_checkpoint(path, *, preset="auto", whitening="auto", backbone=None, max
             steps.append(("projection", recipe.projection))
     else:
         steps.append(("head", MultiScaleHead(recipe.pooler, projection=recipe.projection,
-                                             power=recipe.power)))
+                                             power=recipe.power, eps=recipe.power_eps)))
     post = recipe.post.get("ss" if len(scales) == 1 else "ms")
     if post is not None:
         steps.append(("whitening", post))

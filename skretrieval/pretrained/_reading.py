@@ -110,6 +110,10 @@ def read_checkpoint(path):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = [g for g in _refused_globals(path) if g not in _PCA_NAMES]
+        if not found and not zipfile.is_zipfile(path):
+            raise CheckpointFormatError(
+                f"{path!r} is not a torch checkpoint (neither torch's zip format nor a "
+                f"legacy torch pickle: {str(exc).splitlines()[-1][:200]})") from exc
         what = (f"it pickles objects skretrieval does not unpickle: {', '.join(found[:8])}"
                 if found else f"it cannot be read as data only ({str(exc)[:300]})")
         raise CheckpointFormatError(

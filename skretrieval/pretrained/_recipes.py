@@ -78,6 +78,7 @@ class Recipe:
     pooler: object
     projection: object = None
     power: float = 1.0
+    power_eps: float = 0.0
     scales: dict = field(default_factory=lambda: {"ss": (1.0,), "ms": _MS_DOWN})
     post: dict = field(default_factory=dict)
     whitening_name: str | None = None
@@ -247,9 +248,10 @@ def cirtorch_recipe(ckpt, path, *, whitening="auto"):
     scales = {"ss": (1.0,), "ms": _MS_UP if projection is not None else _MS_DOWN}
     desc = (f"cirtorch {arch}-{pooling}" + (f" p={p:.4f}" if p is not None else "")
             + (" + whiten layer" if projection is not None else ""))
-    return Recipe("cirtorch", desc, arch, layer,
-                  _complete(arch, backbone, what), pooler, projection, power, scales, post,
-                  name, "ms", mean, std)
+    return Recipe(family="cirtorch", description=desc, backbone=arch, layer=layer,
+                  state=_complete(arch, backbone, what), pooler=pooler,
+                  projection=projection, power=power, power_eps=0.0, scales=scales,
+                  post=post, whitening_name=name, default_preset="ms", mean=mean, std=std)
 
 
 # ---------------------------------------------------------------------------
@@ -314,10 +316,12 @@ def naver_recipe(ckpt, path, *, whitening="auto", whiten_power=0.25, whiten_dims
         post = {"ss": white, "ms": white}
     desc = (f"deep-image-retrieval {arch} {pooling}" + (f" p={p:.4f}" if p is not None else "")
             + ("" if without_fc else f" + fc {tuple(rest['fc.weight'].shape)}"))
-    return Recipe("naver", desc, backbone_name, "layer4",
-                  _complete(backbone_name, state, what), pooler, projection,
-                  float(opts.get("gemp", 3)) if pooling.startswith("gem") else 1.0,
-                  {"ss": (1.0,), "ms": _MS_DOWN}, post, name, "ss", mean, std)
+    # test_dir.py: --pooling gem --gemp 3 over the transforms (scales)
+    return Recipe(family="naver", description=desc, backbone=backbone_name, layer="layer4",
+                  state=_complete(backbone_name, state, what), pooler=pooler,
+                  projection=projection, power=float(opts.get("gemp", 3)), power_eps=1e-6,
+                  scales={"ss": (1.0,), "ms": _MS_DOWN}, post=post, whitening_name=name,
+                  default_preset="ss", mean=mean, std=std)
 
 
 # ---------------------------------------------------------------------------
@@ -382,5 +386,5 @@ def state_dict_recipe(obj, path, *, backbone=None, p=3.0):
     converted = None
     if not direct or any(k.startswith("module.") for k in obj.get("state_dict", obj)):
         converted = _complete(name, state, f"{path!r}") if ":" not in name else None
-    return Recipe("state_dict", f"{name} state dict, GeM p={p:g}", name, None, converted,
-                  GeMPooler(p=p), None, 1.0, {"ss": (1.0,), "ms": _MS_DOWN}, {}, None, "ss")
+    return Recipe(family="state_dict", description=f"{name} state dict, GeM p={p:g}",
+                  backbone=name, layer=None, state=converted, pooler=GeMPooler(p=p))
