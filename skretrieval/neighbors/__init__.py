@@ -10,12 +10,15 @@ are still importable from here (``utils/_legacy.py``: ``MOVED_NAMES``).
 """
 
 from ..utils import _legacy
+from ._engine import PgVectorConnectionError, PgVectorTableError
 from ._retriever import NearestNeighborRetriever
 
 __all__ = [
     "IndexFile",
     "IndexUpdate",
     "NearestNeighborRetriever",
+    "PgVectorConnectionError",
+    "PgVectorTableError",
     "add_to_index",
     "edit_index",
     "item_fingerprint",

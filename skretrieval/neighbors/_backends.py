@@ -12,12 +12,13 @@ of its persisted state are read from the table).
 import contextlib
 import importlib
 import math
-import os
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
 
+from ._engine import PgVectorBackend
+from ._search_backend import SearchBackend, keys_to_rows, n_threads
 from ._store import as_float32
 
 __all__ = ["AUTO_MIN_VALUES", "BACKENDS", "INDEX_KINDS", "BruteBackend", "FaissBackend",
@@ -36,96 +37,6 @@ _FAISS_ADD_ROWS = 65536
 _FAISS_PARAMS = {"factory", "nlist", "m", "nprobe", "k_factor", "train_size"}
 _FAISS_DEFAULT_FACTORY = "IVF{nlist},Flat"
 _FAISS_DEFAULT_NPROBE = 16
-
-
-class SearchBackend:
-    """One search method (``algorithm``) of the retriever.
-
-    Parameters are those of the retriever: ``params`` its
-    ``algorithm_params`` (a dict), ``metric``, ``n_neighbors`` and
-    ``n_jobs``.  Class attributes say how the retriever uses it:
-
-    * ``exact``: rankings come from the exact blocked search (no index; full
-      rankings and the exact mAP are available);
-    * ``incremental``: :meth:`add` and :meth:`remove` update a built index
-      in place (otherwise the index is dropped and rebuilt on the next
-      query);
-    * ``keyed``: the index knows the rows by the retriever's keys
-      (``_keys``); otherwise by position, and a build renumbers the keys.
-    """
-
-    exact = False
-    incremental = False
-    keyed = True
-
-    def __init__(self, params, metric, n_neighbors, n_jobs):
-        self.params = params or {}
-        self.metric = metric
-        self.n_neighbors = n_neighbors
-        self.n_jobs = n_jobs
-
-    def check_params(self):
-        """Raise a ValueError if ``algorithm_params`` do not fit this method."""
-
-    def check_data(self, X):
-        """Warn about database rows ``X`` (prepared for storage) at ``fit``."""
-
-    def build(self, store, keys, seed):
-        """The index of the rows of ``store`` (a :class:`DescriptorStore`)."""
-        raise NotImplementedError
-
-    def add(self, index, X, keys):
-        """Add rows ``X`` with ``keys``: the updated index, or None (rebuild)."""
-        return None
-
-    def remove(self, index, keys):
-        """Remove the rows of ``keys``: the updated index, or None (rebuild)."""
-        return None
-
-    def n_candidates(self, k):
-        """Candidates to take from the index for the top-``k``."""
-        return k
-
-    def candidates(self, index, queries, n_candidates, rows, keys):
-        """Rows of the approximate neighbours of ``queries`` (-1: none).
-
-        ``rows`` are the database rows of the queries when they are database
-        items (their own row may be among the candidates), else None;
-        ``keys`` the keys of the database rows.
-        """
-        raise NotImplementedError
-
-    def state(self, index):
-        """The index serialised (a uint8 array), or None: not saved, rebuilt."""
-        return None
-
-    def from_state(self, blob):
-        """The index of a :meth:`state`."""
-        raise NotImplementedError
-
-    def library_version(self):
-        """Version of the library whose serialisation :meth:`state` writes."""
-        return None
-
-
-_N_CPUS = os.cpu_count() or 1
-
-
-def n_threads(n_jobs):
-    """Threads for ``n_jobs`` (None or -1: all the cores)."""
-    n_cpus = _N_CPUS
-    if n_jobs is None or n_jobs == -1:
-        return n_cpus
-    return int(n_jobs if n_jobs > 0 else max(1, n_cpus + 1 + n_jobs))
-
-
-def keys_to_rows(found, keys):
-    """Rows of the index keys ``found`` (-1 where none) among the increasing ``keys``."""
-    found = np.asarray(found, dtype=np.int64)
-    cand = np.searchsorted(keys, found)
-    np.minimum(cand, keys.shape[0] - 1, out=cand)
-    valid = (found >= 0) & (keys[cand] == found)
-    return np.where(valid, cand, -1).astype(np.intp, copy=False)
 
 
 class BruteBackend(SearchBackend):
@@ -540,6 +451,7 @@ BACKENDS = {
     "nndescent": NNDescentBackend,
     "faiss": FaissBackend,
     "hnsw": HNSWBackend,
+    "pgvector": PgVectorBackend,  # neighbors/_engine.py: a PostgreSQL server
 }
 #: The backends with an index (values of the retriever's ``_index_kind``).
 INDEX_KINDS = tuple(sorted(name for name, cls in BACKENDS.items() if not cls.exact))

@@ -57,7 +57,7 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         ``-inner product`` for ``"inner_product"`` and the Euclidean distance
         for ``"euclidean"``; smaller is more similar.
 
-    algorithm : {"brute", "hnsw", "auto", "nndescent", "faiss"}, default="brute"
+    algorithm : {"brute", "hnsw", "auto", "nndescent", "faiss", "pgvector"}, default="brute"
         ``"brute"`` computes exact rankings; ``"hnsw"`` builds a HNSW graph
         (the usearch library: ``pip install skretrieval[hnsw]``), the
         approximate search of choice for 128 to 2048 dimensions, which grows
@@ -114,6 +114,13 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         size: ``M`` 16 up to 128 dimensions, 32 above; ``ef_construction``
         128; ``ef_search`` 32 up to 100,000 items, 64 above (measured to give
         recall@10 >= 0.95; see docs/scale.md).
+
+        With ``algorithm="pgvector"`` (a PostgreSQL server with pgvector,
+        ``pip install skretrieval[engine]``; docs/scale.md): ``"uri"`` (no
+        password: libpq reads ``PGPASSWORD``), ``"table"``, ``"index"``
+        (``"hnsw"``, ``"ivfflat"``, ``"exact"``), ``"index_dtype"``, ``"m"``,
+        ``"ef_construction"``, ``"ef_search"``, ``"lists"``, ``"probes"``,
+        ``"k_factor"``, ``"n_connections"``.
 
     n_jobs : int, default=None
         Number of threads used to build the NN-descent index, or used by

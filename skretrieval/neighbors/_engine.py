@@ -1,0 +1,491 @@
+"""``algorithm="pgvector"``: the index is a table of a PostgreSQL server with pgvector.
+
+The descriptors are copied (``COPY ... FORMAT BINARY``) into a table
+``(id bigint primary key, embedding vector(d) | halfvec(d))`` of the
+database that ``algorithm_params["uri"]`` names, indexed by pgvector's HNSW
+graph or IVF lists (or not indexed: exact scans in the server), and searched
+by ``ORDER BY embedding <op> query LIMIT k`` over a few connections at once.
+The retriever keeps its own copy of the descriptors and re-ranks the
+candidates exactly, as with the in-process backends.  A fitted retriever
+saves the table's name, never a password (libpq reads ``PGPASSWORD`` or a
+``~/.pgpass`` file); a loaded one reconnects to the URI of its parameters.
+
+The same URI can point at one server, a read replica or a Citus coordinator
+(docs/scale.md): the SQL is plain PostgreSQL.
+"""
+
+import json
+import math
+import os
+import queue
+import re
+import secrets
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral, Real
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ._search_backend import SearchBackend, keys_to_rows, n_threads
+from ._store import as_float32
+
+__all__ = ["PGVECTOR_URI_ENV", "PgVectorBackend", "PgVectorConnectionError",
+           "PgVectorTable", "PgVectorTableError"]
+
+#: Environment variable read for the connection URI when
+#: ``algorithm_params["uri"]`` is absent.
+PGVECTOR_URI_ENV = "SKRETRIEVAL_PGVECTOR_URI"
+_PARAMS = {"uri", "table", "index", "index_dtype", "m", "ef_construction", "ef_search",
+           "lists", "probes", "k_factor", "n_connections"}
+_INDEXES = ("hnsw", "ivfflat", "exact")
+_TYPES = {"float32": "vector", "float16": "halfvec"}
+# metric -> (distance operator, operator class suffix); cosine rows are L2-normalised
+_OPERATORS = {"cosine": ("<#>", "ip_ops"), "inner_product": ("<#>", "ip_ops"),
+              "euclidean": ("<->", "l2_ops")}
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+# The comment that marks a table as this library's (fit replaces only those).
+_TABLE_COMMENT = "skretrieval pgvector index"
+_COPY_ROWS = 16384
+_FORMAT = 1
+_FLOAT16_MAX = 65504.0
+
+
+class PgVectorConnectionError(ConnectionError):
+    """The PostgreSQL server of a ``pgvector`` retriever cannot be reached."""
+
+
+class PgVectorTableError(LookupError):
+    """The table of a fitted ``pgvector`` retriever is not in its database."""
+
+
+def import_psycopg():
+    """The psycopg module, or an ImportError naming the extra that installs it."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise ImportError(
+            "algorithm='pgvector' needs the psycopg package (PostgreSQL client), an "
+            "optional dependency of skretrieval: pip install skretrieval[engine] (or pip "
+            "install 'psycopg[binary]')"
+        ) from exc
+    return psycopg
+
+
+def resolve_uri(uri):
+    """The connection URI: ``uri``, else the ``SKRETRIEVAL_PGVECTOR_URI`` variable."""
+    uri = uri if uri is not None else os.environ.get(PGVECTOR_URI_ENV)
+    if not uri:
+        raise ValueError(
+            "algorithm='pgvector' needs the URI of a PostgreSQL server with the pgvector "
+            "extension: algorithm_params={'uri': 'postgresql://user@host:5432/db'} or "
+            f"the environment variable {PGVECTOR_URI_ENV}."
+        )
+    return uri
+
+
+def check_uri(uri):
+    """Refuse a URI (or conninfo string) that holds a password: it would be saved."""
+    if not isinstance(uri, str):
+        raise ValueError(f"algorithm_params['uri'] must be a string, got {uri!r}.")
+    if "://" in uri:
+        has_password = urlsplit(uri).password is not None or "password=" in uri
+    else:
+        has_password = re.search(r"(^|\s)password\s*=", uri) is not None
+    if has_password:
+        raise ValueError(
+            "algorithm_params['uri'] must not hold a password (the parameters are saved "
+            "with the model): set PGPASSWORD or use a ~/.pgpass file, which libpq reads."
+        )
+
+
+def _display_uri(uri):
+    """``uri`` without its query string (options), for messages."""
+    return uri.split("?", 1)[0]
+
+
+def _check_params(params):
+    unknown = set(params) - _PARAMS
+    if unknown:
+        raise ValueError(
+            f"algorithm_params with algorithm='pgvector' takes the keys {sorted(_PARAMS)}, "
+            f"got {sorted(unknown)}."
+        )
+    if params.get("uri") is not None:
+        check_uri(params["uri"])
+    table = params.get("table")
+    if table is not None and not (isinstance(table, str) and _TABLE_NAME.match(table)):
+        raise ValueError(
+            "algorithm_params['table'] must be a table name ([A-Za-z_][A-Za-z0-9_]*, "
+            f"optionally schema.table, at most 63 characters each), got {table!r}."
+        )
+    if params.get("index", "hnsw") not in _INDEXES:
+        raise ValueError(f"algorithm_params['index'] must be one of {list(_INDEXES)}, "
+                         f"got {params['index']!r}.")
+    if params.get("index_dtype", "float32") not in _TYPES:
+        raise ValueError("algorithm_params['index_dtype'] must be 'float32' (vector) or "
+                         f"'float16' (halfvec), got {params['index_dtype']!r}.")
+    for key in ("m", "ef_construction", "ef_search", "lists", "probes", "n_connections"):
+        value = params.get(key)
+        if value is not None and (not isinstance(value, Integral) or isinstance(value, bool)
+                                  or value < (2 if key == "m" else 1)):
+            raise ValueError(f"algorithm_params[{key!r}] must be an int >= "
+                             f"{2 if key == 'm' else 1}, got {value!r}.")
+    k_factor = params.get("k_factor", 1)
+    if not isinstance(k_factor, Real) or isinstance(k_factor, bool) or not k_factor >= 1:
+        raise ValueError(f"algorithm_params['k_factor'] must be a number >= 1, got "
+                         f"{k_factor!r}.")
+
+
+def copy_payload(keys, X, half):
+    """Rows ``(keys, X)`` in PostgreSQL's binary COPY format (``vector`` or ``halfvec``)."""
+    d = X.shape[1]
+    row = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("vec_len", ">i4"),
+                    ("dim", ">i2"), ("unused", ">i2"), ("vec", ">f2" if half else ">f4", (d,))])
+    rows = np.empty(keys.shape[0], dtype=row)
+    rows["fields"], rows["id_len"], rows["id"] = 2, 8, keys
+    rows["vec_len"], rows["dim"], rows["unused"] = 4 + (2 if half else 4) * d, d, 0
+    rows["vec"] = X
+    return b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + b"\xff\xff"
+
+
+class _Packed(bytes):
+    """A query vector in pgvector's binary format (sent as a ``vector``/``halfvec``)."""
+
+
+class PgVectorTable:
+    """A connection pool to one pgvector table: the ``index`` of a retriever.
+
+    Connections are opened on first use and kept (one per concurrent search);
+    a connection broken by a server restart is replaced once, transparently.
+    """
+
+    def __init__(self, uri, table, n_features, index_dtype, metric):
+        self.uri = uri
+        self.table = table
+        self.n_features = n_features
+        self.index_dtype = index_dtype
+        self.metric = metric
+        self._idle = queue.SimpleQueue()
+
+    # -- connections ----------------------------------------------------------
+    def _connect(self):
+        psycopg = import_psycopg()
+        try:
+            conn = psycopg.connect(self.uri, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise PgVectorConnectionError(
+                f"cannot connect to the PostgreSQL server at {_display_uri(self.uri)} "
+                f"(algorithm='pgvector'): {str(exc).strip()}. Start the server or point "
+                "algorithm_params['uri'] at it."
+            ) from exc
+        conn.settings = {}
+        return conn
+
+    def _register(self, conn):
+        """Send :class:`_Packed` as the column's type on ``conn``."""
+        from psycopg.adapt import Dumper
+        from psycopg.pq import Format
+
+        name = _TYPES[self.index_dtype]
+        row = conn.execute("SELECT oid FROM pg_type WHERE typname = %s", (name,)).fetchone()
+        if row is None:
+            raise PgVectorTableError(
+                f"the database at {_display_uri(self.uri)} has no type {name!r}: the "
+                "pgvector extension (>= 0.7 for halfvec) is not installed in it."
+            )
+        dumper = type("PackedDumper", (Dumper,), {
+            "format": Format.BINARY, "oid": row[0], "dump": lambda self, obj: obj})
+        conn.adapters.register_dumper(_Packed, dumper)
+        conn.registered = True
+
+    def run(self, work, register=True):
+        """``work(conn)`` on a pooled connection (retried once on a new one if broken).
+
+        ``register``: first teach the connection the vector type (which needs
+        the extension).
+        """
+        psycopg = import_psycopg()
+        for attempt in (0, 1):
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            try:
+                if register and not getattr(conn, "registered", False):
+                    self._register(conn)
+                result = work(conn)
+            except psycopg.errors.UndefinedTable as exc:
+                self._idle.put(conn)
+                raise PgVectorTableError(
+                    f"the table {self.table!r} of this retriever is not in the database at "
+                    f"{_display_uri(self.uri)} (dropped, or another database): fit the "
+                    "retriever again to recreate it from its stored descriptors."
+                ) from exc
+            except psycopg.OperationalError as exc:
+                conn.close()
+                self.close()  # the others are broken too after a restart
+                if attempt:
+                    raise PgVectorConnectionError(
+                        f"the PostgreSQL server at {_display_uri(self.uri)} failed: "
+                        f"{str(exc).strip()}"
+                    ) from exc
+                continue  # e.g. the server restarted: once more on a new connection
+            except BaseException:
+                conn.close()
+                raise
+            self._idle.put(conn)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self):
+        """Close the idle connections."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def _ident(self):
+        from psycopg import sql
+
+        return sql.Identifier(*self.table.split("."))
+
+    # -- rows -----------------------------------------------------------------
+    def check(self):
+        """Raise :class:`PgVectorTableError` if the table is absent."""
+        def exists(conn):
+            return conn.execute("SELECT to_regclass(%s)", (self.table,)).fetchone()[0]
+
+        if self.run(exists) is None:
+            raise PgVectorTableError(
+                f"the table {self.table!r} of this retriever is not in the database at "
+                f"{_display_uri(self.uri)} (dropped, or another database): fit the "
+                "retriever again to recreate it from its stored descriptors."
+            )
+        return self
+
+    def copy_rows(self, conn, keys, X):
+        from psycopg import sql
+
+        half = self.index_dtype == "float16"
+        statement = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
+            self._ident())
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for start in range(0, keys.shape[0], _COPY_ROWS):
+                stop = min(start + _COPY_ROWS, keys.shape[0])
+                copy.write(copy_payload(keys[start:stop], X(start, stop), half))
+
+    def add(self, keys, X):
+        def work(conn):
+            with conn.transaction():
+                self.copy_rows(conn, keys, lambda a, b: as_float32(X[a:b]))
+
+        self.run(work)
+
+    def remove(self, keys):
+        from psycopg import sql
+
+        statement = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._ident())
+        self.run(lambda conn: conn.execute(statement, (keys.tolist(),)))
+
+    def count(self):
+        from psycopg import sql
+
+        statement = sql.SQL("SELECT count(*) FROM {}").format(self._ident())
+        return self.run(lambda conn: conn.execute(statement).fetchone()[0])
+
+    def drop(self):
+        """Drop the table (the retriever can no longer search it)."""
+        from psycopg import sql
+
+        self.run(lambda conn: conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident())))
+
+    # -- search ---------------------------------------------------------------
+    def pack(self, q):
+        vector = q.astype(">f2" if self.index_dtype == "float16" else ">f4")
+        return _Packed(struct.pack(">hh", q.shape[0], 0) + vector.tobytes())
+
+    def search(self, queries, k, settings, n_connections):
+        """Keys of the ``k`` nearest rows of each query (-1 padded), int64."""
+        from psycopg import sql
+
+        statement = sql.SQL("SELECT id FROM {} ORDER BY embedding {} %s LIMIT %s").format(
+            self._ident(), sql.SQL(_OPERATORS[self.metric][0]))
+        found = np.full((queries.shape[0], k), -1, dtype=np.int64)
+
+        def work(conn, rows):
+            for name, value in settings.items():
+                if conn.settings.get(name) != value:
+                    conn.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
+                    conn.settings[name] = value
+            if rows.shape[0] == 1:
+                result = [conn.execute(statement, (self.pack(queries[rows[0]]), k),
+                                       prepare=True).fetchall()]
+            else:
+                result = []
+                with conn.cursor() as cur:
+                    cur.executemany(statement, [(self.pack(queries[r]), k) for r in rows],
+                                    returning=True)
+                    while True:
+                        result.append(cur.fetchall())
+                        if not cur.nextset():
+                            break
+            for r, ids in zip(rows, result):
+                found[r, : len(ids)] = [i[0] for i in ids]
+
+        n_parts = max(1, min(n_connections, queries.shape[0] // 8))
+        parts = np.array_split(np.arange(queries.shape[0]), n_parts)
+        if n_parts == 1:
+            self.run(lambda conn: work(conn, parts[0]))
+        else:
+            with ThreadPoolExecutor(n_parts) as pool:
+                list(pool.map(lambda p: self.run(lambda conn: work(conn, p)), parts))
+        return found
+
+
+class PgVectorBackend(SearchBackend):
+    """Candidates from a pgvector table (HNSW, IVF lists or exact scans) of a server.
+
+    ``algorithm_params``: ``uri`` (libpq URI without password; default the
+    ``SKRETRIEVAL_PGVECTOR_URI`` variable), ``table`` (default a new
+    ``skretrieval_<random hex>``), ``index`` (``"hnsw"``, ``"ivfflat"`` or
+    ``"exact"``), ``index_dtype`` (``"float32"``: ``vector``, ``"float16"``:
+    ``halfvec``), ``m`` and ``ef_construction`` (HNSW build, pgvector's 16
+    and 64), ``ef_search`` (HNSW queries, default 40, at least the
+    candidates), ``lists`` and ``probes`` (IVF), ``k_factor`` and
+    ``n_connections`` (searches at once; default ``n_jobs`` threads).
+    """
+
+    incremental = True
+
+    def check_params(self):
+        _check_params(self.params)
+
+    def check_data(self, X):
+        if self.params.get("index_dtype") == "float16" and X.shape[0]:
+            if float(np.max(np.abs(X))) > _FLOAT16_MAX:
+                raise ValueError(
+                    "algorithm_params['index_dtype']='float16' (halfvec) cannot hold "
+                    f"descriptor values above {_FLOAT16_MAX:g} in magnitude; use 'float32'."
+                )
+
+    def _table(self, name, n_features):
+        return PgVectorTable(resolve_uri(self.params.get("uri")), name, n_features,
+                             self.params.get("index_dtype", "float32"), self.metric)
+
+    def _index_sql(self, table, n_samples):
+        from psycopg import sql
+
+        kind = self.params.get("index", "hnsw")
+        if kind == "exact":
+            return None
+        opclass = sql.SQL(f"{_TYPES[table.index_dtype]}_{_OPERATORS[self.metric][1]}")
+        if kind == "hnsw":
+            options = sql.SQL("m = {}, ef_construction = {}").format(
+                sql.Literal(int(self.params.get("m", 16))),
+                sql.Literal(int(self.params.get("ef_construction", 64))))
+        else:
+            options = sql.SQL("lists = {}").format(sql.Literal(self._lists(n_samples)))
+        return sql.SQL("CREATE INDEX ON {} USING {} (embedding {}) WITH ({})").format(
+            table._ident(), sql.SQL(kind), opclass, options)
+
+    def _lists(self, n_samples):
+        lists = self.params.get("lists")
+        if lists is None:  # pgvector's advice: rows / 1000 up to 1M rows, sqrt(rows) above
+            lists = n_samples // 1000 if n_samples <= 1_000_000 else math.isqrt(n_samples)
+        return int(max(1, lists))
+
+    def build(self, store, keys, seed):
+        """A new table holding the store's rows, then its index."""
+        from psycopg import sql
+
+        name = self.params.get("table") or f"skretrieval_{secrets.token_hex(8)}"
+        table = self._table(name, store.n_features)
+        column = sql.SQL(f"{_TYPES[table.index_dtype]}({int(store.n_features)})")
+        create_index = self._index_sql(table, store.n_samples)
+        buffer = store.block_buffer()
+
+        def work(conn):
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                comment = conn.execute(
+                    "SELECT obj_description(to_regclass(%s), 'pg_class')", (name,)
+                ).fetchone()[0]
+                exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0]
+                if exists is not None and comment != _TABLE_COMMENT:
+                    raise ValueError(
+                        f"the table {name!r} already exists in {_display_uri(table.uri)} and "
+                        "was not made by skretrieval: choose another algorithm_params['table']."
+                    )
+                ident = table._ident()
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
+                conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, embedding {})")
+                             .format(ident, column))
+                conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                    ident, sql.Literal(_TABLE_COMMENT)))
+                table.copy_rows(conn, keys, lambda a, b: store.rows(a, b, buffer))
+                if create_index is not None:
+                    conn.execute(_maintenance_memory(store, self.params))
+                    conn.execute(create_index)
+
+        table.run(work, register=False)  # the type is looked up once the extension exists
+        return table
+
+    def add(self, index, X, keys):
+        index.add(np.ascontiguousarray(keys, dtype=np.int64), X)
+        return index
+
+    def remove(self, index, keys):
+        index.remove(np.asarray(keys, dtype=np.int64))
+        return index
+
+    def n_candidates(self, k):
+        return math.ceil(k * self.params.get("k_factor", 1))
+
+    def candidates(self, index, queries, n_candidates, rows, keys):
+        settings = {}
+        kind = self.params.get("index", "hnsw")
+        if kind == "hnsw":
+            settings["hnsw.ef_search"] = int(min(1000, max(self.params.get("ef_search", 40),
+                                                         n_candidates)))
+        elif kind == "ivfflat":
+            lists = self._lists(keys.shape[0])
+            settings["ivfflat.probes"] = int(self.params.get("probes")
+                                             or max(1, math.isqrt(lists)))
+        n_connections = self.params.get("n_connections") or n_threads(self.n_jobs)
+        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), n_candidates,
+                             settings, n_connections)
+        return keys_to_rows(found, keys)
+
+    def state(self, index):
+        record = {"format": _FORMAT, "table": index.table, "n_features": index.n_features,
+                  "index_dtype": index.index_dtype}
+        return np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)
+
+    def from_state(self, blob):
+        try:
+            record = json.loads(np.asarray(blob, dtype=np.uint8).tobytes().decode())
+            table, n_features = record["table"], int(record["n_features"])
+            index_dtype = record["index_dtype"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ValueError("the saved pgvector table record could not be read") from exc
+        if not (isinstance(table, str) and _TABLE_NAME.match(table)) or index_dtype not in _TYPES:
+            raise ValueError(f"the saved pgvector table record is invalid: {record!r}")
+        return PgVectorTable(resolve_uri(self.params.get("uri")), table, n_features,
+                             index_dtype, self.metric).check()
+
+    def library_version(self):
+        return f"pgvector-table {_FORMAT}"
+
+
+def _maintenance_memory(store, params):
+    """``SET LOCAL maintenance_work_mem`` to hold the HNSW graph (128 MB to 4 GB)."""
+    from psycopg import sql
+
+    itemsize = 2 if params.get("index_dtype") == "float16" else 4
+    per_row = store.n_features * itemsize + 2 * 8 * params.get("m", 16) + 64
+    megabytes = int(min(4096, max(128, 1.5 * store.n_samples * per_row / 2**20)))
+    return sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
+        sql.Literal(f"{megabytes}MB"))

