@@ -10,6 +10,7 @@ The subpackages, one per concept: :mod:`skretrieval.extraction` (images to
 feature maps), :mod:`skretrieval.pooling` (maps to descriptors, whitening),
 :mod:`skretrieval.neighbors` (search), :mod:`skretrieval.index` (index files),
 :mod:`skretrieval.reranking` (query expansion, region re-ranking),
+:mod:`skretrieval.local` (SIFT and deep local features, ASMK),
 :mod:`skretrieval.nn` (torch layers, losses, the trainer),
 :mod:`skretrieval.metrics`, :mod:`skretrieval.datasets`,
 :mod:`skretrieval.display`, :mod:`skretrieval.persistence`,
@@ -51,6 +52,7 @@ from .pooling import (  # noqa: E402
     region_grid,
 )
 from .neighbors import NearestNeighborRetriever  # noqa: E402
+from .local import ASMKRetriever, DeepLocalFeatures, LocalFeatures, SIFTExtractor  # noqa: E402
 from .index import (  # noqa: E402
     IndexFile,
     IndexUpdate,
@@ -63,6 +65,7 @@ from .index import (  # noqa: E402
 from .reranking import (  # noqa: E402
     DiffusionRetriever,
     KReciprocalRetriever,
+    LocalVerificationReranker,
     OnlineCAMRetriever,
     QueryExpansionRetriever,
     RegionReranker,
@@ -75,12 +78,14 @@ from .display import RetrievalDisplay  # noqa: E402
 from .nn import RetrievalNet, RetrievalNetTrainer  # noqa: E402
 
 __all__ = [
+    "ASMKRetriever",
     "CAMWeighter",
     "ClassActivations",
     "ClassVectors",
     "ConvFeatureExtractor",
     "Crop",
     "CroWPooler",
+    "DeepLocalFeatures",
     "DiffusionRetriever",
     "DistributedExtractionError",
     "FeatureMaps",
@@ -91,6 +96,8 @@ __all__ = [
     "IndexUpdate",
     "KReciprocalRetriever",
     "LearnedWhitener",
+    "LocalFeatures",
+    "LocalVerificationReranker",
     "MACPooler",
     "NearestNeighborRetriever",
     "OnlineCAMRetriever",
@@ -102,6 +109,7 @@ __all__ = [
     "RetrievalMAP",
     "RetrievalNet",
     "RetrievalNetTrainer",
+    "SIFTExtractor",
     "SPoCPooler",
     "SpatialVerificationReranker",
     "VLADEncoder",
