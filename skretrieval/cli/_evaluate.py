@@ -47,6 +47,10 @@ def cmd_evaluate(args):
         raise CLIError(
             "--pca needs --whiten-root: the whitening must be learned on another "
             "benchmark (e.g. Paris6k for Oxford5k), never on the evaluated images")
+    model = getattr(args, "model", None)
+    if model is not None and args.whiten_root is not None:
+        raise CLIError("--whiten-root does not apply with --model: the checkpoint's own "
+                       "whitening is used (choose it with --model-whitening)")
     check_device(args.device)
     bench = _load_benchmark(args.dataset, args.root, args, "evaluated")
     whiten_bench = None
@@ -58,25 +62,53 @@ def cmd_evaluate(args):
     cache = None if args.cache.lower() == "none" else os.path.expanduser(args.cache)
     if cache is not None:
         os.makedirs(cache, exist_ok=True)
-    extractor = ConvFeatureExtractor(
-        args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
-        scales=tuple(args.scales), device=args.device, batch_size=args.batch_size,
-        cache=cache, verbose=int(show_progress(args)),
-    )
-    extractor.fit()
-    features = make_pipeline(extractor, make_pooler(args.pooler))
-    whitener = _whitener(args, extractor, whiten_bench)
+    title = None
+    if model is not None:
+        features, title = _checkpoint_features(args, cache)
+        extractor, whitener = features[0], None
+    else:
+        extractor = ConvFeatureExtractor(
+            args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
+            scales=tuple(args.scales), device=args.device, batch_size=args.batch_size,
+            cache=cache, verbose=int(show_progress(args)),
+        )
+        extractor.fit()
+        features = make_pipeline(extractor, make_pooler(args.pooler))
+        whitener = _whitener(args, extractor, whiten_bench)
     if not args.quiet:
         info(f"{PROG}: {bench.name}: {bench.n_images} database images, "
-             f"{bench.n_queries} queries; {args.backbone} layer {extractor.layer_name_} "
-             f"on {extractor.device_}"
+             f"{bench.n_queries} queries; "
+             + (title if title else f"{args.backbone} layer {extractor.layer_name_}")
+             + f" on {extractor.device_}"
              + (f"; whitening learned on {whiten_bench.name}" if whiten_bench else ""))
     report = evaluate_benchmark(bench, features, whitener=whitener,
                                 whitening_benchmark=whiten_bench)
     if args.figure is not None:
         _evaluation_figure(bench, report, args.figure)
-    _print_report(args, bench, report, features, time.perf_counter() - t0)
+    _print_report(args, bench, report, features, time.perf_counter() - t0, title=title)
     return 0
+
+
+def _checkpoint_features(args, cache):
+    """``--model FILE``: the checkpoint's descriptor pipeline (no retriever) and its title."""
+    from ..pretrained import CheckpointFormatError, load_checkpoint
+
+    if not os.path.isfile(args.model):
+        raise CLIError(f"checkpoint file not found: {args.model!r}")
+    whitening = None if args.model_whitening.lower() == "none" else args.model_whitening
+    try:
+        pipe, recipe = load_checkpoint(
+            args.model, preset=args.preset, whitening=whitening, max_size=args.max_size,
+            device=args.device, batch_size=args.batch_size,
+            cache=cache, verbose=int(show_progress(args)),
+            return_recipe=True)
+    except (CheckpointFormatError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    scales = pipe[0].scales
+    title = (f"{os.path.basename(args.model)}: {recipe.description}, max_size "
+             f"{args.max_size}, scales {' '.join(f'{s:.4g}' for s in scales)}"
+             + (f", whitening {recipe.whitening_name}" if recipe.whitening_name else ""))
+    return pipe[:-1], title
 
 
 def _whitener(args, extractor, whiten_bench):
@@ -94,21 +126,28 @@ def _whitener(args, extractor, whiten_bench):
     return PCAWhitener(n_components=n, whiten_power=args.whiten_power, random_state=0)
 
 
-def _print_report(args, bench, report, features, seconds):
+def _print_report(args, bench, report, features, seconds, title=None):
     """The benchmark's table (or its JSON, with the configuration) and the times."""
     extractor, pooler = features[0], features[1]
     if args.json:
         out = report.to_dict()
         out["seconds"]["wall"] = seconds
-        out["config"] = {k: getattr(args, k) for k in (
-            "backbone", "layer", "max_size", "scales", "pooler", "pca", "whiten_power")}
-        out["config"]["weights"] = str(args.weights)
+        if title is not None:
+            out["config"] = {"model": args.model, "preset": args.preset, "title": title,
+                             "max_size": args.max_size, "scales": list(extractor.scales)}
+        else:
+            out["config"] = {k: getattr(args, k) for k in (
+                "backbone", "layer", "max_size", "scales", "pooler", "pca", "whiten_power")}
+            out["config"]["weights"] = str(args.weights)
         print(json.dumps(out, indent=2))
         return
-    print(f"{args.backbone} ({args.weights}) layer {extractor.layer_name_}, max_size "
-          f"{args.max_size}, scales {' '.join(f'{s:g}' for s in args.scales)}, "
-          f"{pooler.__class__.__name__}, {report.n_dims} dims"
-          + (f", PCA-whitened on {report.whitening}" if report.whitening else ""))
+    if title is not None:
+        print(f"{title}, {report.n_dims} dims")
+    else:
+        print(f"{args.backbone} ({args.weights}) layer {extractor.layer_name_}, max_size "
+              f"{args.max_size}, scales {' '.join(f'{s:g}' for s in args.scales)}, "
+              f"{pooler.__class__.__name__}, {report.n_dims} dims"
+              + (f", PCA-whitened on {report.whitening}" if report.whitening else ""))
     print(report.table())
     print(f"{bench.n_queries} queries, {bench.n_images} database images; wall time "
           f"{seconds:.1f} s (features {report.seconds['extract']:.1f} s, search "

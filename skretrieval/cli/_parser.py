@@ -179,6 +179,16 @@ def _add_evaluate_command(sub):
     p.add_argument("--download", action="store_true",
                    help="fetch the benchmark's official files into --root first")
     _add_descriptor_options(p)
+    p.add_argument("--model", metavar="FILE", default=None,
+                   help="a published retrieval checkpoint (cirtorch, deep-image-retrieval, "
+                        "or a plain state dict) evaluated with its authors' recipe instead "
+                        "of --backbone/--weights/--layer/--pooler (docs/pretrained.md)")
+    p.add_argument("--preset", choices=("auto", "ss", "ms"), default="auto",
+                   help="with --model: single scale, the authors' multi-scale protocol, "
+                        "or the one of their reported table (default: %(default)s)")
+    p.add_argument("--model-whitening", metavar="NAME", default="auto",
+                   help="with --model: the stored whitening to apply, by its training set, "
+                        "'none' for none (default: the one the authors report with)")
     p.add_argument("--whiten-root", metavar="DIR", default=None,
                    help="learn PCA whitening on the benchmark in DIR (by default the "
                         "dataset's pair, see --whiten-dataset); without it, no whitening")
