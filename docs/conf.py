@@ -120,6 +120,7 @@ API_MODULES = [
     ("extraction", "Images and feature extraction"),
     ("pooling", "Pooling, VLAD, CAM weighting and whitening"),
     ("neighbors", "Nearest-neighbour search and index files"),
+    ("local", "Local features and ASMK"),
     ("reranking", "Re-ranking"),
     ("nn", "Torch layers, losses and training"),
     ("metrics", "Metrics and evaluation"),
