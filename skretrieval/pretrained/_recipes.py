@@ -379,12 +379,15 @@ def state_dict_recipe(obj, path, *, backbone=None, p=3.0):
             "torchvision architecture skretrieval recognises (resnet18-152, vgg, alexnet, "
             "densenet, mobilenet_v2); pass backbone='<torchvision name>', "
             "'timm:<model>' or 'open_clip:<arch>/<tag>'")
-    direct = isinstance(obj, dict) and (obj is state or obj.get("state_dict") is not None)
-    if not direct and ":" in name:
-        raise CheckpointFormatError(f"{path!r}: a wrapped state dict cannot be given to "
-                                    f"{name}; save the state dict alone")
-    converted = None
-    if not direct or any(k.startswith("module.") for k in obj.get("state_dict", obj)):
-        converted = _complete(name, state, f"{path!r}") if ":" not in name else None
+    plain = all(isinstance(v, torch.Tensor) for v in obj.values())
+    if ":" in name:  # timm / open_clip read the file themselves
+        if not plain:
+            raise CheckpointFormatError(f"{path!r}: {name} reads plain state-dict files; "
+                                        "this one wraps it: save the state dict alone")
+        converted = None
+    elif plain or isinstance(obj.get("state_dict"), dict):
+        converted = None  # ConvFeatureExtractor reads it (and drops a 'module.' prefix)
+    else:
+        converted = _complete(name, state, f"{path!r}")
     return Recipe(family="state_dict", description=f"{name} state dict, GeM p={p:g}",
                   backbone=name, layer=None, state=converted, pooler=GeMPooler(p=p))

@@ -186,6 +186,19 @@ def test_plain_torchvision_state_dict(folder, images):
     assert_same_descriptors(pipe[:-1].transform(images), ref.numpy())
 
 
+def test_plain_timm_state_dict(folder, images):
+    timm = pytest.importorskip("timm")
+    model = R.randomise(timm.create_model("resnet18", pretrained=False), 8).eval()
+    path = folder / "timm-resnet18.pth"
+    torch.save(model.state_dict(), path)
+    pipe = load(path, folder, backbone="timm:resnet18", preset="ss")
+    assert pipe[0].backbone == "timm:resnet18" and pipe[0].weights == str(path)
+    with torch.no_grad():
+        ref = torch.cat([R.l2n(R.GeM(p=3)(model.forward_features(R.to_input(a)))).flatten(1)
+                         for a in images])
+    assert_same_descriptors(pipe[:-1].transform(images), ref.numpy())
+
+
 # ---------------------------------------------------------------------------
 # end to end and errors
 # ---------------------------------------------------------------------------
