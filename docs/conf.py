@@ -125,6 +125,7 @@ API_MODULES = [
     ("nn", "Torch layers, losses and training"),
     ("metrics", "Metrics and evaluation"),
     ("datasets", "Benchmark datasets"),
+    ("pretrained", "Published retrieval networks"),
     ("display", "Drawing results"),
     ("persistence", "The pickle-free format"),
     ("pairs", "Image pairs for visual localization"),

@@ -54,7 +54,7 @@ def _weights_file(recipe, path, cache_dir):
 
 
 def read_recipe(path, *, whitening="auto", backbone=None, **options):
-    """The :class:`~skretrieval.pretrained._recipes.Recipe` of a checkpoint (no network built).
+    """The :class:`Recipe` of a checkpoint (no network built).
 
     Parameters are those of :func:`load_checkpoint`; ``options`` go to the
     family's reader (naver: ``whiten_power``, ``whiten_dims``).
