@@ -49,6 +49,8 @@ _TABLE_COMMENT = "skretrieval pgvector index"
 _COPY_ROWS = 16384
 _FORMAT = 1
 _FLOAT16_MAX = 65504.0
+# advisory lock of the creation of the extension (any fixed bigint)
+_LOCK_KEY = 0x736B7276
 
 
 class PgVectorConnectionError(ConnectionError):
@@ -409,6 +411,8 @@ class PgVectorBackend(SearchBackend):
 
         def work(conn):
             with conn.transaction():
+                # concurrent fits would race to create the extension
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 comment = conn.execute(
                     "SELECT obj_description(to_regclass(%s), 'pg_class')", (name,)

