@@ -11,7 +11,7 @@ COIL-100 objects pasted on real photos.
 """
 
 from ._demo import load_demo_dataset
-from ._base import DATASETS, DatasetError, GroundTruth, RetrievalBenchmark
+from ._base import DatasetError, GroundTruth, RetrievalBenchmark
 from ._cluttered import CLUTTERED_BENCHMARK, make_cluttered_objects, segment_object
 from ._coil import load_coil
 from ._download import CHECKSUMS, SOURCES, DownloadError, download_dataset
@@ -26,14 +26,16 @@ from ._oxford import (
     read_oxford_ground_truth,
     revisited_ground_truth,
 )
-from ._registry import load_dataset
+from ._registry import BENCHMARKS, DATASETS, DatasetSpec, load_dataset
 from ._ukbench import load_ukbench
 
 __all__ = [
+    "BENCHMARKS",
     "CHECKSUMS",
     "CLUTTERED_BENCHMARK",
     "DATASETS",
     "DatasetError",
+    "DatasetSpec",
     "DownloadError",
     "GROUND_TRUTH_DIGESTS",
     "GroundTruth",

@@ -41,7 +41,6 @@ import numpy as np
 from ..extraction._images import Crop
 
 __all__ = [
-    "DATASETS",
     "DatasetError",
     "GroundTruth",
     "RetrievalBenchmark",
@@ -54,9 +53,6 @@ __all__ = [
     "to_ids",
 ]
 
-#: The benchmark names :func:`load_dataset` and :func:`download_dataset` know.
-DATASETS = ("oxford5k", "paris6k", "roxford5k", "rparis6k", "holidays", "ukbench",
-            "coil100", "coil20")
 
 
 class DatasetError(FileNotFoundError):

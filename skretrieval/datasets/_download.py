@@ -13,7 +13,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from ._base import DATASETS
 
 __all__ = ["CHECKSUMS", "DownloadError", "SOURCES", "download_dataset"]
 
@@ -112,7 +111,7 @@ def download_dataset(name, root, *, timeout=30.0):
     Parameters
     ----------
     name : str
-        One of :data:`DATASETS`.
+        One of the benchmarks of :data:`SOURCES`.
     root : str or os.PathLike
         Directory to fill (created if needed).
     timeout : float, default=30.0
@@ -126,7 +125,7 @@ def download_dataset(name, root, *, timeout=30.0):
         or if its checksum does not match.
     """
     if name not in SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(SOURCES)}")
     root = Path(os.fspath(root)).expanduser()
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)

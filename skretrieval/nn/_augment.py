@@ -1,12 +1,31 @@
-"""Training crops of :class:`~skretrieval.RetrievalNetTrainer`: random resized crops, flips."""
+"""Images of :class:`~skretrieval.RetrievalNetTrainer`: decoded, resized, random crops, flips."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["crop_box", "random_crops"]
+from ..extraction._batches import resize, resized_shape
+from ..extraction._images import load_image
+
+__all__ = ["crop_box", "load_resized", "load_training_image", "random_crops"]
+
+
+def load_training_image(item, index, limit):
+    """A training image as a ``3 x H x W`` uint8 tensor, longest side at most ``limit``."""
+    arr = load_image(item, index=index)
+    h, w = arr.shape[:2]
+    if max(h, w) > limit:
+        arr = resize(arr, resized_shape(h, w, limit))
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def load_resized(item, index, size):
+    """An image as an ``H x W x 3`` array, its longest side resized to ``size``."""
+    arr = load_image(item, index=index)
+    return resize(arr, resized_shape(*arr.shape[:2], size))
 
 
 def crop_box(H, W, scale, rng, ratio=(3.0 / 4.0, 4.0 / 3.0)):

@@ -2,8 +2,10 @@
 
 The torch counterparts of the NumPy poolers of :mod:`skretrieval.pooling`
 (the same functions of :mod:`skretrieval.pooling._functional`, checked
-against the poolers in ``tests/nn/test_trainer.py``), and the
-network that :class:`skretrieval.RetrievalNetTrainer` trains:
+against the poolers in ``tests/nn/test_trainer.py``; defined in
+:mod:`skretrieval.pooling._torch` and named by the pooler table, whose rows
+with a torch layer are :data:`POOLINGS`), and the network that
+:class:`skretrieval.RetrievalNetTrainer` trains:
 
 * :class:`GeM` -- generalized mean with a learnable exponent ``p``
   (Radenović et al., TPAMI 2018);
@@ -29,120 +31,45 @@ from torch.nn import functional as F
 
 from ..extraction._backbones import describe_weights, load_backbone, resolve_layer
 from ..extraction._network import cut_network, shared
-from ..pooling._functional import cached_region_grid, center_prior, gem, mac, rmac, spoc
+from ..pooling._registry import POOLERS
+from ..utils._tables import TableNames
+from ..pooling._torch import GeM, MAC, RMAC, SPoC
 
 __all__ = ["GeM", "MAC", "POOLINGS", "RMAC", "RetrievalNet", "SPoC", "make_pooling"]
 
 
-class GeM(nn.Module):
-    """Generalized-mean pooling with a (learnable) exponent.
-
-    ``f_k = mean(max(x_k, eps) ** p) ** (1 / p)`` over the positions of
-    channel ``k`` (Radenović et al.); the same as
-    :class:`skretrieval.GeMPooler` with ``normalize=False``.
-
-    Parameters
-    ----------
-    p : float, default=3.0
-        Initial exponent.
-    eps : float, default=1e-6
-        Clamp of the activations.
-    learn_p : bool, default=True
-        Make ``p`` a trainable parameter (Radenović et al. learn it).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skretrieval.nn import GeM
-    >>> GeM(p=1.0)(torch.ones(2, 3, 4, 4)).shape
-    torch.Size([2, 3])
-    """
-
-    def __init__(self, p=3.0, eps=1e-6, learn_p=True):
-        super().__init__()
-        value = torch.tensor([float(p)])
-        if learn_p:
-            self.p = nn.Parameter(value)
-        else:
-            self.register_buffer("p", value)
-        self.eps = float(eps)
-
-    def forward(self, x):
-        return gem(x, self.p, self.eps)
-
-    def extra_repr(self):
-        return f"p={float(self.p.detach()):.4g}, eps={self.eps}"
-
-
-class MAC(nn.Module):
-    """Global max pooling (MAC), as :class:`skretrieval.MACPooler`."""
-
-    def forward(self, x):
-        return mac(x)
-
-
-class SPoC(nn.Module):
-    """Sum pooling with a Gaussian centre prior, as :class:`skretrieval.SPoCPooler`.
-
-    Parameters
-    ----------
-    center_prior : bool, default=True
-        Weight the positions by ``exp(-d^2 / (2 sigma^2))`` with ``sigma =
-        min(H, W) / 6`` (the paper's choice); ``False`` sums.
-    """
-
-    def __init__(self, center_prior=True):
-        super().__init__()
-        self.center_prior = bool(center_prior)
-
-    def forward(self, x):
-        if not self.center_prior:
-            return spoc(x)
-        H, W = x.shape[-2:]
-        return spoc(x, center_prior(int(H), int(W), like=x))
-
-
-class RMAC(nn.Module):
-    """Regional MAC: L2-normalised MAC of the regions of :func:`region_grid`, summed.
-
-    As :class:`skretrieval.RMACPooler` with ``normalize=False``.
-
-    Parameters
-    ----------
-    levels : int, default=3
-        Number of region levels.
-    overlap : float, default=0.4
-        Target overlap of consecutive regions.
-    """
-
-    def __init__(self, levels=3, overlap=0.4):
-        super().__init__()
-        self.levels = int(levels)
-        self.overlap = float(overlap)
-
-    def forward(self, x):
-        H, W = x.shape[-2:]
-        boxes = cached_region_grid(int(H), int(W), self.levels, self.overlap)
-        return rmac(x, boxes, eps=1e-12)  # the norm floor of F.normalize
-
-    def extra_repr(self):
-        return f"levels={self.levels}, overlap={self.overlap}"
-
-
-POOLINGS = ("gem", "mac", "spoc", "rmac")
+#: The ``pooling`` values of :class:`RetrievalNet`: the rows of the pooler
+#: table (:data:`skretrieval.pooling._registry.POOLERS`) that have a torch
+#: layer, read when used.
+POOLINGS = TableNames(POOLERS, "layer")
 
 
 def make_pooling(name, *, p=3.0, learn_p=True):
-    """The pooling layer called ``name`` (one of :data:`POOLINGS`)."""
-    if name == "gem":
-        return GeM(p=p, learn_p=learn_p)
-    if name == "mac":
-        return MAC()
-    if name == "spoc":
-        return SPoC()
-    if name == "rmac":
-        return RMAC()
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {name!r}")
+    """The pooling layer called ``name`` (one of :data:`POOLINGS`).
+
+    Parameters
+    ----------
+    name : str
+        A pooler of the pooler table that has a torch layer.
+    p : float, default=3.0
+        Initial exponent (for the layers that take it: GeM).
+    learn_p : bool, default=True
+        Train the exponent.
+
+    Returns
+    -------
+    layer : torch.nn.Module
+
+    Examples
+    --------
+    >>> from skretrieval.nn import make_pooling
+    >>> make_pooling("gem", p=2.0)
+    GeM(p=2, eps=1e-06)
+    """
+    spec = POOLERS.get(name) if isinstance(name, str) else None
+    if spec is None or spec.layer is None:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {name!r}")
+    return spec.make_layer(p=p, learn_p=learn_p)
 
 
 def _trunk_template(backbone, weights, layer):
@@ -190,7 +117,8 @@ class RetrievalNet(nn.Module):
         Where to cut the backbone (None: its last convolutional layer); see
         :class:`skretrieval.ConvFeatureExtractor`.
     pooling : {"gem", "mac", "spoc", "rmac"}, default="gem"
-        Pooling of the maps.
+        Pooling of the maps: a pooler of :data:`POOLINGS` (the pooler table's
+        rows with a torch layer).
     p : float, default=3.0
         Initial GeM exponent (``pooling="gem"`` only).
     learn_p : bool, default=True

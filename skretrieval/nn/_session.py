@@ -15,7 +15,7 @@ import torch
 from ..utils._files import atomic_write
 
 __all__ = ["Session", "check_fingerprint", "load_checkpoint", "restore_checkpoint",
-           "save_checkpoint", "state_copy"]
+           "save_checkpoint", "state_copy", "training_fingerprint"]
 
 #: Format of the checkpoint files.
 CHECKPOINT_VERSION = 1
@@ -43,6 +43,21 @@ def state_copy(net):
 def load_checkpoint(path):
     """The training state saved in ``path``."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def training_fingerprint(params, weights, n_images, classes):
+    """What a checkpoint must have been saved by to be resumed.
+
+    ``params`` are the trainer's parameters, ``weights`` the description of
+    its initial weights, ``classes`` its training labels.
+    """
+    dim = params["dim"]
+    return {
+        "backbone": params["backbone"], "weights": weights, "layer": repr(params["layer"]),
+        "pooling": params["pooling"], "dim": -1 if dim is None else int(dim),
+        "loss": params["loss"], "n_images": n_images,
+        "classes": [str(c) for c in classes.tolist()],
+    }
 
 
 def check_fingerprint(state, fingerprint, path):

@@ -29,22 +29,21 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..extraction._backbones import describe_weights
-from ..extraction._batches import as_image_list, resize, resized_shape, to_batch
-from ..extraction._images import load_image
+from ..extraction._batches import ShapeBatching, as_image_list
 from ..extraction._network import fallback_device, load_state, resolve_device, state_arrays
+from ..pooling._whitening import PCAWhitener
 from ..utils._progress import progress, write_line
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
-from ._augment import random_crops
+from ._augment import load_resized, load_training_image, random_crops
 from ._layers import POOLINGS, RetrievalNet
-from ._mining import ap_batches, mine_tuples
-from ._training import (CosineClassifier, backward, check_labels, loo_map, loss_function,
-                        make_optimizer, set_lr, train_mode)
+from ._registry import LOSSES
+from ._training import (CosineClassifier, backward, check_labels, describe_images, loo_map,
+                        loss_function, make_optimizer, set_lr, split_labels, train_mode)
 from ._session import (Session, check_fingerprint, load_checkpoint, restore_checkpoint,
-                       save_checkpoint, state_copy)
+                       save_checkpoint, state_copy, training_fingerprint)
 
 __all__ = ["RetrievalNetTrainer"]
 
-LOSSES = ("ap", "tie_aware_ap", "triplet", "contrastive", "classification")
 # Images decoded and described at once by transform (bounds the RAM).
 _CHUNK = 256
 
@@ -265,7 +264,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         "backbone": [str],
         "weights": "no_validation",
         "layer": [str, Integral, None],
-        "pooling": [StrOptions(set(POOLINGS))],
+        "pooling": [StrOptions(POOLINGS)],
         "p": [Interval(Real, 0, None, closed="neither")],
         "learn_p": ["boolean"],
         "dim": [Interval(Integral, 1, None, closed="left"), None],
@@ -415,7 +414,8 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 f"the training images have a single label ({classes[0]!r}): training a "
                 "retrieval network needs at least two labels (images of the same label "
                 "are pulled together, those of different labels pushed apart)")
-        if self.loss != "classification":
+        spec = LOSSES[self.loss]
+        if spec.two_per_label:
             lonely = classes[counts < 2]
             if len(lonely):
                 shown = ", ".join(repr(v) for v in lonely[:5].tolist())
@@ -424,15 +424,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                     f"needs a positive), but {len(lonely)} label(s) have a single image: "
                     f"{shown}{', ...' if len(lonely) > 5 else ''}. Remove them, add "
                     "images, or use loss='classification'")
-        if self.loss in ("ap", "tie_aware_ap") and self.batch_size < 4:
-            raise ValueError(f"batch_size={self.batch_size} is too small for the AP loss: "
-                             "a batch needs two images of at least two labels (>= 4)")
-        if self.loss in ("triplet", "contrastive"):
-            if self.batch_size < 2 + min(self.n_negatives, len(classes) - 1):
-                raise ValueError(
-                    f"batch_size={self.batch_size} cannot hold one tuple (anchor, "
-                    f"positive and {self.n_negatives} negatives); raise batch_size or "
-                    "lower n_negatives")
+        spec.sampling.check(self, len(classes))
         return classes
 
     # ------------------------------------------------------------------
@@ -510,34 +502,14 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             return items, y, val_items, check_labels(val_y, len(val_items), "eval_set labels")
         if self.validation_fraction is None:
             return items, y, None, None
-        classes = np.unique(y)
-        n_val = int(round(self.validation_fraction * len(classes)))
-        if n_val < 1 or len(classes) - n_val < 2:
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction} of {len(classes)} "
-                f"labels leaves {n_val} for validation and {len(classes) - n_val} for "
-                "training; each side needs labels (training at least 2)")
-        held = np.random.default_rng([seed, 1]).choice(classes, n_val, replace=False)
-        is_val = np.isin(y, held)
-        return ([items[i] for i in np.flatnonzero(~is_val)], y[~is_val],
-                [items[i] for i in np.flatnonzero(is_val)], y[is_val])
-
-    def _fingerprint(self, n_images):
-        """What a checkpoint must have been saved by to be resumed."""
-        return {
-            "backbone": self.backbone,
-            "weights": describe_weights(self.backbone, self.weights),
-            "layer": repr(self.layer), "pooling": self.pooling,
-            "dim": -1 if self.dim is None else int(self.dim), "loss": self.loss,
-            "n_images": n_images,
-            "classes": [str(c) for c in self.classes_.tolist()],
-        }
+        return split_labels(items, y, self.validation_fraction, seed)
 
     def _start(self, items, codes, val_items, val_y, seed, state):
         """The training session: network, decoded images, head, optimiser,
         random state, history (restored from the checkpoint ``state``)."""
-        run = Session(codes=codes, seed=seed,
-                       fingerprint=self._fingerprint(len(items)))
+        run = Session(codes=codes, seed=seed, fingerprint=training_fingerprint(
+            self.get_params(), describe_weights(self.backbone, self.weights), len(items),
+            self.classes_))
         check_fingerprint(state, run.fingerprint, self.checkpoint)
         gen = torch.Generator().manual_seed(seed)
         net = RetrievalNet(self.backbone, self.weights, layer=self.layer,
@@ -550,7 +522,8 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         run.train_bank = [self._load_train(item, i) for i, item in
                           self._bar(enumerate(items), len(items), "decoding", "img")]
         # training images at the evaluation size (mining, PCA)
-        if (self.dim is not None and state is None) or self.loss in ("triplet", "contrastive"):
+        spec = LOSSES[self.loss]
+        if (self.dim is not None and state is None) or spec.sampling.needs_eval_images:
             run.eval_train = [self._load_eval(item, i) for i, item in
                               self._bar(enumerate(items), len(items), "decoding", "img")]
         if val_items is not None:
@@ -561,7 +534,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                   f"{0 if run.val_bank is None else len(run.val_bank)} validation images in "
                   f"{time.perf_counter() - t0:.1f} s")
 
-        if self.loss == "classification":
+        if spec.head:
             run.head = CosineClassifier(net.out_dim, len(self.classes_), gen).to(self.device_)
         if state is None and self.dim is not None:
             self._init_projection(net, run.eval_train)
@@ -625,41 +598,17 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         return self.max_size or self.image_size
 
     def _load_train(self, item, index):
-        arr = load_image(item, index=index)
-        h, w = arr.shape[:2]
-        limit = 2 * self.image_size
-        if max(h, w) > limit:
-            arr = resize(arr, resized_shape(h, w, limit))
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+        return load_training_image(item, index, 2 * self.image_size)
 
     def _load_eval(self, item, index):
-        arr = load_image(item, index=index)
-        return resize(arr, resized_shape(*arr.shape[:2], self._eval_size()))
+        return load_resized(item, index, self._eval_size())
 
-    @torch.no_grad()
     def _describe_bank(self, net, arrays, *, pooled=False):
         """Descriptors of prepared (resized) images, in eval mode, batched by shape."""
-        was_training = net.training
-        net.eval()
-        fn = net.pooled if pooled else net
-        out = None
-        groups = {}
-        for i, arr in enumerate(arrays):
-            groups.setdefault(arr.shape, []).append(i)
-        for members in groups.values():
-            for b in range(0, len(members), self.batch_size):
-                idx = members[b:b + self.batch_size]
-                d = fn(to_batch([arrays[i] for i in idx], self.device_)).float().cpu()
-                if out is None:
-                    out = np.empty((len(arrays), d.shape[1]), dtype=np.float32)
-                out[idx] = d.numpy()
-        if was_training:
-            train_mode(net, self.freeze_batchnorm)
-        return out
+        return describe_images(net, arrays, ShapeBatching(self.batch_size), self.device_,
+                               pooled=pooled, freeze_batchnorm=self.freeze_batchnorm)
 
     def _init_projection(self, net, eval_train):
-        from ..pooling._whitening import PCAWhitener
-
         pooled = self._describe_bank(net, eval_train, pooled=True)
         if self.dim > min(pooled.shape):
             raise ValueError(f"dim={self.dim} exceeds what the PCA-whitening of "
@@ -670,22 +619,9 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _epoch_batches(self, run):
         """The batches of an epoch (arrays of training image indices) and the
-        images per tuple of the loss."""
-        codes, steps, rng, n = run.codes, run.steps, run.rng, len(run.codes)
-        if self.loss in ("ap", "tie_aware_ap"):
-            return ap_batches(codes, steps, rng, self.images_per_label, self.batch_size), 1
-        if self.loss == "classification":
-            order = np.concatenate([rng.permutation(n)
-                                    for _ in range(-(-steps * self.batch_size // n))])
-            return (order[s * self.batch_size:(s + 1) * self.batch_size]
-                    for s in range(steps)), 1
-        n_tuple = 2 + min(self.n_negatives, int(codes.max()))
-        per_step = max(1, self.batch_size // n_tuple)
-        tuples = mine_tuples(
-            lambda idx: self._describe_bank(run.net, [run.eval_train[i] for i in idx]),
-            codes, steps * per_step, rng, n_negatives=self.n_negatives,
-            pool_size=self.mining_pool_size, dim=run.net.out_dim)
-        return (tuples[s * per_step:(s + 1) * per_step].ravel() for s in range(steps)), n_tuple
+        images per tuple of the loss, drawn by the loss's sampling."""
+        return LOSSES[self.loss].sampling.batches(
+            self, run, lambda idx: self._describe_bank(run.net, [run.eval_train[i] for i in idx]))
 
     def _run_epoch(self, run, epoch):
         """One epoch of ``run.steps`` steps; the loss of every step."""
@@ -696,7 +632,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         losses = []
         with self._bar(None, run.steps, f"epoch {epoch}", "batch") as bar:
             for s, idx in enumerate(batches):
-                losses.append(self._train_step(run, idx, n_tuple, run.step + s))
+                losses.append(self.train_step(run, idx, n_tuple, run.step + s))
                 bar.update()
                 bar.set_postfix_str(f"loss {np.mean(losses):.4f}", refresh=False)
         set_lr(run.opt, float(self.learning_rate), self.lr_schedule, run.step + run.steps,
@@ -704,18 +640,83 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         run.net.eval()
         return losses
 
-    def _train_step(self, run, idx, n_tuple, step):
-        """One optimisation step on the training images ``idx``; its loss."""
-        set_lr(run.opt, float(self.learning_rate), self.lr_schedule, step, run.total_steps)
-        x = random_crops(run.train_bank, idx, run.rng, self.image_size, run.crop_scale,
-                         self.flip, self.device_)
-        labels = torch.as_tensor(run.codes[idx], device=self.device_)
-        run.opt.zero_grad(set_to_none=True)
-        loss_fn = loss_function(self.loss, run.head, labels, n_tuple, n_bins=self.n_bins,
-                                margin=self.margin)
-        loss = backward(run.net, x, loss_fn, self.chunk_size)
-        run.opt.step()
+    # ------------------------------------------------------------------
+    # the step (what a subclass overrides)
+    # ------------------------------------------------------------------
+    def train_step(self, session, idx, n_tuple, step):
+        """One optimisation step on training images; its loss.
+
+        Sets the learning rate of ``step``, draws the random crops of the
+        images ``idx``, back-propagates :meth:`get_loss` of the descriptors
+        :meth:`infer` gives them (chunk by chunk with ``chunk_size``) and
+        steps the optimiser.
+
+        Parameters
+        ----------
+        session : Session
+            The training run (``session.net``, ``.opt``, ``.head``,
+            ``.train_bank``, ``.codes``, ``.rng``...).
+        idx : ndarray of int
+            Training images of the batch (tuples of ``n_tuple`` consecutive
+            images for the tuple losses).
+        n_tuple : int
+            Images per tuple (1 but for the tuple losses).
+        step : int
+            Index of the step over the whole training (the schedule).
+
+        Returns
+        -------
+        loss : float
+            The loss of the batch, before the step.
+        """
+        set_lr(session.opt, float(self.learning_rate), self.lr_schedule, step,
+               session.total_steps)
+        x = random_crops(session.train_bank, idx, session.rng, self.image_size,
+                         session.crop_scale, self.flip, self.device_)
+        labels = torch.as_tensor(session.codes[idx], device=self.device_)
+        session.opt.zero_grad(set_to_none=True)
+        loss = backward(self.infer, x,
+                        lambda d: self.get_loss(d, labels, n_tuple=n_tuple, head=session.head),
+                        self.chunk_size)
+        session.opt.step()
         return loss
+
+    def infer(self, x):
+        """The descriptors of a batch of images: the network's forward pass.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, 3, H, W)
+            Images with values in ``[0, 1]``, on ``device_``.
+
+        Returns
+        -------
+        descriptors : torch.Tensor of shape (N, n_features_out_)
+        """
+        return self.network_(x)
+
+    def get_loss(self, y_pred, y_true, *, n_tuple=1, head=None):
+        """The training loss of a batch of descriptors (``loss``, from the loss table).
+
+        Parameters
+        ----------
+        y_pred : torch.Tensor of shape (N, dim)
+            Descriptors of the batch, from :meth:`infer`.
+        y_true : torch.Tensor of shape (N,)
+            Their label codes (positions in ``classes_``).
+        n_tuple : int, default=1
+            Images per tuple: the tuple losses read ``y_pred`` as tuples of
+            ``n_tuple`` consecutive rows (anchor, positive, negatives).
+        head : torch.nn.Module or None, default=None
+            The classifier head of ``loss="classification"``.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            A scalar to minimise.
+        """
+        return loss_function(self.loss, head, y_true, n_tuple, n_bins=self.n_bins,
+                             margin=self.margin)(y_pred)
 
     # ------------------------------------------------------------------
     # transform

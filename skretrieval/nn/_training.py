@@ -1,7 +1,8 @@
 """The pieces of a training step of :class:`~skretrieval.RetrievalNetTrainer`.
 
 Labels (:func:`check_labels`), the loss of a batch (:func:`loss_function`,
-with the :class:`CosineClassifier` head of ``loss="classification"``), the
+from the loss table of :mod:`._registry`, with the :class:`CosineClassifier`
+head of ``loss="classification"``), the
 optimiser and its schedule (:func:`make_optimizer`, :func:`set_lr`),
 training mode with frozen batch-norm statistics (:func:`train_mode`), the
 (multistage) back-propagation (:func:`backward`) and the validation
@@ -16,13 +17,13 @@ import warnings
 import numpy as np
 import torch
 
-from ._losses import ap_loss, contrastive_loss, triplet_loss
+from ..extraction._batches import to_batch
+from ..neighbors import NearestNeighborRetriever
+from ._registry import LOSSES
 
-__all__ = ["CosineClassifier", "backward", "check_labels", "loo_map", "loss_function",
-           "make_optimizer", "set_lr", "train_mode"]
+__all__ = ["CosineClassifier", "backward", "check_labels", "describe_images", "loo_map", "loss_function",
+           "make_optimizer", "set_lr", "split_labels", "train_mode"]
 
-#: Margins of the tuple losses when ``margin=None``.
-DEFAULT_MARGIN = {"triplet": 0.1, "contrastive": 0.7}
 #: Temperature of the cosine classifier of loss="classification".
 TEMPERATURE = 0.05
 #: New layers (GeM exponent, classifier head) learn this much faster.
@@ -46,10 +47,63 @@ def check_labels(y, n, what="y"):
     return y
 
 
+@torch.no_grad()
+def describe_images(net, arrays, batching, device, *, pooled=False, freeze_batchnorm=True):
+    """Descriptors of prepared (resized) images in eval mode, batched by ``batching``.
+
+    Parameters
+    ----------
+    net : RetrievalNet
+    arrays : list of ndarray
+        ``H x W x 3`` images, already at their size.
+    batching : ShapeBatching
+        The batch policy (images of one shape together).
+    device : str
+    pooled : bool, default=False
+        The pooled features (before the projection), not the descriptors.
+    freeze_batchnorm : bool, default=True
+        How to put the network back in training mode when it was training.
+
+    Returns
+    -------
+    descriptors : ndarray of shape (len(arrays), dim), float32
+    """
+    was_training = net.training
+    net.eval()
+    fn = net.pooled if pooled else net
+    out = None
+    for idx in batching.split(arr.shape for arr in arrays):
+        d = fn(to_batch([arrays[i] for i in idx], device)).float().cpu()
+        if out is None:
+            out = np.empty((len(arrays), d.shape[1]), dtype=np.float32)
+        out[idx] = d.numpy()
+    if was_training:
+        train_mode(net, freeze_batchnorm)
+    return out
+
+
+def split_labels(items, y, fraction, seed):
+    """``(items, y, val_items, val_y)``: a ``fraction`` of the labels held out.
+
+    The held-out labels are drawn with the random state ``[seed, 1]``; every
+    image of a held-out label goes to the validation side.  Raises when either
+    side would be left without labels (training needs at least two).
+    """
+    classes = np.unique(y)
+    n_val = int(round(fraction * len(classes)))
+    if n_val < 1 or len(classes) - n_val < 2:
+        raise ValueError(
+            f"validation_fraction={fraction} of {len(classes)} labels leaves {n_val} for "
+            f"validation and {len(classes) - n_val} for training; each side needs labels "
+            "(training at least 2)")
+    held = np.random.default_rng([seed, 1]).choice(classes, n_val, replace=False)
+    is_val = np.isin(y, held)
+    return ([items[i] for i in np.flatnonzero(~is_val)], y[~is_val],
+            [items[i] for i in np.flatnonzero(is_val)], y[is_val])
+
+
 def loo_map(descriptors, codes):
     """Leave-one-out label mAP (Oxford AP) of descriptors, every image a query."""
-    from ..neighbors._retriever import NearestNeighborRetriever
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         retriever = NearestNeighborRetriever(metric="inner_product").fit(descriptors, codes)
@@ -107,30 +161,42 @@ def train_mode(net, freeze_batchnorm):
 
 
 def loss_function(loss, head, labels, n_tuple, *, n_bins, margin):
-    """The loss ``loss`` of a batch of descriptors, as a function of them."""
-    margin = margin if margin is not None else DEFAULT_MARGIN.get(loss)
-    if loss in ("ap", "tie_aware_ap"):
-        return lambda d: ap_loss(d, labels, n_bins=n_bins, tie_aware=loss == "tie_aware_ap")
-    if loss == "classification":
-        return lambda d: torch.nn.functional.cross_entropy(head(d), labels)
+    """The loss ``loss`` (a row of :data:`~._registry.LOSSES`) of a batch of
+    descriptors, as a function of them.
 
-    def tuple_loss(d):
-        d = d.view(-1, n_tuple, d.shape[-1])
-        anchor, positive, negatives = d[:, 0], d[:, 1], d[:, 2:]
-        if loss == "triplet":
-            return triplet_loss(anchor, positive, negatives, margin=margin)
-        k = negatives.shape[1]
-        x1 = torch.cat([anchor, anchor.repeat_interleave(k, dim=0)])
-        x2 = torch.cat([positive, negatives.reshape(-1, d.shape[-1])])
-        same = torch.cat([torch.ones(len(anchor)), torch.zeros(len(anchor) * k)])
-        return contrastive_loss(x1, x2, same.to(d.device), margin=margin)
+    Parameters
+    ----------
+    loss : str
+        The loss's name.
+    head : torch.nn.Module or None
+        The classifier head (losses with ``head=True``).
+    labels : torch.Tensor
+        Label codes of the batch.
+    n_tuple : int
+        Images per tuple (1 but for the tuple losses).
+    n_bins : int
+        Bins of the AP losses.
+    margin : float or None
+        Margin of the tuple losses (None: the loss's default).
 
-    return tuple_loss
+    Returns
+    -------
+    loss_fn : callable
+        ``loss_fn(d)``: the scalar loss of the ``(N, dim)`` descriptors ``d``.
+    """
+    spec = LOSSES[loss]
+    margin = margin if margin is not None else spec.margin
+    return lambda d: spec.function(d, labels, head=head, n_tuple=n_tuple, n_bins=n_bins,
+                                   margin=margin)
 
 
 def backward(net, x, loss_fn, chunk=None):
     """Back-propagate ``loss_fn(net(x))``; with ``chunk``, the multistage
-    back-propagation of Revaud et al. (section 3.3).  Returns the loss."""
+    back-propagation of Revaud et al. (section 3.3).  Returns the loss.
+
+    ``net`` is any callable from a batch of images to descriptors (the
+    network, or the trainer's :meth:`~skretrieval.RetrievalNetTrainer.infer`).
+    """
     if chunk is None or len(x) <= chunk:
         loss = loss_fn(net(x))
         loss.backward()

@@ -6,6 +6,7 @@ The format itself is documented in :mod:`skretrieval.persistence`.
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 
 import numpy as np
 import sklearn
@@ -22,9 +23,8 @@ from ..neighbors._retriever import NearestNeighborRetriever
 from ..nn._trainer import RetrievalNetTrainer
 from ..pooling._cam import CAMWeighter
 from ..reranking._online_cam import OnlineCAMRetriever
-from ..pooling._global import GeMPooler, MACPooler, SPoCPooler
 from ..pooling._learned_whitening import LearnedWhitener
-from ..pooling._regional import CroWPooler, RMACPooler
+from ..pooling._registry import pooler_classes
 from ..pooling._vlad import VLADEncoder
 from ..pooling._whitening import PCAWhitener
 from ..reranking._diffusion import DiffusionRetriever
@@ -75,14 +75,54 @@ MAX_MANIFEST_BYTES = 64 * 2**20
 #: Compressed zip members may expand at most this many times (plus 1 MiB).
 MAX_COMPRESSION_RATIO = 100
 
-#: The only classes :func:`load_pipeline` instantiates, by manifest name.
-SUPPORTED_CLASSES = {
+class _Whitelist(Mapping):
+    """The supported classes by manifest name: ``fixed``, then the poolers of
+    the pooler table (read when used, so that a pooler added to the table is
+    saved and loaded with no other change)."""
+
+    def __init__(self, fixed):
+        self._fixed = fixed
+
+    def _classes(self):
+        return {**self._fixed, **pooler_classes()}
+
+    def __getitem__(self, name):
+        return self._classes()[name]
+
+    def __iter__(self):
+        return iter(self._classes())
+
+    def __len__(self):
+        return len(self._classes())
+
+    def __repr__(self):
+        return repr(self._classes())
+
+
+class _NamesOfClasses(Mapping):
+    """The inverse of :data:`SUPPORTED_CLASSES`, read when used."""
+
+    def _names(self):
+        return {cls: name for name, cls in SUPPORTED_CLASSES.items()}
+
+    def __getitem__(self, cls):
+        return self._names()[cls]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self):
+        return len(self._names())
+
+    def __repr__(self):
+        return repr(self._names())
+
+
+#: The only classes :func:`load_pipeline` instantiates, by manifest name:
+#: these and the poolers of the pooler table
+#: (:data:`skretrieval.pooling._registry.POOLERS`).
+SUPPORTED_CLASSES = _Whitelist({
     "skretrieval.ConvFeatureExtractor": ConvFeatureExtractor,
-    "skretrieval.CroWPooler": CroWPooler,
-    "skretrieval.GeMPooler": GeMPooler,
-    "skretrieval.MACPooler": MACPooler,
-    "skretrieval.RMACPooler": RMACPooler,
-    "skretrieval.SPoCPooler": SPoCPooler,
     "skretrieval.VLADEncoder": VLADEncoder,
     "skretrieval.CAMWeighter": CAMWeighter,
     "skretrieval.PCAWhitener": PCAWhitener,
@@ -104,8 +144,9 @@ SUPPORTED_CLASSES = {
     "sklearn.preprocessing.Normalizer": Normalizer,
     "sklearn.preprocessing.StandardScaler": StandardScaler,
     "sklearn.decomposition.PCA": PCA,
-}
-NAME_OF_CLASS = {cls: name for name, cls in SUPPORTED_CLASSES.items()}
+})
+#: The manifest name of every supported class.
+NAME_OF_CLASS = _NamesOfClasses()
 
 _FEATURE_NAMES = Attr("array", dtype="UO", shape=("n_features_in_",), optional=True)
 _PCA_VECTOR = Attr("array", dtype="f", shape=("n_components_",))
