@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import make_pipeline
 
 from skretrieval import ConvFeatureExtractor, GeMPooler, NearestNeighborRetriever
@@ -128,8 +129,9 @@ def _run(c, name, est, X, Q, rows, ref=None):
     n_q = len(c.images) if Q is None else len(Q)
     m = c.evaluate(ind)
     size = est.index_nbytes() / len(c.images) if hasattr(est, "index_nbytes") else None
-    if size is None and hasattr(est, "retriever_") and hasattr(est.retriever_, "index_nbytes"):
-        size = est.retriever_.index_nbytes() / len(c.images)
+    inner = getattr(est, "retriever_", None)
+    if size is None and hasattr(inner, "index_nbytes"):
+        size = inner.index_nbytes() / len(c.images)
     rows.append((name, m, t_fit, t_q / n_q * 1e3, size))
     delta = "" if ref is None else f" ({(m - ref) * 100:+.1f} vs the re-ranked)"
     print(f"[{c.name}] {name}: mAP {m:.3f}{delta}, fit {t_fit:.1f} s, "
@@ -161,11 +163,13 @@ def evaluate_collection(c, cache, asmk_params=ASMK_PARAMS, sv_params=SV_PARAMS):
     for label, binary in (("ASMK*", True), ("ASMK", False)):
         asmk = ASMKRetriever(binary=binary, kmeans=kmeans, **asmk_params)
         m = _run(c, f"SIFT + {label}", asmk, db, q, rows)
-        _run(c, f"SIFT + {label} + SV", LocalVerificationReranker(asmk, **sv_params), db, q,
-             rows, m)
+        # the fitted ASMK re-ranked as it is (FrozenEstimator: not fitted again)
+        _run(c, f"SIFT + {label} + SV",
+             LocalVerificationReranker(FrozenEstimator(asmk), **sv_params), db, q, rows, m)
     asmk = ASMKRetriever(binary=True, kmeans=kmeans, **{**asmk_params, "n_clusters": 1024})
     m = _run(c, "deep + ASMK* (1024 words)", asmk, ddb, dq, rows)
-    _run(c, "deep + ASMK* + SV", LocalVerificationReranker(asmk, **sv_params), ddb, dq, rows, m)
+    _run(c, "deep + ASMK* + SV", LocalVerificationReranker(FrozenEstimator(asmk), **sv_params),
+         ddb, dq, rows, m)
     return rows
 
 

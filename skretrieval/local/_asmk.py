@@ -104,7 +104,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
     >>> feats = LocalFeatures([(rng.random((30, 4)), rng.standard_normal((30, 16)))
     ...                        for _ in range(4)])
     >>> asmk = ASMKRetriever(n_clusters=8).fit(feats)
-    >>> asmk.kneighbors(feats[:1], n_neighbors=2, return_distance=False)[0, 0]
+    >>> int(asmk.kneighbors(feats[:1], n_neighbors=2, return_distance=False)[0, 0])
     0
     """
 

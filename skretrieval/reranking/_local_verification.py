@@ -1,7 +1,7 @@
 """Spatial verification of any retriever's short list with real local features.
 
-:class:`SpatialVerificationReranker` verifies with the cells of the conv maps
-it re-ranks; :class:`LocalVerificationReranker` takes its local features from
+:class:`~skretrieval.reranking.SpatialVerificationReranker` verifies with the cells of
+the conv maps it re-ranks; :class:`~skretrieval.reranking.LocalVerificationReranker` takes its local features from
 a local feature extractor (:class:`~skretrieval.local.SIFTExtractor`,
 :class:`~skretrieval.local.DeepLocalFeatures`) and re-ranks the short list of
 any retriever over the same images (a global pipeline, or an
@@ -151,13 +151,14 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
 
     Two ways to give the local features:
 
-    * ``local`` is a local feature extractor (:class:`SIFTExtractor`,
-      :class:`DeepLocalFeatures`): ``X`` is a list of images, given both to
+    * ``local`` is a local feature extractor
+      (:class:`~skretrieval.local.SIFTExtractor`,
+      :class:`~skretrieval.local.DeepLocalFeatures`): ``X`` is a list of images, given both to
       ``retriever`` (e.g. a pipeline ``ConvFeatureExtractor -> GeMPooler ->
       NearestNeighborRetriever``, or ``SIFTExtractor -> ASMKRetriever``)
       and to ``local`` (cloned, fitted on ``X``);
     * ``local=None``: ``X`` is :class:`~skretrieval.local.LocalFeatures`,
-      searched by ``retriever`` (e.g. :class:`ASMKRetriever`) and verified
+      searched by ``retriever`` (e.g. :class:`~skretrieval.local.ASMKRetriever`) and verified
       as they are.
 
     Parameters
@@ -215,7 +216,7 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
     >>> feats = LocalFeatures([(rng.random((30, 4)) * 100, rng.standard_normal((30, 16)))
     ...                        for _ in range(4)])
     >>> sv = LocalVerificationReranker(ASMKRetriever(n_clusters=8), n_rerank=3).fit(feats)
-    >>> sv.kneighbors(feats[:1], n_neighbors=2, return_distance=False)[0, 0]
+    >>> int(sv.kneighbors(feats[:1], n_neighbors=2, return_distance=False)[0, 0])
     0
     """
 
