@@ -106,6 +106,13 @@ def _check_new_index(args, n, n_fit):
         )
     if args.algorithm == "nndescent" and n < 3:
         raise CLIError(f"--algorithm nndescent needs at least 3 images, got {n}")
+    if getattr(args, "engine", None) is not None:
+        from ..neighbors._engine import check_uri
+
+        try:
+            check_uri(args.engine)
+        except ValueError as exc:
+            raise CLIError(f"--engine: {exc}") from None
     check_device(args.device)
 
 
@@ -138,6 +145,8 @@ def _new_pipeline(args):
     retriever_kwargs = {"algorithm": args.algorithm}
     if args.algorithm != "brute":
         retriever_kwargs["random_state"] = 0
+    if getattr(args, "engine", None) is not None:  # the table of a pgvector server
+        retriever_kwargs = {"algorithm": "pgvector", "algorithm_params": {"uri": args.engine}}
     steps.append(NearestNeighborRetriever(**retriever_kwargs))
     return make_pipeline(*steps)
 

@@ -74,6 +74,11 @@ def _add_index_command(sub):
                    help="exact (brute) or approximate (hnsw: needs pip install "
                         "skretrieval[hnsw]; auto: hnsw for large indexes; nndescent; faiss: "
                         "needs pip install skretrieval[faiss]) search (default: %(default)s)")
+    p.add_argument("--engine", default=None, metavar="URI",
+                   help="search in a PostgreSQL server with pgvector at URI "
+                        "(postgresql://user@host:5432/db, no password: libpq reads "
+                        "PGPASSWORD) instead of --algorithm; needs pip install "
+                        "skretrieval[engine]")
     p.add_argument("--device", default="auto",
                    help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",

@@ -219,3 +219,41 @@ def test_params_are_checked(server, data, monkeypatch):
     with pytest.raises(ValueError, match="halfvec.*cannot hold"):
         NearestNeighborRetriever(metric="euclidean",
                                  **engine(server, index_dtype="float16")).fit(X * 1e5)
+
+
+def test_cli_index_engine_then_search_and_serve(server, tmp_path, capsys):
+    import json
+
+    from _helpers import upload, write_image
+    from skretrieval.cli import main
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    names = [f"img{i}.jpg" for i in range(6)]
+    for i, name in enumerate(names):
+        write_image(folder / name, seed=i)
+    fast = ["--backbone", "resnet18", "--weights", "none", "--max-size", "64",
+            "--device", "cpu", "-q"]
+    index = tmp_path / "engine.zip"
+    assert main(["index", str(folder), "-o", str(index), "--engine", server.uri, *fast]) == 0
+    capsys.readouterr()
+    assert main(["search", str(index), str(folder / "img2.jpg"), "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)[0]["results"]
+    assert hits[0]["name"] == "img2.jpg" and len(hits) == 3
+    bad = server.uri.replace("postgres@", "postgres:pw@")
+    assert main(["index", str(folder), "-o", str(tmp_path / "x.zip"), "--engine", bad,
+                 *fast]) == 2
+    assert "PGPASSWORD" in capsys.readouterr().err
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from skretrieval.serve import create_app, load_model
+
+    model = load_model(index)
+    assert model.steps[-1][1].algorithm == "pgvector"
+    with TestClient(create_app(model, images_root=folder, max_k=5)) as client:
+        response = upload(client, (folder / "img4.jpg").read_bytes(), name="img4.jpg", k=3)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["id"] == "img4.jpg"
