@@ -64,7 +64,7 @@ DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()
 
 #: Chosen on the validation instance of the cluttered benchmark (``--tune``).
-ASMK_PARAMS = dict(n_clusters=4096, multiple_assignment=3)
+ASMK_PARAMS = dict(n_clusters=4096, multiple_assignment=1)
 SV_PARAMS = dict(n_rerank=50, matching="ratio", ratio=0.8, transform="affine",
                  min_inliers=6)
 TUNE_GRID = [(k, binary, ma) for k in (1024, 4096) for binary in (True, False)
@@ -202,7 +202,7 @@ def tune(args):
         ind = asmk.kneighbors(q, "all", return_distance=False)
         print(f"[validation] SIFT + {'ASMK*' if binary else 'ASMK'} {k} words, MA {ma}: "
               f"mAP {c.evaluate(ind):.3f}", flush=True)
-    asmk = ASMKRetriever(binary=False, kmeans=_kmeans(), **ASMK_PARAMS)
+    asmk = FrozenEstimator(ASMKRetriever(binary=False, kmeans=_kmeans(), **ASMK_PARAMS).fit(db))
     for n_rerank, min_inliers, transform in [(50, 6, "affine"), (50, 10, "affine"),
                                              (50, 6, "similarity"), (100, 6, "affine")]:
         sv = LocalVerificationReranker(asmk, **{**SV_PARAMS, "n_rerank": n_rerank,
