@@ -318,6 +318,12 @@ class SpatialVerificationReranker(ShortListMixin, BaseEstimator):
     y_ : ndarray or None
         Database labels.
 
+    See Also
+    --------
+    LocalVerificationReranker : The same verification on the local features of
+        any extractor (SIFT, deep local features), OpenCV's estimators, over the
+        short list of any retriever.
+
     Examples
     --------
     >>> import numpy as np
