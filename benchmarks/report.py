@@ -38,7 +38,7 @@ from skretrieval import (
     SPoCPooler,
 )
 from skretrieval.datasets import load_dataset
-from skretrieval.metrics import evaluate_descriptors
+from skretrieval.datasets import evaluate_descriptors
 
 DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data"))

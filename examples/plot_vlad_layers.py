@@ -47,7 +47,7 @@ import numpy as np
 
 from skretrieval import ConvFeatureExtractor, GeMPooler, PCAWhitener, SPoCPooler, VLADEncoder
 from skretrieval.datasets import load_dataset
-from skretrieval.metrics import evaluate_descriptors
+from skretrieval.datasets import evaluate_descriptors
 
 DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA")
             or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -37,7 +37,7 @@ def cmd_evaluate(args):
     from sklearn.pipeline import make_pipeline
 
     from ..extraction._extractor import ConvFeatureExtractor
-    from ..metrics._evaluation import evaluate_benchmark
+    from ..datasets import evaluate_benchmark
     from ..pooling._registry import make_pooler
 
     t0 = time.perf_counter()

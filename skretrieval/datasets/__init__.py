@@ -7,7 +7,8 @@ protocol); :func:`load_dataset` picks one by name (:data:`DATASETS`), and
 :func:`load_demo_dataset` builds the small offline collection of the demo
 from photos shipped inside scikit-learn and scikit-image;
 :func:`make_cluttered_objects` generates a cluttered object benchmark from
-COIL-100 objects pasted on real photos.
+COIL-100 objects pasted on real photos; :func:`evaluate_benchmark` runs a
+pipeline over a benchmark with its protocol.
 """
 
 from ._demo import load_demo_dataset
@@ -15,6 +16,7 @@ from ._base import DatasetError, GroundTruth, RetrievalBenchmark
 from ._cluttered import CLUTTERED_BENCHMARK, make_cluttered_objects, segment_object
 from ._coil import load_coil
 from ._download import CHECKSUMS, SOURCES, DownloadError, download_dataset
+from ._evaluation import EvaluationReport, evaluate_benchmark, evaluate_descriptors
 from ._holidays import load_holidays
 from ._oxford import (
     GROUND_TRUTH_DIGESTS,
@@ -37,12 +39,15 @@ __all__ = [
     "DatasetError",
     "DatasetSpec",
     "DownloadError",
+    "EvaluationReport",
     "GROUND_TRUTH_DIGESTS",
     "GroundTruth",
     "PARIS6K_CORRUPT",
     "RetrievalBenchmark",
     "SOURCES",
     "download_dataset",
+    "evaluate_benchmark",
+    "evaluate_descriptors",
     "ground_truth_digest",
     "load_coil",
     "load_dataset",

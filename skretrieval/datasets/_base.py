@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..extraction._images import Crop
+from ..metrics._ranking import revisitop_map, ukbench_score
 
 __all__ = [
     "DatasetError",
@@ -123,8 +124,6 @@ class GroundTruth:
             every ``k`` in ``ks``; see
             :func:`skretrieval.metrics.revisitop_map`.
         """
-        from ..metrics._ranking import revisitop_map
-
         m, ap, mpr, _ = revisitop_map(rankings, self.positives, self.junk, ks=ks)
         out = {"mAP": m, "ap": ap}
         for k, p in zip(ks, np.atleast_1d(mpr)):
@@ -281,8 +280,6 @@ class RetrievalBenchmark:
         for protocol, gt in self.ground_truth.items():
             out[protocol] = gt.evaluate(rankings, ks=ks)
         if self.ns_score:
-            from ..metrics._ranking import ukbench_score
-
             gt = next(iter(self.ground_truth.values()))
             # N-S counts the query itself: the ranking of the whole
             # database with the query in it, positives = its whole group.

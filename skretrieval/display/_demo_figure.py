@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._display import RetrievalDisplay
+
 __all__ = ["plot_rankings"]
 
 _INSTALL_HINT = "pip install skretrieval[demo]"
@@ -99,7 +101,6 @@ def plot_rankings(images, labels, rankings, *, n_queries=6, k=5, path=None,
         If matplotlib is not installed (``pip install skretrieval[demo]``).
     """
     _pyplot()  # the Agg backend: files only, never a window
-    from ._display import RetrievalDisplay
 
     labels = np.asarray(labels)
     rankings = np.asarray(rankings)

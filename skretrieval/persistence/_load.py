@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from sklearn.base import BaseEstimator
 
-from .. import __version__
+from ..utils._version import __version__
 from ..extraction._network import resolve_device
 from ._checks import InvalidState, check_state, is_int
 from ._io import Budget, ModelSource

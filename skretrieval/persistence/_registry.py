@@ -17,7 +17,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from .. import __version__
+from ..utils._version import __version__
 from ..extraction._extractor import ConvFeatureExtractor
 from ..neighbors._retriever import NearestNeighborRetriever
 from ..nn._trainer import RetrievalNetTrainer

@@ -44,7 +44,8 @@ LEGACY_MODULES = {
     "skretrieval._deepnet": ("skretrieval.nn._layers",),
     "skretrieval.losses": ("skretrieval.nn._losses",),
     "skretrieval._trainer": ("skretrieval.nn._trainer",),
-    "skretrieval.evaluation": ("skretrieval.metrics._evaluation",),
+    "skretrieval.evaluation": ("skretrieval.datasets._evaluation",),
+    "skretrieval.metrics._evaluation": ("skretrieval.datasets._evaluation",),
     "skretrieval._demo": ("skretrieval.datasets._demo", "skretrieval.display",
                           "skretrieval.cli._demo"),
 }
@@ -57,6 +58,8 @@ MOVED_NAMES = {
     "skretrieval.neighbors": {name: "skretrieval.index" for name in (
         "IndexFile", "IndexUpdate", "add_to_index", "edit_index", "item_fingerprint",
         "load_index", "save_index")},
+    "skretrieval.metrics": {name: "skretrieval.datasets" for name in (
+        "EvaluationReport", "evaluate_benchmark", "evaluate_descriptors")},
 }
 
 

@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from skretrieval import ConvFeatureExtractor, GeMPooler, PCAWhitener
 from skretrieval.cli import main
 from skretrieval.datasets import load_coil, load_revisited
-from skretrieval.metrics import evaluate_benchmark
+from skretrieval.datasets import evaluate_benchmark
 from skretrieval.metrics import revisitop_map
 
 from _helpers import assert_rankings_equivalent

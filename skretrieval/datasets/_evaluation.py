@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import clone
 
+from ..neighbors import NearestNeighborRetriever
 from ..utils._arrays import similarities_from_distances
 
 __all__ = ["EvaluationReport", "evaluate_benchmark", "evaluate_descriptors"]
@@ -212,8 +213,6 @@ def evaluate_descriptors(benchmark, database, queries=None, *, whitener=None,
         seconds["whiten"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from ..neighbors import NearestNeighborRetriever  # metrics sit below neighbors
-
     retriever = NearestNeighborRetriever(metric="cosine").fit(X_db)
     dist, rankings = retriever.kneighbors(X_q, n_neighbors="all")
     results = benchmark.evaluate(rankings, ks=ks)
