@@ -429,7 +429,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
     def _recipe(self):
         """What the maps depend on besides the layer and the input: backbone,
         weights, and the autocast precision when not float32."""
-        precision = getattr(self, "precision", "float32")
+        precision = self.precision
         return ((self.backbone, self._weights_id) if precision == "float32"
                 else (self.backbone, self._weights_id, precision))
 
@@ -487,7 +487,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         return NetworkRunner(network, engine=sessions,
                              batching=ShapeBatching.for_device(self.batch_size, self.device_),
                              device=self.device_, mean=self.mean_, std=self.std_,
-                             precision=getattr(self, "precision", "float32"),
+                             precision=self.precision,
                              counter=FORWARD_PASSES, channels_last=CHANNELS_LAST)
 
     def _probe(self):
@@ -522,7 +522,9 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         return state
 
     def __setstate__(self, state):
-        # extractors pickled before the engines ran their network with torch
+        # extractors pickled before these parameters existed: their behaviour then
+        state.setdefault("strict", True)
+        state.setdefault("on_error", "raise")
         state.setdefault("engine", "torch")
         state.setdefault("precision", "float32")
         super().__setstate__(state)
@@ -550,7 +552,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         return prepare_image(item, index, scales, max_size=self.max_size,
                              min_size=self.min_input_size_, what=self._what(),
                              square=getattr(self, "fully_connected_", False),
-                             strict=getattr(self, "strict", True))
+                             strict=self.strict)
 
     def _resume_key(self, item, scales):
         """Key of the maps of ``item`` in the resume store (None if it has none)."""
@@ -598,7 +600,7 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "trunk_")
         items = as_image_list(X)
         self._ensure_trunk()
-        on_error = getattr(self, "on_error", "raise")  # extractors pickled before it
+        on_error = self.on_error
         backend = _distributed.distributed_backend()
         if backend is not None:  # joblib's dask backend: chunks run on its workers
             maps = self._transform_distributed(items, backend, on_error)

@@ -9,11 +9,15 @@ from ._backends import BACKENDS, resolve_algorithm
 from ._exact import ExactSearch
 from ._store import DescriptorStore
 
-__all__ = ["IndexStateMixin"]
+__all__ = ["INDEX_BLOB", "INDEX_CHECKSUM", "INDEX_LIBRARY", "OLD_INDEX_BLOB",
+           "IndexStateMixin"]
 
-# The attribute holding the serialised index of an unpickled or loaded
-# retriever (named after the first backend that had one).
-INDEX_BLOB = "_faiss_index"
+# The attribute holding the serialised index (FAISS or usearch bytes) of an
+# unpickled or loaded retriever.
+INDEX_BLOB = "_index_blob"
+# Its name in files written by skretrieval 0.2 and before (named after the
+# first backend that had one); renamed to INDEX_BLOB when such a file loads.
+OLD_INDEX_BLOB = "_faiss_index"
 # Its SHA-256 and the library (name and version) that wrote it.
 INDEX_CHECKSUM = "_index_checksum"
 INDEX_LIBRARY = "_index_library"
@@ -161,6 +165,10 @@ class IndexStateMixin:
         ids existed their default ids.
         """
         state = self.__dict__
+        if OLD_INDEX_BLOB in state:
+            blob = state.pop(OLD_INDEX_BLOB)
+            if blob is not None:
+                state.setdefault(INDEX_BLOB, blob)
         if "n_samples_fit_" not in state:
             return
         n = self.n_samples_fit_
@@ -224,7 +232,8 @@ def _check_items(retriever):
         for start in range(0, X.shape[0], 1 << 14):
             if not np.isfinite(X[start:start + (1 << 14)]).all():
                 raise ValueError("X_fit_ holds NaN or infinite descriptors")
-    blob, checksum = state.get(INDEX_BLOB), state.get(INDEX_CHECKSUM)
+    blob = state.get(INDEX_BLOB, state.get(OLD_INDEX_BLOB))
+    checksum = state.get(INDEX_CHECKSUM)
     if blob is not None and checksum is not None and checksum != blob_checksum(blob):
         raise ValueError("the serialised search index is corrupted (its SHA-256 differs "
                          "from the one saved with it); refit the retriever")

@@ -311,6 +311,9 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
                                   none=True, optional=True),
             "_index_kind": Attr("str", choices=INDEX_KINDS, none=True, optional=True),
             "_index_seed": Attr("int", optional=True),
+            # the serialised index (FAISS or usearch), under its old name in
+            # files of skretrieval 0.2 and before
+            "_index_blob": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
             "_faiss_index": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
             # SHA-256 of the serialised index and the library that wrote it
             "_index_checksum": Attr("str", optional=True),

@@ -166,8 +166,8 @@ What is supported
   ``RetrievalNetTrainer``'s too (attribute ``_network_state``, one array per
   tensor), rebuilt from its architecture when loaded.  A retriever's FAISS
   index is stored as the uint8 array of :func:`faiss.serialize_index`
-  (attribute ``_faiss_index``), deserialised on the first query by FAISS's
-  own binary reader (it runs no code from the file, but it is C++ parsing
+  (attribute ``_index_blob``; ``_faiss_index`` in files of 0.2 and before),
+  deserialised on the first query by FAISS's own binary reader (it runs no code from the file, but it is C++ parsing
   the bytes: refit the retriever rather than query a FAISS index from a file
   you do not trust; the ids it returns are checked against the stored ones).
   A HNSW graph (``algorithm="hnsw"``) is stored the same way, as the bytes

@@ -159,7 +159,7 @@ class LearnedWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "l2_after": ["boolean"],
     }
 
-    # The state skretrieval.persistence stores and accepts (see _persist.py).
+    # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
     _state_spec = StateSpec({
         "n_features_in_": Attr("int", values=(1, None)),
         "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),

@@ -35,7 +35,7 @@ def test_faiss_agrees_with_brute(clustered, metric, factory, k_factor, tmp_path)
     # joblib and save_pipeline round trips: identical results, no refit
     expected = r.kneighbors(Q)
     loaded = joblib.load(joblib.dump(r, tmp_path / "faiss.joblib")[0])
-    assert loaded._index is None and loaded._faiss_index.dtype == np.uint8
+    assert loaded._index is None and loaded._index_blob.dtype == np.uint8
     got = loaded.kneighbors(Q)
     assert_array_equal(got[1], expected[1])
     assert_array_equal(got[0], expected[0])

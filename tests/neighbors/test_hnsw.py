@@ -79,7 +79,7 @@ def test_hnsw_save_and_load(clustered, tmp_path, monkeypatch):
     expected = r.kneighbors(Q, return_ids=True)
     loaded = joblib.load(joblib.dump(r, tmp_path / "hnsw.joblib")[0])
     # the library's own bytes, not a pickled library object
-    assert loaded._index is None and loaded._faiss_index.dtype == np.uint8
+    assert loaded._index is None and loaded._index_blob.dtype == np.uint8
     assert loaded._index_library.startswith("usearch ")
     got = loaded.kneighbors(Q, return_ids=True)
     assert_array_equal(got[1], expected[1])
@@ -99,8 +99,8 @@ def test_hnsw_save_and_load(clustered, tmp_path, monkeypatch):
     assert recall(found, expected[1]) >= 0.95
     # altered bytes are refused
     bad = joblib.load(tmp_path / "hnsw.joblib")
-    bad._faiss_index = bad._faiss_index.copy()
-    bad._faiss_index[-1] ^= 1
+    bad._index_blob = bad._index_blob.copy()
+    bad._index_blob[-1] ^= 1
     with pytest.raises(ValueError, match="corrupted"):
         bad.kneighbors(Q)
 

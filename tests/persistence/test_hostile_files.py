@@ -70,7 +70,7 @@ def test_bit_flips_in_a_zip_model_are_refused_or_harmless(tmp_path, algorithm):
         marks = [i.header_offset + d for i in zf.infolist() for d in (0, 8, 26, 40, 200)]
     offsets = sorted({o for o in _offsets(len(data)) + marks if o < len(data)})
     if algorithm == "hnsw":
-        blob_at = data.find(b"_faiss_index.npy")
+        blob_at = data.find(b"_index_blob.npy")
         assert blob_at > 0
         offsets += [blob_at + d for d in (200, 400, 800, 1600)]
     outcomes = set()
@@ -279,9 +279,9 @@ def test_a_tampered_hnsw_graph_is_refused_at_load(tmp_path):
     model = pathlib.Path(save_pipeline(pipe, tmp_path / "m"))
 
     def flip(arrays, attributes):
-        blob = arrays["_faiss_index"].copy()
+        blob = arrays["_index_blob"].copy()
         blob[blob.size // 2] ^= 0x10
-        arrays["_faiss_index"] = blob
+        arrays["_index_blob"] = blob
 
     _edit_retriever(model, flip)  # the file checksums match, the index's does not
     with pytest.raises(ModelFormatError, match="serialised search index is corrupted"):
