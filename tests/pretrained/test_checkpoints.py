@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _reference as R  # noqa: E402
 
+from skretrieval.persistence import load_pipeline, save_pipeline  # noqa: E402
 from skretrieval.pretrained import (  # noqa: E402
     CheckpointFormatError,
     MultiScaleHead,
@@ -202,11 +203,19 @@ def test_plain_timm_state_dict(folder, images):
 # ---------------------------------------------------------------------------
 # end to end and errors
 # ---------------------------------------------------------------------------
-def test_pipeline_indexes_and_searches(cirtorch_gem, folder, images):
+def test_pipeline_indexes_searches_and_saves(cirtorch_gem, folder, images, tmp_path):
     pipe = load(cirtorch_gem[2], folder, preset="ss")
     pipe.fit(images, np.arange(len(images)))
-    dist, ind = pipe[-1].kneighbors(pipe[:-1].transform(images), n_neighbors=1)
+    X = pipe[:-1].transform(images)
+    dist, ind = pipe[-1].kneighbors(X, n_neighbors=1)
     np.testing.assert_array_equal(ind[:, 0], np.arange(len(images)))
+    # refitting keeps the stored whitening (frozen)
+    assert_same_descriptors(pipe.fit(images[:2], [0, 1])[:-1].transform(images), X)
+    # the pickle-free format keeps every step (the network in the file)
+    save_pipeline(pipe, tmp_path / "model.zip")
+    with pytest.warns(UserWarning, match="weights"):
+        loaded = load_pipeline(tmp_path / "model.zip")
+    np.testing.assert_allclose(loaded[:-1].transform(images), X, atol=1e-6)
 
 
 class Payload:
