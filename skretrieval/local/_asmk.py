@@ -76,7 +76,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
 
     Attributes
     ----------
-    centroids_ : ndarray of shape (n_clusters, n_features_in_), float32
+    centroids_ : ndarray of shape (n_clusters, n_features_in), float32
         The visual words.
     entry_images_, entry_words_ : ndarray of shape (n_entries,)
         The inverted file's entries: database row and word, by image.
@@ -86,7 +86,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         Images of the database.
     n_features_in_ : int
         Descriptor size.
-    ids_ : ndarray of shape (n_samples_fit_,)
+    ids_ : ndarray of shape (n_samples_fit,)
         Database ids.
     y_ : ndarray or None
         Database labels.
