@@ -6,7 +6,6 @@ The format itself is documented in :mod:`skretrieval.persistence`.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
 
 import numpy as np
 import sklearn
@@ -17,6 +16,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
+from ..utils._tables import LiveMapping
 from ..utils._version import __version__
 from ..extraction._extractor import ConvFeatureExtractor
 from ..neighbors._retriever import NearestNeighborRetriever
@@ -75,53 +75,8 @@ MAX_MANIFEST_BYTES = 64 * 2**20
 #: Compressed zip members may expand at most this many times (plus 1 MiB).
 MAX_COMPRESSION_RATIO = 100
 
-class _Whitelist(Mapping):
-    """The supported classes by manifest name: ``fixed``, then the poolers of
-    the pooler table (read when used, so that a pooler added to the table is
-    saved and loaded with no other change)."""
-
-    def __init__(self, fixed):
-        self._fixed = fixed
-
-    def _classes(self):
-        return {**self._fixed, **pooler_classes()}
-
-    def __getitem__(self, name):
-        return self._classes()[name]
-
-    def __iter__(self):
-        return iter(self._classes())
-
-    def __len__(self):
-        return len(self._classes())
-
-    def __repr__(self):
-        return repr(self._classes())
-
-
-class _NamesOfClasses(Mapping):
-    """The inverse of :data:`SUPPORTED_CLASSES`, read when used."""
-
-    def _names(self):
-        return {cls: name for name, cls in SUPPORTED_CLASSES.items()}
-
-    def __getitem__(self, cls):
-        return self._names()[cls]
-
-    def __iter__(self):
-        return iter(self._names())
-
-    def __len__(self):
-        return len(self._names())
-
-    def __repr__(self):
-        return repr(self._names())
-
-
-#: The only classes :func:`load_pipeline` instantiates, by manifest name:
-#: these and the poolers of the pooler table
-#: (:data:`skretrieval.pooling._registry.POOLERS`).
-SUPPORTED_CLASSES = _Whitelist({
+# The supported classes but the poolers.
+_FIXED_CLASSES = {
     "skretrieval.ConvFeatureExtractor": ConvFeatureExtractor,
     "skretrieval.VLADEncoder": VLADEncoder,
     "skretrieval.CAMWeighter": CAMWeighter,
@@ -144,9 +99,14 @@ SUPPORTED_CLASSES = _Whitelist({
     "sklearn.preprocessing.Normalizer": Normalizer,
     "sklearn.preprocessing.StandardScaler": StandardScaler,
     "sklearn.decomposition.PCA": PCA,
-})
-#: The manifest name of every supported class.
-NAME_OF_CLASS = _NamesOfClasses()
+}
+#: The only classes :func:`load_pipeline` instantiates, by manifest name: those
+#: above and the poolers of the pooler table (``skretrieval.pooling._registry.POOLERS``),
+#: read when used, so that a pooler added to the table is saved and loaded with no
+#: other change.
+SUPPORTED_CLASSES = LiveMapping(lambda: {**_FIXED_CLASSES, **pooler_classes()})
+#: The manifest name of every supported class (read when used, like it).
+NAME_OF_CLASS = LiveMapping(lambda: {cls: name for name, cls in SUPPORTED_CLASSES.items()})
 
 _FEATURE_NAMES = Attr("array", dtype="UO", shape=("n_features_in_",), optional=True)
 _PCA_VECTOR = Attr("array", dtype="f", shape=("n_components_",))

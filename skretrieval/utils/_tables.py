@@ -10,9 +10,9 @@ so a row added later is seen everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 
-__all__ = ["TableNames"]
+__all__ = ["LiveMapping", "TableNames"]
 
 
 class TableNames(Set):
@@ -59,3 +59,38 @@ class TableNames(Set):
     @classmethod
     def _from_iterable(cls, names):  # the result of &, |, -: a plain frozenset
         return frozenset(names)
+
+
+
+class LiveMapping(Mapping):
+    """A read-only mapping computed when it is used (a view over tables).
+
+    Parameters
+    ----------
+    compute : callable
+        ``compute()`` returns the dict the mapping is at that moment.
+
+    Examples
+    --------
+    >>> from skretrieval.utils._tables import LiveMapping
+    >>> table = {"a": 1}
+    >>> doubled = LiveMapping(lambda: {k: 2 * v for k, v in table.items()})
+    >>> table["b"] = 2
+    >>> dict(doubled)
+    {'a': 2, 'b': 4}
+    """
+
+    def __init__(self, compute):
+        self._compute = compute
+
+    def __getitem__(self, key):
+        return self._compute()[key]
+
+    def __iter__(self):
+        return iter(self._compute())
+
+    def __len__(self):
+        return len(self._compute())
+
+    def __repr__(self):
+        return repr(self._compute())
