@@ -65,7 +65,7 @@ def cmd_evaluate(args):
     title = None
     if model is not None:
         features, title = _checkpoint_features(args, cache)
-        extractor, whitener = features[0], None
+        extractor, whitener = features.features[0], None
     else:
         extractor = ConvFeatureExtractor(
             args.backbone, weights=args.weights, layer=args.layer, max_size=args.max_size,
@@ -91,7 +91,7 @@ def cmd_evaluate(args):
 
 def _checkpoint_features(args, cache):
     """``--model FILE``: the checkpoint's descriptor pipeline (no retriever) and its title."""
-    from ..pretrained import CheckpointFormatError, load_checkpoint
+    from ..pretrained import CheckpointFormatError, NativeScale, load_checkpoint
 
     if not os.path.isfile(args.model):
         raise CLIError(f"checkpoint file not found: {args.model!r}")
@@ -108,7 +108,8 @@ def _checkpoint_features(args, cache):
     title = (f"{os.path.basename(args.model)}: {recipe.description}, max_size "
              f"{args.max_size}, scales {' '.join(f'{s:.4g}' for s in scales)}"
              + (f", whitening {recipe.whitening_name}" if recipe.whitening_name else ""))
-    return pipe[:-1], title
+    # their image sizes: never enlarged, query crops at the scale of their image
+    return NativeScale(pipe[:-1]), title
 
 
 def _whitener(args, extractor, whiten_bench):
@@ -128,7 +129,10 @@ def _whitener(args, extractor, whiten_bench):
 
 def _print_report(args, bench, report, features, seconds, title=None):
     """The benchmark's table (or its JSON, with the configuration) and the times."""
-    extractor, pooler = features[0], features[1]
+    if title is not None:  # --model: a NativeScale over the checkpoint's pipeline
+        extractor, pooler = features.features[0], None
+    else:
+        extractor, pooler = features[0], features[1]
     if args.json:
         out = report.to_dict()
         out["seconds"]["wall"] = seconds

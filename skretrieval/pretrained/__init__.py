@@ -8,6 +8,7 @@ descriptors of the authors' code.  See ``docs/pretrained.md``.
 """
 
 from ._heads import MultiScaleHead, affine_whitener, pca_whitener, projection_whitener
+from ._protocol import NativeScale, native_size
 from ._load import PRESETS, checkpoint_cache_dir, load_checkpoint, read_recipe
 from ._reading import CheckpointFormatError, read_checkpoint, sniff_format
 from ._recipes import CIRTORCH_ARCHITECTURES, NAVER_ARCHITECTURES, Recipe
@@ -18,10 +19,12 @@ __all__ = [
     "PRESETS",
     "CheckpointFormatError",
     "MultiScaleHead",
+    "NativeScale",
     "Recipe",
     "affine_whitener",
     "checkpoint_cache_dir",
     "load_checkpoint",
+    "native_size",
     "pca_whitener",
     "projection_whitener",
     "read_checkpoint",

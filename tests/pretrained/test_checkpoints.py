@@ -15,10 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _reference as R  # noqa: E402
 
 from skretrieval.persistence import load_pipeline, save_pipeline  # noqa: E402
+from skretrieval import Crop  # noqa: E402
 from skretrieval.pretrained import (  # noqa: E402
     CheckpointFormatError,
     MultiScaleHead,
+    NativeScale,
     load_checkpoint,
+    native_size,
     read_recipe,
 )
 
@@ -91,9 +94,9 @@ def test_cirtorch_without_stored_whitening(cirtorch_gem, folder, images):
         load(path, folder, whitening="retrieval-SfM-30k")
 
 
-@pytest.mark.parametrize("preset", ["ss", "ms"])
-def test_cirtorch_whitening_layer(folder, images, preset):
-    """gl18-tl-*-gem-w / rSfM120k-tl-*-gem-w: a whiten layer in the state dict."""
+def test_cirtorch_whitening_layer(folder, images, preset="ms"):
+    """gl18-tl-*-gem-w / rSfM120k-tl-*-gem-w: a whiten layer in the state dict, run
+    per scale (single scale, the same layer is the projection step of naver's test)."""
     net = R.cirtorch_net("resnet18", pooling="gem", whitening=True, p=3.2, seed=2)
     path = folder / "gl18-tl-resnet18-gem-w.pth"
     R.save_cirtorch(net, path)
@@ -216,6 +219,23 @@ def test_pipeline_indexes_searches_and_saves(cirtorch_gem, folder, images, tmp_p
     with pytest.warns(UserWarning, match="weights"):
         loaded = load_pipeline(tmp_path / "model.zip")
     np.testing.assert_allclose(loaded[:-1].transform(images), X, atol=1e-6)
+
+
+def test_native_scale_keeps_crops_at_their_image_scale(cirtorch_gem, folder):
+    """cirtorch's ImagesFromList: a crop scaled by its image's factor, nothing enlarged."""
+    net, _, path = cirtorch_gem
+    pipe = load(path, folder, preset="ss", whitening=None)
+    rng = np.random.default_rng(5)
+    full = rng.integers(0, 256, (MAX, 48, 3), dtype=np.uint8)  # its factor is 1
+    small = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, (2 * MAX, 96, 3), dtype=np.uint8)
+    crop = Crop(full, box=(8.5, 4, 40, 36.2))  # 32 x 33 px after rounding
+    assert native_size(crop, MAX) == 33 and native_size(small, MAX) == 40
+    assert native_size(large, MAX) == MAX
+    X = NativeScale(pipe[:-1]).transform([crop, small, large])
+    ref = R.cirtorch_descriptors(net, [full[4:37, 8:40], small, R.pil_scaled(large, MAX)])
+    assert_same_descriptors(X, ref)
+    assert pipe[0].max_size == MAX  # the pipeline itself is unchanged
 
 
 class Payload:
