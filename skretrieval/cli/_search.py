@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
+from ..utils._arrays import similarities_from_distances
 from ._common import PROG, CLIError, info, load_pipeline, show_progress, warn
 
 __all__ = ["cmd_search"]
@@ -76,18 +79,15 @@ def _results(args, retriever, dist, ind):
     """
     names = retriever.y_
     metric = getattr(retriever, "metric", "cosine")
+    similar = metric in ("cosine", "inner_product")
+    dist = np.asarray(dist, dtype=np.float64)  # the printed scores are rounded from float64
+    score = similarities_from_distances(dist, metric) if similar else dist
     results = []
     for qi, query in enumerate(args.queries):
         hits = []
         for r in range(ind.shape[1]):
-            d = float(dist[qi, r])
-            hit = {"rank": r + 1, "name": str(names[ind[qi, r]]), "index": int(ind[qi, r])}
-            if metric == "cosine":
-                hit["similarity"] = round(1.0 - d, 6)
-            elif metric == "inner_product":
-                hit["similarity"] = round(-d, 6)
-            else:
-                hit["distance"] = round(d, 6)
+            hit = {"rank": r + 1, "name": str(names[ind[qi, r]]), "index": int(ind[qi, r]),
+                   "similarity" if similar else "distance": round(float(score[qi, r]), 6)}
             hits.append(hit)
         results.append({"query": query,
                         "box": list(args.box) if args.box is not None else None,

@@ -9,10 +9,10 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..utils._arrays import l2_normalize
 from ..utils._state import Attr, StateSpec
 
 __all__ = ["LearnedWhitener", "pair_covariances"]
@@ -194,14 +194,13 @@ class LearnedWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         -------
         self : LearnedWhitener
         """
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2,
-                             copy=self.l2_before)
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
         D = X.shape[1]
         if self.n_components is not None and self.n_components > D:
             raise ValueError(f"n_components={self.n_components} must be at most "
                              f"n_features={D}")
         if self.l2_before:
-            X = normalize(X, copy=False)
+            X = l2_normalize(X, tiny_as_zero=True)
         C_S, C_D, n_matching, n_non_matching = pair_covariances(X, y)
         if n_matching == 0:
             raise ValueError("LearnedWhitener needs matching pairs: at least one label "
@@ -243,10 +242,10 @@ class LearnedWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         if self.l2_before:
-            X = normalize(X)
+            X = l2_normalize(X, tiny_as_zero=True)
         X_new = (X - self.mean_) @ self.projection_.T
         if self.l2_after:
-            X_new = normalize(X_new, copy=False)
+            X_new = l2_normalize(X_new, tiny_as_zero=True)
         return X_new.astype(np.float32, copy=False)
 
     @property

@@ -16,10 +16,10 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.decomposition import PCA
-from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..utils._arrays import l2_normalize
 from ..utils._state import Attr, StateSpec
 
 __all__ = ["PCAWhitener"]
@@ -249,10 +249,10 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             The fitted whitener.
         """
         X = validate_data(
-            self, X, dtype=np.float64, ensure_min_samples=2, copy=self.l2_before
+            self, X, dtype=np.float64, ensure_min_samples=2
         )
         if self.l2_before:
-            X = normalize(X, copy=False)
+            X = l2_normalize(X, tiny_as_zero=True)
         pca = PCA(
             n_components=self.n_components,
             whiten=False,
@@ -290,14 +290,14 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         dtype = X.dtype
         if self.l2_before:
-            X = normalize(X)  # a copy, centred in place below
+            X = l2_normalize(X, tiny_as_zero=True)  # a copy, centred in place below
             X -= self.mean_.astype(dtype)
         else:
             X = X - self.mean_.astype(dtype)
         projection = (self.components_.T * self.scale_).astype(dtype)
         X_new = X @ projection
         if self.l2_after:
-            X_new = normalize(X_new, copy=False)
+            X_new = l2_normalize(X_new, tiny_as_zero=True)
         return X_new.astype(np.float32, copy=False)
 
     @property
