@@ -691,7 +691,7 @@ class RetrievalNetTrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         Returns
         -------
-        descriptors : torch.Tensor of shape (N, n_features_out_)
+        descriptors : torch.Tensor of shape (N, dim)
         """
         return self.network_(x)
 

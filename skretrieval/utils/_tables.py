@@ -21,7 +21,7 @@ class TableNames(Set):
     Parameters
     ----------
     table : dict
-        Name to spec, e.g. :data:`skretrieval.pooling.POOLERS`.
+        Name to spec, e.g. ``skretrieval.pooling.POOLERS``.
     having : str or None, default=None
         Only the specs whose attribute ``having`` is not None (``"layer"``:
         the poolers with a torch layer); None: every spec.
