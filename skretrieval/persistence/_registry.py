@@ -36,6 +36,7 @@ from ..local._asmk import ASMKRetriever
 from ..local._deep import DeepLocalFeatures
 from ..local._sift import SIFTExtractor
 from ..reranking._local_verification import LocalVerificationReranker
+from ..pretrained._heads import MultiScaleHead
 from ..utils._state import Attr, PathParam, StateSpec
 
 __all__ = [
@@ -94,6 +95,7 @@ _FIXED_CLASSES = {
     "skretrieval.ASMKRetriever": ASMKRetriever,
     "skretrieval.LocalVerificationReranker": LocalVerificationReranker,
     "skretrieval.RetrievalNetTrainer": RetrievalNetTrainer,
+    "skretrieval.pretrained.MultiScaleHead": MultiScaleHead,
     "sklearn.pipeline.Pipeline": Pipeline,
     "sklearn.frozen.FrozenEstimator": FrozenEstimator,
     "sklearn.preprocessing.Normalizer": Normalizer,

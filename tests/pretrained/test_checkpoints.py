@@ -94,7 +94,7 @@ def test_cirtorch_without_stored_whitening(cirtorch_gem, folder, images):
         load(path, folder, whitening="retrieval-SfM-30k")
 
 
-def test_cirtorch_whitening_layer(folder, images, preset="ms"):
+def test_cirtorch_whitening_layer(folder, images, tmp_path, preset="ms"):
     """gl18-tl-*-gem-w / rSfM120k-tl-*-gem-w: a whiten layer in the state dict, run
     per scale (single scale, the same layer is the projection step of naver's test)."""
     net = R.cirtorch_net("resnet18", pooling="gem", whitening=True, p=3.2, seed=2)
@@ -105,7 +105,15 @@ def test_cirtorch_whitening_layer(folder, images, preset="ms"):
     scales = SS if preset == "ss" else MS_UP
     assert pipe[0].scales == scales
     ref = R.cirtorch_descriptors(net, images, scales=scales, msp=1.0, max_size=MAX)
-    assert_same_descriptors(pipe[:-1].transform(images), ref)
+    X = pipe[:-1].transform(images)
+    assert_same_descriptors(X, ref)
+    # the multi-scale head (and its frozen projection) in the pickle-free format
+    pipe.fit(images, np.arange(len(images)))
+    save_pipeline(pipe, tmp_path / "ms.zip")
+    with pytest.warns(UserWarning, match="weights"):
+        loaded = load_pipeline(tmp_path / "ms.zip")
+    assert isinstance(loaded.steps[1][1], MultiScaleHead)
+    np.testing.assert_allclose(loaded[:-1].transform(images), X, atol=1e-6)
 
 
 def test_cirtorch_alexnet_mac(folder):
