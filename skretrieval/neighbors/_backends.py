@@ -34,7 +34,8 @@ _NNDESCENT_METRICS = {
 # Rows added to a FAISS index per call (bounds the float32 copy of a store).
 _FAISS_ADD_ROWS = 65536
 # Keys of ``algorithm_params`` with algorithm="faiss".
-_FAISS_PARAMS = {"factory", "nlist", "m", "nprobe", "k_factor", "train_size"}
+_FAISS_PARAMS = {"factory", "nlist", "m", "nprobe", "k_factor", "train_size",
+                 "ef_construction", "ef_search"}
 _FAISS_DEFAULT_FACTORY = "IVF{nlist},Flat"
 _FAISS_DEFAULT_NPROBE = 16
 
@@ -176,10 +177,16 @@ class FaissBackend(SearchBackend):
     def check_params(self):
         params = self.params
         _check_keys(params, _FAISS_PARAMS, "faiss")
-        _check_positive_ints(params, ("nlist", "m", "nprobe", "train_size"))
+        _check_positive_ints(params, ("nlist", "m", "nprobe", "train_size",
+                                      "ef_construction", "ef_search"))
         _check_k_factor(params)
         if not isinstance(params.get("factory", ""), str):
             raise ValueError("algorithm_params['factory'] must be a string.")
+        graph = ({"ef_construction", "ef_search"} & set(params))
+        if graph and not self.settings(1, 1)[0].startswith("HNSW"):
+            raise ValueError(f"algorithm_params {sorted(graph)} apply to an HNSW factory "
+                             "(e.g. 'HNSW32'), not to "
+                             f"{params.get('factory', _FAISS_DEFAULT_FACTORY)!r}")
 
     def settings(self, n_samples, n_features):
         """Resolved ``(factory, train_size)`` for the database size."""
@@ -211,6 +218,7 @@ class FaissBackend(SearchBackend):
                 # replaces
                 ivf.do_polysemous_training = False
         else:  # Flat, HNSW, ...: ids through a map
+            self._set_hnsw(index, "efConstruction", "ef_construction")
             index = faiss.IndexIDMap2(index)
         with _faiss_threads(faiss, self.n_jobs):
             if not index.is_trained:
@@ -236,6 +244,8 @@ class FaissBackend(SearchBackend):
                 index.add_with_ids(rows(start, stop), np.ascontiguousarray(keys[start:stop]))
 
     def add(self, index, X, keys):
+        self._set_hnsw(getattr(import_faiss().downcast_index(index), "index", index),
+                       "efConstruction", "ef_construction")
         self._add_rows(index, lambda start, stop: as_float32(X[start:stop]), keys)
         return index
 
@@ -254,10 +264,19 @@ class FaissBackend(SearchBackend):
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.nprobe = int(self.params.get("nprobe", _FAISS_DEFAULT_NPROBE))
+        else:
+            self._set_hnsw(getattr(faiss.downcast_index(index), "index", index),
+                           "efSearch", "ef_search")
         with _faiss_threads(faiss, self.n_jobs):
             _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32),
                                     n_candidates)
         return keys_to_rows(found, keys)  # the keys of the rows are increasing
+
+    def _set_hnsw(self, index, attribute, param):
+        """Set the HNSW graph's ``attribute`` from ``param`` when given (a graph index)."""
+        hnsw = getattr(import_faiss().downcast_index(index), "hnsw", None)
+        if hnsw is not None and param in self.params:
+            setattr(hnsw, attribute, int(self.params[param]))
 
     def state(self, index):
         return import_faiss().serialize_index(index)

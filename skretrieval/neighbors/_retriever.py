@@ -102,7 +102,9 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
           stored descriptors (raise it with PQ);
         * ``"train_size"`` (int): descriptors used to train the quantizers,
           default ``max(40 * nlist, 10000)`` (all of them if fewer; FAISS
-          warns below 39 points per list).
+          warns below 39 points per list);
+        * ``"ef_construction"``, ``"ef_search"`` (int): the search depths of an
+          ``"HNSW..."`` factory's insertions and queries (FAISS's 40 and 16).
 
         With ``algorithm="hnsw"`` (or ``"auto"``), any of ``"M"`` (links per
         node, int >= 2), ``"ef_construction"`` (search depth of the

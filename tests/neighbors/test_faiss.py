@@ -92,3 +92,31 @@ def test_faiss_params_are_checked(clustered):
     assert_rankings_equivalent(*flat.kneighbors(), *brute.kneighbors())
     flat.remove([0, 1])
     assert not np.isin(flat.kneighbors(return_ids=True)[1], [0, 1]).any()
+
+
+def test_faiss_hnsw_search_depths(clustered, tmp_path):
+    """ef_construction / ef_search reach the graph of an HNSW factory; deeper
+    searches recall more; a saved retriever keeps them; other factories refuse them."""
+    X, y, ids, Q, y_q = clustered
+    brute = NearestNeighborRetriever(n_neighbors=10).fit(X)
+    exact = brute.kneighbors(Q)[1]
+    params = {"factory": "HNSW8", "ef_construction": 16}
+    r = NearestNeighborRetriever(n_neighbors=10, algorithm="faiss",
+                                 algorithm_params=params).fit(X)
+    graph = faiss.downcast_index(faiss.downcast_index(r._index).index).hnsw
+    assert graph.efConstruction == 16
+    recalls = []
+    for ef in (10, 200):
+        r.set_params(algorithm_params={**params, "ef_search": ef})
+        recalls.append(recall(r.kneighbors(Q)[1], exact))
+        assert graph.efSearch == ef
+    assert recalls[0] < recalls[1] and recalls[1] >= 0.99, recalls
+    assert_approx_agrees(r, brute, Q, min_recall=0.99)
+    loaded = joblib.load(joblib.dump(r, tmp_path / "hnsw.joblib")[0])
+    assert_array_equal(loaded.kneighbors(Q)[1], r.kneighbors(Q)[1])
+    with pytest.raises(ValueError, match="apply to an HNSW factory"):
+        NearestNeighborRetriever(algorithm="faiss",
+                                 algorithm_params={"ef_search": 64}).fit(X[:100])
+    with pytest.raises(ValueError, match="positive int"):
+        NearestNeighborRetriever(algorithm="faiss",
+                                 algorithm_params={"factory": "HNSW8", "ef_search": 0}).fit(X)
