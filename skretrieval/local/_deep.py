@@ -7,6 +7,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.decomposition import PCA
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
@@ -191,15 +192,13 @@ class DeepLocalFeatures(TransformerMixin, BaseEstimator):
     def _fit_whitening(self, D):
         if len(D) > _PCA_SAMPLE:
             D = D[np.linspace(0, len(D) - 1, _PCA_SAMPLE).round().astype(int)]
-        C = D.shape[1]
-        d = min(self.n_components, C, max(len(D) - 1, 1))
-        mean = D.mean(0)
-        centred = (D - mean).astype(np.float64)
-        vals, vecs = np.linalg.eigh(centred.T @ centred / max(len(D) - 1, 1))
-        vals, vecs = vals[::-1][:d], vecs[:, ::-1][:, :d]
+        d = min(self.n_components, D.shape[1], max(len(D) - 1, 1))
+        pca = PCA(n_components=d, svd_solver="full").fit(D.astype(np.float64))
+        vals = pca.explained_variance_
         vals = np.maximum(vals, vals[0] * 1e-6 if vals[0] > 0 else 1e-12)
-        self.mean_ = mean.astype(np.float32)
-        self.components_ = np.ascontiguousarray((vecs / np.sqrt(vals)).T, dtype=np.float32)
+        self.mean_ = pca.mean_.astype(np.float32)
+        self.components_ = np.ascontiguousarray(pca.components_ / np.sqrt(vals)[:, None],
+                                                dtype=np.float32)
         self.n_dims_ = int(d)
 
     def _project(self, pairs):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..utils._arrays import l2_normalize
+
 __all__ = ["CODEBOOK_BACKENDS", "aggregate", "assign", "binary_similarity", "image_norms",
            "popcount", "selective_kernel", "train_codebook"]
 
@@ -125,9 +127,7 @@ def aggregate(D, words, owners, centroids, binary):
     images, word_ids = np.divmod(key[starts], centroids.shape[0])
     if binary:
         return images, word_ids, np.packbits(V > 0, axis=1)
-    norms = np.linalg.norm(V, axis=1, keepdims=True)
-    V = np.where(norms > 0, V / np.where(norms > 0, norms, 1.0), 0.0)
-    return images, word_ids, V.astype(np.float32)
+    return images, word_ids, l2_normalize(V).astype(np.float32)
 
 
 def binary_similarity(a, b, n_dims):
