@@ -16,7 +16,9 @@ def approx_kneighbors(backend, index, exact, keys, k, Q=None, rows=None):
 
     ``backend`` (a :class:`SearchBackend`) gives candidates from ``index``,
     whose exact ranking keys are computed from the store of ``exact`` (an
-    :class:`ExactSearch`); ``keys`` are the index keys of the database rows.
+    :class:`ExactSearch`), unless the backend gives them itself
+    (:meth:`SearchBackend.scored_candidates`); ``keys`` are the index keys of
+    the database rows.
     Queries with fewer than ``k`` distinct candidates are searched exactly.
     """
     if rows is not None and rows.shape[0] > _QUERY_ROWS:
@@ -27,7 +29,7 @@ def approx_kneighbors(backend, index, exact, keys, k, Q=None, rows=None):
     queries = exact.queries(Q, rows)
     n_queries = queries.shape[0]
     n_cand = min(backend.n_candidates(k) + int(Q is None), n_samples)
-    cand = backend.candidates(index, queries, n_cand, rows, keys)
+    cand, cand_keys = backend.scored_candidates(index, queries, n_cand, rows, keys)
     if Q is None:
         cand[cand == rows[:, np.newaxis]] = -1  # an item is not its own result
     # Rows with fewer than k distinct candidates (-1 padded, repeated) are
@@ -43,7 +45,10 @@ def approx_kneighbors(backend, index, exact, keys, k, Q=None, rows=None):
     ind_out = np.empty((n_queries, k), dtype=np.intp)
     if good.shape[0]:
         cg, ig = cand[good], invalid[good]
-        found = exact.exact_keys(queries[good], np.where(ig, 0, cg))
+        if cand_keys is None:  # re-ranked with the exact keys of the store
+            found = exact.exact_keys(queries[good], np.where(ig, 0, cg))
+        else:  # the index's keys are those of the exact vectors
+            found = np.array(cand_keys[good], dtype=np.float32)
         found[ig] = np.inf
         cg = np.where(ig, n_samples, cg)
         found, cg = sort_by_key_then_index(found, cg)

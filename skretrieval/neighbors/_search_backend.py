@@ -69,6 +69,18 @@ class SearchBackend:
         """
         raise NotImplementedError
 
+    def scored_candidates(self, index, queries, n_candidates, rows, keys):
+        """:meth:`candidates` and their ranking keys, or None for the keys.
+
+        Returns ``(cand, cand_keys)``: ``cand`` as :meth:`candidates` gives
+        them, and ``cand_keys`` (float32, same shape) the ranking keys of the
+        exact search (squared Euclidean distances, or minus the similarities)
+        when the index computes them from the exact vectors, so that the
+        retriever takes them as they are; None (the default) when the
+        candidates are to be re-ranked exactly from the retriever's store.
+        """
+        return self.candidates(index, queries, n_candidates, rows, keys), None
+
     def state(self, index):
         """The index serialised (a uint8 array), or None: not saved, rebuilt."""
         return None
