@@ -11,7 +11,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..neighbors._base import RetrieverMixin, resolve_n_neighbors
-from ..neighbors._items import ItemIds, concatenate_labels
+from ..neighbors._items import (ItemIds, check_fingerprints, concatenate_fingerprints,
+                                concatenate_labels)
 from ..utils._state import LABELS, Attr, StateSpec
 from ._features import as_local_features
 from ._kernel import (CODEBOOK_BACKENDS, aggregate, assign, binary_similarity, image_norms,
@@ -46,7 +47,11 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
     4. **inverted file**: one entry (image, word, vector) per word present
        in an image; a query visits the posting lists of its words only.
 
-    Distances returned are ``1 - K(query, image)``.
+    Distances returned are ``1 - K(query, image)``, the convention of a
+    cosine retriever (``K(X, X) = 1`` as ``cos(x, x) = 1``): ``metric`` is
+    ``"cosine"``, so :func:`~skretrieval.utils.similarities_from_distances`
+    with it gives back the kernel values (``skretrieval search`` and
+    ``serve`` print and answer them as the similarity, higher is better).
 
     Parameters
     ----------
@@ -90,6 +95,13 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         Database ids.
     y_ : ndarray or None
         Database labels.
+    fingerprints_ : ndarray of str of shape (n_samples_fit,) or None
+        Content fingerprints of the images, given to :meth:`fit` or
+        :meth:`partial_fit` (``""``: unknown), read by
+        :func:`skretrieval.add_to_index` to skip the unchanged images.
+    metric : str
+        ``"cosine"``, the convention of the distances (``1 - K``): read by
+        the callers that turn distances into similarities.
 
     See Also
     --------
@@ -137,6 +149,9 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
             "ids_": Attr("array", dtype="iuUO", shape=("n_samples_fit_",)),
             "_next_id": Attr("int"),
             "y_": Attr("array", dtype=LABELS, shape=("n_samples_fit_",), none=True),
+            # absent from files written before the index machinery took ASMK
+            "fingerprints_": Attr("array", dtype="UO", shape=("n_samples_fit_",),
+                                  none=True, optional=True),
         },
         transient={"_postings": None, "_norms": None},
     )
@@ -176,8 +191,13 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
             vectors = vectors.astype(np.float16)
         return images, word_ids, vectors
 
+    @property
+    def metric(self):
+        """``"cosine"``: distances are ``1 - K``, similarities ``1 - distance``."""
+        return "cosine"
+
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, ids=None, codebook_features=None):
+    def fit(self, X, y=None, ids=None, codebook_features=None, fingerprints=None):
         """Learn the codebook and index the database.
 
         Parameters
@@ -191,6 +211,11 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         codebook_features : LocalFeatures or ndarray of shape (n, d), default=None
             Descriptors the codebook is learned on instead of the database's
             (e.g. another collection, as the paper does).
+        fingerprints : array-like of str of shape (n_samples,), default=None
+            Content fingerprints of the images (see
+            :func:`skretrieval.item_fingerprint`), kept in ``fingerprints_``
+            so that :func:`skretrieval.add_to_index` tells an unchanged image
+            from an edited one.
 
         Returns
         -------
@@ -199,6 +224,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         X = as_local_features(X)
         n = len(X)
         ids = ItemIds().new_ids(ids, n)
+        fingerprints = check_fingerprints(fingerprints, n)
         y = self._check_y(y, n)
         if codebook_features is None:
             D = X.concatenated()[1]
@@ -216,6 +242,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         self.ids_ = ids
         self._next_id = int(ids.max()) + 1 if ids.dtype.kind in "iu" else 0
         self.y_ = y
+        self.fingerprints_ = fingerprints
         self._postings = self._norms = None
         return self
 
@@ -229,7 +256,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         return y
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None, ids=None):
+    def partial_fit(self, X, y=None, ids=None, fingerprints=None):
         """Add images to the database (the codebook is kept).
 
         The first call on an unfitted retriever is a :meth:`fit`.  Later
@@ -243,13 +270,17 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
             Their labels (required when the database has labels).
         ids : array-like, default=None
             Their ids (default: the next free ints).
+        fingerprints : array-like of str, default=None
+            Their content fingerprints (see :meth:`fit`); images added
+            without get ``""`` (unknown), and so do the earlier ones when
+            fingerprints are first given here.
 
         Returns
         -------
         self : ASMKRetriever
         """
         if not hasattr(self, "centroids_"):
-            return self.fit(X, y, ids=ids)
+            return self.fit(X, y, ids=ids, fingerprints=fingerprints)
         X = as_local_features(X)
         n = len(X)
         if (y is None) != (self.y_ is None):
@@ -258,6 +289,9 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
                                 "without labels: y must be None."))
         y = self._check_y(y, n)
         ids = ItemIds(self.ids_, self._next_id).new_ids(ids, n)
+        fingerprints = concatenate_fingerprints(getattr(self, "fingerprints_", None),
+                                                self.n_samples_fit_,
+                                                check_fingerprints(fingerprints, n), n)
         images, words, vectors = self._encode(X)
         self.entry_images_ = np.concatenate([self.entry_images_, images + self.n_samples_fit_])
         self.entry_words_ = np.concatenate([self.entry_words_, words])
@@ -265,6 +299,7 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         if y is not None:
             self.y_ = concatenate_labels(self.y_, y)
         self.ids_ = np.concatenate([self.ids_, ids])
+        self.fingerprints_ = fingerprints
         if ids.dtype.kind in "iu":
             self._next_id = max(self._next_id, int(ids.max()) + 1)
         self.n_samples_fit_ += n
@@ -293,6 +328,8 @@ class ASMKRetriever(RetrieverMixin, BaseEstimator):
         self.ids_ = self.ids_[keep]
         if self.y_ is not None:
             self.y_ = self.y_[keep]
+        if getattr(self, "fingerprints_", None) is not None:
+            self.fingerprints_ = self.fingerprints_[keep]
         self.n_samples_fit_ = int(keep.sum())
         self._postings = self._norms = None
         return self

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ItemIds", "LabelCodes", "check_fingerprints", "concatenate_labels"]
+__all__ = ["ItemIds", "LabelCodes", "check_fingerprints", "concatenate_fingerprints",
+           "concatenate_labels"]
 
 
 def _id_kind(ids):
@@ -258,3 +259,31 @@ def check_fingerprints(fingerprints, n_samples):
     if values.shape[0] and not all(isinstance(v, str) for v in values.tolist()):
         raise ValueError("fingerprints must be strings (e.g. content hashes).")
     return values.astype(str)
+
+
+def concatenate_fingerprints(old, n_old, new, n_new):
+    """The fingerprints of a database followed by those of new items.
+
+    Parameters
+    ----------
+    old : ndarray of str of shape (n_old,) or None
+        The database's fingerprints (``fingerprints_``), or None if it has none.
+    n_old : int
+        The number of items in the database.
+    new : ndarray of str of shape (n_new,) or None
+        The new items' fingerprints (as :func:`check_fingerprints` returns them).
+    n_new : int
+        The number of new items.
+
+    Returns
+    -------
+    fingerprints : ndarray of str of shape (n_old + n_new,) or None
+        None when neither side has fingerprints; otherwise the items without
+        one get ``""`` (unknown content).
+    """
+    if old is None and new is None:
+        return None
+    return np.concatenate([
+        np.full(n_old, "") if old is None else old,
+        np.full(n_new, "") if new is None else new,
+    ])

@@ -23,7 +23,8 @@ from ._backends import BACKENDS, INDEX_KINDS, params_algorithm
 from ._base import RetrieverMixin, check_labels_fitted, resolve_n_neighbors
 from ._exact import block_query_rows
 from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
-from ._items import ItemIds, LabelCodes, check_fingerprints, concatenate_labels
+from ._items import (ItemIds, LabelCodes, check_fingerprints, concatenate_fingerprints,
+                     concatenate_labels)
 from ._store import DescriptorStore
 
 __all__ = ["NearestNeighborRetriever"]
@@ -468,12 +469,8 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         n_new = X.shape[0]
         ids = ItemIds(self.ids_, self._next_id).new_ids(ids, n_new)
         fingerprints = check_fingerprints(fingerprints, n_new)
-        old_prints = getattr(self, "fingerprints_", None)
-        if fingerprints is not None or old_prints is not None:
-            fingerprints = np.concatenate([
-                np.full(self.n_samples_fit_, "") if old_prints is None else old_prints,
-                np.full(n_new, "") if fingerprints is None else fingerprints,
-            ])
+        fingerprints = concatenate_fingerprints(getattr(self, "fingerprints_", None),
+                                                self.n_samples_fit_, fingerprints, n_new)
         if y is not None:
             y_all = concatenate_labels(self.y_, y)
         X = self._prepare_rows(X, self.X_fit_.dtype)
