@@ -35,7 +35,7 @@ _NNDESCENT_METRICS = {
 _FAISS_ADD_ROWS = 65536
 # Keys of ``algorithm_params`` with algorithm="faiss".
 _FAISS_PARAMS = {"factory", "nlist", "m", "nprobe", "k_factor", "train_size",
-                 "ef_construction", "ef_search"}
+                 "ef_construction", "ef_search", "rerank"}
 _FAISS_DEFAULT_FACTORY = "IVF{nlist},Flat"
 _FAISS_DEFAULT_NPROBE = 16
 
@@ -180,6 +180,7 @@ class FaissBackend(SearchBackend):
         _check_positive_ints(params, ("nlist", "m", "nprobe", "train_size",
                                       "ef_construction", "ef_search"))
         _check_k_factor(params)
+        _check_rerank(params)
         if not isinstance(params.get("factory", ""), str):
             raise ValueError("algorithm_params['factory'] must be a string.")
         graph = ({"ef_construction", "ef_search"} & set(params))
@@ -251,6 +252,9 @@ class FaissBackend(SearchBackend):
 
     def remove(self, index, keys):
         faiss = import_faiss()
+        inner = getattr(faiss.downcast_index(index), "index", None)
+        if inner is not None and isinstance(faiss.downcast_index(inner), faiss.IndexHNSW):
+            return None  # FAISS's graphs do not remove vectors: rebuilt on the next query
         removed = np.ascontiguousarray(keys, dtype=np.int64)
         with _faiss_threads(faiss, self.n_jobs):
             index.remove_ids(faiss.IDSelectorBatch(removed))
@@ -260,6 +264,22 @@ class FaissBackend(SearchBackend):
         return math.ceil(k * self.params.get("k_factor", 1))
 
     def candidates(self, index, queries, n_candidates, rows, keys):
+        return self._search(index, queries, n_candidates, keys)[0]
+
+    def scored_candidates(self, index, queries, n_candidates, rows, keys):
+        """The candidates and, when the index holds the exact vectors (a flat
+        storage: ``Flat``, ``IVF...,Flat``, ``HNSW32``; or ``rerank=False``),
+        its distances as ranking keys (minus the inner products, or the
+        squared Euclidean distances); else None (re-ranked from the store)."""
+        cand, distances = self._search(index, queries, n_candidates, keys)
+        if not _takes_index_keys(self.params, lambda: _faiss_exact_storage(index)):
+            return cand, None
+        if self.metric != "euclidean":  # FAISS gives the similarities
+            np.negative(distances, out=distances)
+        return cand, distances
+
+    def _search(self, index, queries, n_candidates, keys):
+        """``(rows, distances)`` of the index's ``n_candidates`` for ``queries``."""
         faiss = import_faiss()
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
@@ -268,9 +288,10 @@ class FaissBackend(SearchBackend):
             self._set_hnsw(getattr(faiss.downcast_index(index), "index", index),
                            "efSearch", "ef_search")
         with _faiss_threads(faiss, self.n_jobs):
-            _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32),
-                                    n_candidates)
-        return keys_to_rows(found, keys)  # the keys of the rows are increasing
+            distances, found = index.search(
+                np.ascontiguousarray(queries, dtype=np.float32), n_candidates)
+        # the keys of the rows are increasing
+        return keys_to_rows(found, keys), np.asarray(distances, dtype=np.float32)
 
     def _set_hnsw(self, index, attribute, param):
         """Set the HNSW graph's ``attribute`` from ``param`` when given (a graph index)."""
@@ -288,7 +309,7 @@ class FaissBackend(SearchBackend):
         return "faiss " + import_faiss().__version__
 
 # Keys of ``algorithm_params`` with algorithm="hnsw".
-_HNSW_PARAMS = {"M", "ef_construction", "ef_search", "k_factor", "index_dtype"}
+_HNSW_PARAMS = {"M", "ef_construction", "ef_search", "k_factor", "index_dtype", "rerank"}
 _HNSW_INDEX_DTYPES = {"float16": "f16", "float32": "f32"}
 _HNSW_METRICS = {"cosine": "ip", "inner_product": "ip", "euclidean": "l2sq"}
 #: ``algorithm="auto"`` uses the graph index from this many stored values
@@ -372,6 +393,39 @@ def _check_k_factor(params):
         )
 
 
+def _check_rerank(params):
+    rerank = params.get("rerank")
+    if rerank is not None and not isinstance(rerank, (bool, np.bool_)):
+        raise ValueError(
+            f"algorithm_params['rerank'] must be True, False or None, got {rerank!r}."
+        )
+
+
+def _takes_index_keys(params, exact_vectors):
+    """Whether the index's distances are the ranking keys (no exact re-rank).
+
+    ``params["rerank"]``: True re-ranks the candidates from the retriever's
+    store, False takes the index's distances; None (the default) takes them
+    when ``exact_vectors()`` says the index holds the stored vectors as they
+    are (its distances are then the exact ones, within float32 rounding).
+    """
+    rerank = params.get("rerank")
+    if rerank is not None:
+        return not rerank
+    return bool(exact_vectors())
+
+
+def _faiss_exact_storage(index):
+    """Whether a FAISS index keeps its vectors uncompressed (float32)."""
+    faiss = import_faiss()
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIDMap):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner = faiss.downcast_index(inner.storage)
+    return isinstance(inner, (faiss.IndexFlat, faiss.IndexIVFFlat))
+
+
 class HNSWBackend(SearchBackend):
     """Approximate search in a HNSW graph of the usearch library.
 
@@ -392,6 +446,7 @@ class HNSWBackend(SearchBackend):
         if m is not None and (not isinstance(m, Integral) or isinstance(m, bool) or m < 2):
             raise ValueError(f"algorithm_params['M'] must be an int >= 2, got {m!r}.")
         _check_k_factor(params)
+        _check_rerank(params)
         if params.get("index_dtype", "float16") not in _HNSW_INDEX_DTYPES:
             raise ValueError(
                 "algorithm_params['index_dtype'] must be 'float16' or 'float32', got "
@@ -436,6 +491,23 @@ class HNSWBackend(SearchBackend):
         return math.ceil(k * self.params.get("k_factor", 1))
 
     def candidates(self, index, queries, n_candidates, rows, keys):
+        return self._search(index, queries, n_candidates, keys)[0]
+
+    def scored_candidates(self, index, queries, n_candidates, rows, keys):
+        """The candidates and, when the graph holds float32 vectors
+        (``index_dtype="float32"``; or ``rerank=False``), its distances as
+        ranking keys (``1 - inner product`` minus 1, or the squared Euclidean
+        distance); else None (re-ranked from the store)."""
+        cand, distances = self._search(index, queries, n_candidates, keys)
+        if not _takes_index_keys(
+                self.params, lambda: self.params.get("index_dtype") == "float32"):
+            return cand, None
+        if _HNSW_METRICS[self.metric] == "ip":  # usearch's distance: 1 - inner product
+            distances -= np.float32(1.0)
+        return cand, distances
+
+    def _search(self, index, queries, n_candidates, keys):
+        """``(rows, distances)`` of the graph's ``n_candidates`` for ``queries``."""
         _, _, ef_search = self.settings(keys.shape[0], queries.shape[1])
         index.expansion_search = int(max(ef_search, n_candidates))
         # one query: no thread pool
@@ -443,12 +515,17 @@ class HNSWBackend(SearchBackend):
         found = index.search(np.ascontiguousarray(queries, dtype=np.float32), n_candidates,
                              threads=threads)
         keys_found = np.full((queries.shape[0], n_candidates), -1, dtype=np.int64)
+        distances = np.full(keys_found.shape, np.inf, dtype=np.float32)
         if hasattr(found, "counts"):  # BatchMatches (padded beyond the counts)
             keys_found[:] = found.keys
-            keys_found[np.arange(n_candidates) >= found.counts[:, np.newaxis]] = -1
+            distances[:] = found.distances
+            missing = np.arange(n_candidates) >= found.counts[:, np.newaxis]
+            keys_found[missing] = -1
+            distances[missing] = np.inf
         else:  # one query: Matches, as many keys as found
             keys_found[0, : len(found.keys)] = found.keys
-        return keys_to_rows(keys_found, keys)
+            distances[0, : len(found.keys)] = found.distances
+        return keys_to_rows(keys_found, keys), distances
 
     def state(self, index):
         return np.frombuffer(index.save(), dtype=np.uint8)
