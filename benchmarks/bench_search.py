@@ -30,6 +30,7 @@ memory bandwidth), with the bandwidth it reaches.
 Default collections: 100k x 128, 100k x 512, 100k x 2048, 1M x 128 with
 every backend, and 1M x 512 with the brute force and HNSW only
 (``NxD:brute+hnsw``: a collection may name its backends among brute, hnsw,
+``faiss-hnsw`` (the FAISS graph factories of ``--faiss-graph``),
 faiss, nndescent; float32 in RAM: 0.05 to 2 GB).  HNSW (usearch, float16
 vectors in the graph and in the retriever's store) is built once per
 collection with its default parameters (the rule of ``hnsw_defaults``, or
@@ -70,7 +71,7 @@ from skretrieval import NearestNeighborRetriever
 
 DEFAULT_COLLECTIONS = ["100000x128", "100000x512", "100000x2048", "1000000x128",
                        "1000000x512:brute+hnsw"]
-ALL_BACKENDS = ("brute", "hnsw", "faiss", "nndescent", "pgvector")
+ALL_BACKENDS = ("brute", "hnsw", "faiss", "faiss-hnsw", "nndescent", "pgvector")
 QUICK_COLLECTIONS = ["20000x128", "20000x512"]
 
 
@@ -239,19 +240,24 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, backends=ALL_BACK
     del brute
 
     # memory-mapped float16 store
-    store = os.path.join(tmp, "store.f16")
-    t = time.perf_counter()
-    mm = NearestNeighborRetriever(store=store, dtype="float16").fit(X)
-    build = time.perf_counter() - t
-    qps, ind10 = timed_search(mm, Q, 10)
-    ind = mm.kneighbors(Q, n_neighbors=100, return_distance=False)
-    add("brute", "float16, memory-mapped file", mm, build, qps, ind, ind10, where="disk")
-    del mm
-    os.remove(store)
+    if not args.no_memmap:
+        store = os.path.join(tmp, "store.f16")
+        t = time.perf_counter()
+        mm = NearestNeighborRetriever(store=store, dtype="float16").fit(X)
+        build = time.perf_counter() - t
+        qps, ind10 = timed_search(mm, Q, 10)
+        ind = mm.kneighbors(Q, n_neighbors=100, return_distance=False)
+        add("brute", "float16, memory-mapped file", mm, build, qps, ind, ind10, where="disk")
+        del mm
+        os.remove(store)
+
+    if "faiss-hnsw" in backends and not args.no_faiss:
+        run_faiss_graphs(X, Q, args, add)
 
     if "hnsw" in backends and not args.no_hnsw:
         params = {key: value for key, value in (("M", args.hnsw_m),
-                                                ("ef_construction", args.hnsw_efc)) if value}
+                                                ("ef_construction", args.hnsw_efc),
+                                                ("index_dtype", args.hnsw_dtype)) if value}
         t = time.perf_counter()
         hr = NearestNeighborRetriever(algorithm="hnsw", dtype="float16",
                                       algorithm_params=params).fit(X)
@@ -262,6 +268,8 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, backends=ALL_BACK
             qps, ind10 = timed_search(hr, Q, 10)
             ind = hr.kneighbors(Q, n_neighbors=100, return_distance=False)
             setting = f"M {m}, ef_construction {efc}, ef_search {ef}"
+            if args.hnsw_dtype:
+                setting += f", {args.hnsw_dtype} graph"
             if ef == ef_default and not params:
                 setting += " (default)"
             add("hnsw", setting, hr, build, qps, ind, ind10)
@@ -322,6 +330,36 @@ def run_collection(n, d, n_queries, args, nndescent_rate, tmp, backends=ALL_BACK
             build = float("nan")
         del nr
     return rows, notes, nndescent_rate
+
+
+def run_faiss_graphs(X, Q, args, add):
+    """Rows of FAISS graph factories (``--faiss-graph FACTORY[:EFC[:K_FACTOR]]``)
+    through the retriever, each built once and searched at every ``--faiss-graph-ef``.
+
+    A flat storage (``HNSW32``) gives its distances as the ranking keys; a
+    compressed one (``HNSW32_SQ8``) is re-ranked from the store, with
+    ``k_factor`` times more candidates.
+    """
+    for spec in args.faiss_graph:
+        factory, efc, k_factor = (spec.split(":") + [None, None])[:3]
+        efc = int(efc or 40)
+        k_factor = float(k_factor or 1)
+        params = {"factory": factory, "ef_construction": efc, "k_factor": k_factor}
+        t = time.perf_counter()
+        fr = NearestNeighborRetriever(algorithm="faiss", algorithm_params=params,
+                                      random_state=0).fit(X)
+        fr.kneighbors(Q[:1])  # the graph is built on the first query
+        build = time.perf_counter() - t
+        for ef in args.faiss_graph_ef:
+            fr.set_params(algorithm_params={**params, "ef_search": ef})
+            qps, ind10 = timed_search(fr, Q, 10)
+            ind = fr.kneighbors(Q, n_neighbors=100, return_distance=False)
+            setting = f"FAISS {factory}, ef_construction {efc}, ef_search {ef}"
+            if k_factor > 1:
+                setting += f", re-rank {k_factor:g}k"
+            add("faiss", setting, fr, build, qps, ind, ind10)
+            build = float("nan")
+        del fr
 
 
 def run_pgvector(X, Q, args, add, notes):
@@ -422,6 +460,16 @@ def main(argv=None):
                         help="HNSW links per node (default: the rule of hnsw_defaults)")
     parser.add_argument("--hnsw-efc", type=int, default=None,
                         help="HNSW construction depth (default: the rule of hnsw_defaults)")
+    parser.add_argument("--hnsw-dtype", default=None, choices=("float16", "float32"),
+                        help="vectors of the HNSW graph (default: the backend's, float16)")
+    parser.add_argument("--faiss-graph", nargs="+", default=["HNSW32:40"],
+                        metavar="FACTORY[:EFC[:K_FACTOR]]",
+                        help="FAISS graph factories of the faiss-hnsw rows, with their "
+                             "ef_construction and re-rank k_factor (default: %(default)s)")
+    parser.add_argument("--faiss-graph-ef", type=int, nargs="+", default=[32, 48, 64],
+                        help="search depths of the faiss-hnsw rows (default: %(default)s)")
+    parser.add_argument("--no-memmap", action="store_true",
+                        help="leave out the memory-mapped float16 brute-force row")
     parser.add_argument("--no-hnsw", action="store_true")
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--no-nndescent", action="store_true")
