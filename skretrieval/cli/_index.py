@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..index import IndexFile, add_to_index, item_fingerprint
+from ..index import IndexFile, add_to_index, item_fingerprint, set_feature_params
 from ._common import (PROG, CLIError, check_device, format_size, info, load_pipeline,
                       show_progress, warn)
 
@@ -23,6 +23,7 @@ def cmd_index(args):
     if args.prune and not args.append:
         raise CLIError("--prune applies to --append (it removes the indexed images "
                        "whose files are gone)")
+    _check_local_options(args)
     # One writer at a time: a second 'index' of the same FILE waits here; the
     # existence check is made under the lock, so two concurrent --append runs
     # on a new FILE create it once and both add their images.
@@ -60,14 +61,12 @@ def _new_index(args, index_file, paths, n_found, t0):
     n = len(paths)
     n_fit = min(n, args.save_every or n)  # the images the pipeline is fitted on
     _check_new_index(args, n, n_fit)
-    pipe = _new_pipeline(args)
-    extractor = pipe[0]
+    pipe = _new_local_pipeline(args) if args.local is not None else _new_pipeline(args)
 
     # names = ids = paths relative to FOLDER; fingerprints = content hashes
     labels = np.asarray([os.path.relpath(p, folder) for p in paths])
     if not args.quiet:
-        info(f"{PROG}: indexing {n} image(s) of {folder!r} with {args.backbone} "
-             f"(layer {extractor.layer_name_}) on {extractor.device_}")
+        info(f"{PROG}: indexing {n} image(s) of {folder!r} with {_features_used(args, pipe)}")
     retriever_name = pipe.steps[-1][0]
     fit_params = {
         f"{retriever_name}__ids": labels[:n_fit],
@@ -75,7 +74,7 @@ def _new_index(args, index_file, paths, n_found, t0):
     }
     # in batches (--save-every): one bar for the whole index, the extractor's inside
     with _batches_bar(args, n if n_fit < n else 0) as bar:
-        with _numbered_errors(range(n_fit), n):
+        with _numbered_errors(range(n_fit), n), _asmk_errors(args):
             pipe.fit(paths[:n_fit], labels[:n_fit], **fit_params)
         index_file.save(pipe)
         bar.update(n_fit)
@@ -86,18 +85,43 @@ def _new_index(args, index_file, paths, n_found, t0):
     retriever = pipe[-1]
     print(f"indexed {retriever.n_samples_fit_} image(s) of {folder}"
           + (f" ({n_found - n} left out)" if n_found != n else ""))
-    print(f"descriptors: {retriever.n_features_in_} dimensions ({args.backbone} "
-          f"layer {extractor.layer_name_}, {pipe[1].__class__.__name__}"
-          + (f", PCA-whitened from {extractor.n_channels_}" if args.pca is not None else "")
-          + ")")
+    print(_descriptors_line(args, pipe))
     print(f"saved to {args.output} ({format_size(os.path.getsize(args.output))}) "
           f"in {seconds:.1f} s")
     return 0
 
 
+def _check_local_options(args):
+    """``--local`` / ``--asmk``: together, and without the global-descriptor options."""
+    given = getattr(args, "given", frozenset())
+    if args.local is None:
+        for option, value in (("--asmk", args.asmk), ("--local-features", args.local_features)):
+            if value is not None:
+                raise CLIError(f"{option} applies to local features: add --local sift or "
+                               "--local deep")
+        return
+    if args.asmk is None:
+        raise CLIError(f"--local {args.local} is searched with ASMK: give the codebook "
+                       "size, e.g. --asmk 1024 (more visual words for more images)")
+    # (option, whether it was given, what it applies to)
+    refused = [("--pooler", "--pooler" in given, "global descriptors"),
+               ("--algorithm", "--algorithm" in given, "global descriptors"),
+               ("--engine", args.engine is not None, "global descriptors")]
+    if args.local == "sift":
+        network = "the network of global descriptors or of --local deep"
+        refused += [(option, option in given, network)
+                    for option in ("--backbone", "--weights", "--layer", "--scales")]
+        refused.append(("--pca", args.pca is not None,
+                        "global descriptors and --local deep (RootSIFT is not whitened)"))
+    for option, used, what in refused:
+        if used:
+            raise CLIError(f"{option} applies to {what}, not to --local {args.local} "
+                           f"(searched with --asmk {args.asmk})")
+
+
 def _check_new_index(args, n, n_fit):
     """The options of a new index that the number of images rules out."""
-    if args.pca is not None and args.pca >= n_fit:
+    if args.pca is not None and args.local is None and args.pca >= n_fit:
         raise CLIError(
             f"--pca {args.pca} needs more images than components: {n_fit} image(s) "
             f"give at most {max(n_fit - 1, 0)} principal directions; use --pca "
@@ -149,6 +173,74 @@ def _new_pipeline(args):
         retriever_kwargs = {"algorithm": "pgvector", "algorithm_params": {"uri": args.engine}}
     steps.append(NearestNeighborRetriever(**retriever_kwargs))
     return make_pipeline(*steps)
+
+
+def _new_local_pipeline(args):
+    """``--local sift|deep --asmk K``: local features then an ASMK* retriever."""
+    from sklearn.pipeline import make_pipeline
+
+    from ..local import ASMKRetriever, DeepLocalFeatures, SIFTExtractor
+
+    if args.local == "sift":
+        local = SIFTExtractor(n_features=args.local_features or 2000, max_size=args.max_size,
+                              cache=args.cache)
+    else:
+        local = DeepLocalFeatures(args.backbone, weights=args.weights, layer=args.layer,
+                                  max_size=args.max_size, scales=tuple(args.scales),
+                                  max_features=args.local_features or 500,
+                                  n_components=args.pca, device=args.device, cache=args.cache)
+    # unknown backbone / layer, missing weights or OpenCV: reported before any
+    # image is read (the whitening of --pca is learned on the images, in the fit)
+    if args.local == "deep":
+        local.set_params(n_components=None).fit().set_params(n_components=args.pca)
+    else:
+        local.fit()
+    return make_pipeline(local, ASMKRetriever(n_clusters=args.asmk))
+
+
+class _asmk_errors:
+    """Name ``--asmk`` in the error of a codebook the local features cannot train."""
+
+    def __init__(self, args):
+        self.asmk = getattr(args, "asmk", None) if getattr(args, "local", None) else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if self.asmk is None or not isinstance(exc, ValueError) or "codebook" not in str(exc):
+            return False
+        raise CLIError(f"--asmk {self.asmk}: {exc}") from exc
+
+
+def _features_used(args, pipe):
+    """What the index is made of, for the progress message."""
+    if args.local == "sift":
+        return f"SIFT local features (at most {pipe[0].n_features} per image)"
+    if args.local == "deep":
+        ex = pipe[0].extractor_
+        return (f"{args.backbone} local features (layer {ex.layer_name_}, at most "
+                f"{pipe[0].max_features} per image) on {ex.device_}")
+    return f"{args.backbone} (layer {pipe[0].layer_name_}) on {pipe[0].device_}"
+
+
+def _descriptors_line(args, pipe):
+    """The line on the descriptors of a new index."""
+    retriever = pipe[-1]
+    if args.local is not None:
+        kind = "RootSIFT" if args.local == "sift" else (
+            f"{args.backbone} layer {pipe[0].extractor_.layer_name_}"
+            + (f", PCA-whitened from {pipe[0].extractor_.n_channels_}"
+               if args.pca is not None else ""))
+        return (f"local features: {retriever.n_features_in_} dimensions ({kind}); ASMK* "
+                f"codebook of {retriever.n_clusters} visual words, inverted file of "
+                f"{len(retriever.entry_images_)} entries "
+                f"({format_size(retriever.index_nbytes())})")
+    extractor = pipe[0]
+    return (f"descriptors: {retriever.n_features_in_} dimensions ({args.backbone} "
+            f"layer {extractor.layer_name_}, {pipe[1].__class__.__name__}"
+            + (f", PCA-whitened from {extractor.n_channels_}" if args.pca is not None else "")
+            + ")")
 
 
 class _numbered_errors:
@@ -234,10 +326,9 @@ def _append_to_index(args, index_file, paths, t0):
               f"in {args.output} ({n_before} image(s))")
         return 0
     if todo:
-        extractor = pipe[0]
-        extractor.set_params(verbose=int(show_progress(args)))
+        set_feature_params(pipe, verbose=int(show_progress(args)))
         if args.cache is not None:
-            extractor.set_params(cache=args.cache)
+            set_feature_params(pipe, cache=args.cache)
         if not args.quiet:
             info(f"{PROG}: adding {len(new)} new and {len(changed)} changed image(s) of "
                  f"{folder!r} to {args.output} ({n_before} image(s))")

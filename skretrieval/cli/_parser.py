@@ -23,22 +23,31 @@ def _weights(text):
     return None if text.lower() in ("none", "random") else text
 
 
+class _Given(argparse.Action):
+    """Store the value and note the option in ``args.given`` (a default is not
+    given), so that ``index --local`` can refuse the global-descriptor options."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", frozenset()) | {option_string}
+
+
 def _add_descriptor_options(p):
     """The options of the network and the pooling (index and evaluate)."""
-    p.add_argument("--backbone", default="mobilenet_v2",
+    p.add_argument("--backbone", default="mobilenet_v2", action=_Given,
                    help="torchvision model name, timm:<model> or open_clip:<arch>/<tag> "
                         "(default: %(default)s)")
-    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights,
+    p.add_argument("--weights", default="IMAGENET1K_V1", type=_weights, action=_Given,
                    help="torchvision weights name, path to a state-dict file, or "
                         "'none' for random weights (default: %(default)s)")
-    p.add_argument("--layer", default=None,
+    p.add_argument("--layer", default=None, action=_Given,
                    help="layer to take the feature maps from (default: the last "
                         "convolutional layer)")
     p.add_argument("--max-size", type=positive_int, default=1024, metavar="PIXELS",
                    help="longest image side at scale 1 (default: %(default)s)")
-    p.add_argument("--scales", type=positive_float, nargs="+", default=[1.0],
+    p.add_argument("--scales", type=positive_float, nargs="+", default=[1.0], action=_Given,
                    metavar="S", help="image scales, e.g. '1 0.707' (default: 1)")
-    p.add_argument("--pooler", choices=sorted(POOLERS), default="gem",
+    p.add_argument("--pooler", choices=sorted(POOLERS), default="gem", action=_Given,
                    help="pooling of the feature maps (default: %(default)s)")
 
 
@@ -58,7 +67,9 @@ def _add_index_command(sub):
         help="index the images of a folder into a retrieval pipeline file",
         description="Extract a global descriptor of every image under FOLDER "
                     "(recursively) and save the fitted pipeline (extractor, pooler, "
-                    "optional PCA whitening, nearest-neighbour retriever) with joblib. "
+                    "optional PCA whitening, nearest-neighbour retriever) with joblib; "
+                    "with --local and --asmk, the local features of every image and an "
+                    "ASMK* inverted file instead. "
                     "The retriever's labels are the image paths relative to FOLDER.",
     )
     p.add_argument("folder", metavar="FOLDER", help="folder of images (searched recursively)")
@@ -67,10 +78,11 @@ def _add_index_command(sub):
                         "(pickle-free, what 'skretrieval serve' loads by default)")
     _add_descriptor_options(p)
     p.add_argument("--pca", type=positive_int, default=None, metavar="N",
-                   help="PCA-whiten the descriptors to N dimensions, learned on the "
-                        "indexed images (default: no whitening)")
+                   help="PCA-whiten the descriptors (with --local deep: the local "
+                        "descriptors) to N dimensions, learned on the indexed images "
+                        "(default: no whitening)")
     p.add_argument("--algorithm", choices=("brute", "hnsw", "auto", "nndescent", "faiss"),
-                   default="brute",
+                   default="brute", action=_Given,
                    help="exact (brute) or approximate (hnsw: needs pip install "
                         "skretrieval[hnsw]; auto: hnsw for large indexes; nndescent; faiss: "
                         "needs pip install skretrieval[faiss]) search (default: %(default)s)")
@@ -79,6 +91,17 @@ def _add_index_command(sub):
                         "(postgresql://user@host:5432/db, no password: libpq reads "
                         "PGPASSWORD) instead of --algorithm; needs pip install "
                         "skretrieval[engine]")
+    p.add_argument("--local", choices=("sift", "deep"), default=None,
+                   help="index local features instead of a global descriptor: OpenCV's "
+                        "RootSIFT ('sift', needs pip install skretrieval[local]) or the "
+                        "strongest cells of --backbone's --layer ('deep'), searched with "
+                        "--asmk (docs/local.md)")
+    p.add_argument("--asmk", type=positive_int, default=None, metavar="K",
+                   help="with --local: ASMK* search over a codebook of K visual words "
+                        "learned on the indexed images' local features")
+    p.add_argument("--local-features", type=positive_int, default=None, metavar="N",
+                   help="with --local: local features kept per image, strongest first "
+                        "(default: 2000 for sift, 500 for deep)")
     p.add_argument("--device", default="auto",
                    help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",

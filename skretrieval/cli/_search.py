@@ -15,14 +15,12 @@ __all__ = ["cmd_search"]
 
 def cmd_search(args):
     """Run ``skretrieval search``: print (and write as pairs) the top-k of each query."""
-    from ..extraction._extractor import ConvFeatureExtractor
+    from ..index import set_feature_params
 
     _check_search_args(args)
     pipe = load_pipeline(args.index)
     retriever = pipe[-1]
-    for _, step in pipe.steps[:-1]:
-        if isinstance(step, ConvFeatureExtractor):
-            step.set_params(verbose=int(show_progress(args)))
+    set_feature_params(pipe, verbose=int(show_progress(args)))
     items = _query_items(args)
 
     n_db = retriever.n_samples_fit_
@@ -75,7 +73,8 @@ def _results(args, retriever, dist, ind):
     """One ``{"query", "box", "results": [{"rank", "name", "index", score}]}`` per query.
 
     The score is the similarity for the cosine and inner-product metrics, the
-    distance otherwise.
+    distance otherwise (an ASMK index's metric is ``"cosine"``: its distances
+    are ``1 - K``, the similarity printed is the kernel value ``K``).
     """
     names = retriever.y_
     metric = getattr(retriever, "metric", "cosine")

@@ -18,6 +18,7 @@ from ._indexing import (
     item_fingerprint,
     load_index,
     save_index,
+    set_feature_params,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "item_fingerprint",
     "load_index",
     "save_index",
+    "set_feature_params",
 ]

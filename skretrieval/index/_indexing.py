@@ -35,6 +35,7 @@ __all__ = [
     "item_fingerprint",
     "load_index",
     "save_index",
+    "set_feature_params",
 ]
 
 _READ_BYTES = 1 << 20
@@ -278,6 +279,57 @@ def add_to_index(pipeline, X, y=None, *, ids=None, on_existing="update",
 # ---------------------------------------------------------------------------
 # index files
 # ---------------------------------------------------------------------------
+def set_feature_params(pipeline, **params):
+    """Set run-time parameters on the feature steps that have them.
+
+    The steps before the retriever (a
+    :class:`~skretrieval.ConvFeatureExtractor`, a
+    :class:`~skretrieval.local.SIFTExtractor`, a
+    :class:`~skretrieval.local.DeepLocalFeatures`...) take different
+    settings: each step gets those of ``params`` among its own parameters
+    (``get_params(deep=False)``), the others are left out for it.  The one
+    way the command line, ``serve`` and :func:`save_index` silence the
+    progress output or turn a feature cache off, whatever the extractor.
+
+    Parameters
+    ----------
+    pipeline : Pipeline or estimator
+        A retrieval pipeline (its last step is left alone), or a single
+        feature step.
+    **params
+        Parameter values, e.g. ``verbose=0, cache=None``.
+
+    Returns
+    -------
+    previous : list of (estimator, dict)
+        Each changed step with its values before the call (give them back
+        with ``step.set_params(**values)``).
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skretrieval.index import set_feature_params
+    >>> from skretrieval.local import ASMKRetriever, SIFTExtractor
+    >>> pipe = make_pipeline(SIFTExtractor(), ASMKRetriever())
+    >>> [dict(old) for _, old in set_feature_params(pipe, verbose=0, cache=None)]
+    [{'cache': 'auto'}]
+    >>> pipe[0].cache is None
+    True
+    """
+    steps = ([s for _, s in pipeline.steps[:-1]] if isinstance(pipeline, Pipeline)
+             else [pipeline])
+    previous = []
+    for step in steps:
+        if not hasattr(step, "get_params"):
+            continue  # "passthrough" or a plain function
+        own = step.get_params(deep=False)
+        mine = {k: v for k, v in params.items() if k in own}
+        if mine:
+            previous.append((step, {k: own[k] for k in mine}))
+            step.set_params(**mine)
+    return previous
+
+
 def _check_index(obj, path):
     if not (isinstance(obj, Pipeline) and len(obj) >= 2 and hasattr(obj[-1], "kneighbors")
             and getattr(obj[-1], "n_samples_fit_", None) is not None):
@@ -362,13 +414,9 @@ def is_model_file(path):
 def _dump(pipeline, path):
     import joblib
 
-    extractor = pipeline[0] if isinstance(pipeline, Pipeline) else None
-    saved = {}
-    if extractor is not None and hasattr(extractor, "get_params"):
-        params = extractor.get_params(deep=False)
-        # a saved index prints nothing and points at no cache of this machine
-        saved = {k: params[k] for k in ("verbose", "cache") if k in params}
-        extractor.set_params(**{k: (0 if k == "verbose" else None) for k in saved})
+    # a saved index prints nothing and points at no cache of this machine
+    saved = (set_feature_params(pipeline, verbose=0, cache=None)
+             if isinstance(pipeline, Pipeline) else [])
     try:
         if _is_zip_name(path):  # the pickle-free format, written atomically
             _dump_model(pipeline, path)
@@ -376,8 +424,8 @@ def _dump(pipeline, path):
             with atomic_write(path) as fh:
                 joblib.dump(pipeline, fh)
     finally:
-        if saved:
-            extractor.set_params(**saved)
+        for step, values in saved:
+            step.set_params(**values)
 
 
 def _dump_model(pipeline, path):
