@@ -99,8 +99,13 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
           slower, higher recall); it can be changed after fitting with
           ``set_params``;
         * ``"k_factor"`` (number >= 1, default 1): ``ceil(k_factor * k)``
-          candidates are taken from the index and re-ranked exactly with the
-          stored descriptors (raise it with PQ);
+          candidates are taken from the index and ranked by their exact
+          distances (raise it with PQ);
+        * ``"rerank"`` (bool, default None): True computes the candidates'
+          distances from the stored descriptors (the exact re-rank), False
+          takes the index's own; None re-ranks only when the index keeps
+          compressed vectors (PQ, SQ): the distances of ``Flat``,
+          ``IVF...,Flat`` and ``HNSW32`` are the exact ones;
         * ``"train_size"`` (int): descriptors used to train the quantizers,
           default ``max(40 * nlist, 10000)`` (all of them if fewer; FAISS
           warns below 39 points per list);
@@ -111,9 +116,10 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         node, int >= 2), ``"ef_construction"`` (search depth of the
         insertions), ``"ef_search"`` (search depth of the queries: more is
         slower and recalls more; changed without rebuilding), ``"k_factor"``
-        (number >= 1, default 1: candidates re-ranked exactly, as for FAISS)
-        and ``"index_dtype"`` (``"float16"``, the default, or ``"float32"``:
-        the vectors kept in the graph).  The defaults follow the database
+        (number >= 1, default 1: candidates ranked by their exact distances, as
+        for FAISS), ``"index_dtype"`` (``"float16"``, the default, or
+        ``"float32"``: the vectors kept in the graph) and ``"rerank"`` (as for
+        FAISS: by default, a float16 graph's candidates are re-ranked).  The defaults follow the database
         size: ``M`` 16 up to 128 dimensions, 32 above; ``ef_construction``
         128; ``ef_search`` 32 up to 100,000 items, 64 above (measured to give
         recall@10 >= 0.95; see docs/scale.md).
@@ -228,15 +234,21 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
     **FAISS.**  The index is trained on (a sample of) the descriptors given to
     :meth:`fit`; :meth:`partial_fit` adds vectors to it with their ids and
     :meth:`remove` removes them, neither retraining the quantizers nor
-    touching the other vectors.  Candidates are re-ranked with the exact
-    distances of the stored descriptors (``k_factor``), and queries for
+    touching the other vectors (a graph, ``"HNSW..."``, cannot remove:
+    :meth:`remove` drops it, rebuilt on the next query).  An index that keeps
+    the vectors uncompressed (``Flat``, ``IVF...,Flat``, ``HNSW32``) gives
+    the exact distances itself (within float32 rounding); the candidates of
+    a compressed one (PQ, SQ) are re-ranked with the exact distances of the
+    stored descriptors (``k_factor``, ``rerank``), and queries for
     which the index returns fewer than ``k`` items (e.g. with a small
     ``nprobe``) are searched exactly.  Pickling serialises the index
     (:func:`faiss.serialize_index`), so a joblib round trip gives identical
     results; so does :func:`skretrieval.persistence.save_pipeline`.
 
     **HNSW.**  The graph (usearch) holds its own float16 copy of the
-    vectors; its candidates are re-ranked with the exact distances of the
+    vectors (float32 with ``index_dtype``: its distances are then the exact
+    ones, within float32 rounding, and taken as they are); the candidates of
+    a float16 graph are re-ranked with the exact distances of the
     stored descriptors.  :meth:`partial_fit` inserts the new vectors,
     :meth:`remove` deletes vectors natively (never returned again).
     Pickling and ``save_pipeline`` store the library's own serialisation
