@@ -3,7 +3,10 @@
 ``BACKENDS`` maps the ``algorithm`` parameter to its backend class.  A
 backend is made from the retriever's parameters and holds no state of its
 own: the index it builds lives in the retriever (``_index``, serialised by
-:meth:`SearchBackend.state`), which re-ranks the candidates exactly.  A new
+:meth:`SearchBackend.state`), which re-ranks the candidates exactly
+unless the index's distances are the exact ones
+(:meth:`SearchBackend.scored_candidates`: uncompressed FAISS indexes,
+float32 graphs; ``algorithm_params["rerank"]``).  A new
 search method is one subclass of :class:`SearchBackend` and one entry in
 ``BACKENDS`` (the retriever's ``algorithm`` constraint and the index kinds
 of its persisted state are read from the table).
@@ -415,6 +418,11 @@ def _takes_index_keys(params, exact_vectors):
     return bool(exact_vectors())
 
 
+def _usearch_float32(index):
+    """Whether a usearch graph keeps its vectors in float32 (the stored ones)."""
+    return str(index.dtype).lower().endswith("f32")
+
+
 def _faiss_exact_storage(index):
     """Whether a FAISS index keeps its vectors uncompressed (float32)."""
     faiss = import_faiss()
@@ -494,13 +502,12 @@ class HNSWBackend(SearchBackend):
         return self._search(index, queries, n_candidates, keys)[0]
 
     def scored_candidates(self, index, queries, n_candidates, rows, keys):
-        """The candidates and, when the graph holds float32 vectors
-        (``index_dtype="float32"``; or ``rerank=False``), its distances as
+        """The candidates and, when the graph holds float32 vectors (built
+        with ``index_dtype="float32"``; or ``rerank=False``), its distances as
         ranking keys (``1 - inner product`` minus 1, or the squared Euclidean
         distance); else None (re-ranked from the store)."""
         cand, distances = self._search(index, queries, n_candidates, keys)
-        if not _takes_index_keys(
-                self.params, lambda: self.params.get("index_dtype") == "float32"):
+        if not _takes_index_keys(self.params, lambda: _usearch_float32(index)):
             return cand, None
         if _HNSW_METRICS[self.metric] == "ip":  # usearch's distance: 1 - inner product
             distances -= np.float32(1.0)
