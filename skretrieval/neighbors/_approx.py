@@ -1,4 +1,4 @@
-"""Approximate search: candidates of an index, ranked by their exact keys (the store's or the index's)."""
+"""Approximate search: candidates of an index, ranked by exact keys (the store's or the index's)."""
 
 import numpy as np
 
