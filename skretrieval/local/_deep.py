@@ -22,7 +22,15 @@ __all__ = ["DeepLocalFeatures", "strongest_cells"]
 _PCA_SAMPLE = 50_000
 
 
-def strongest_cells(maps, max_features, stride, scales=None):
+def _inner_cells(H, W, border):
+    """Mask of the ``H * W`` cells at least ``border`` cells from the map's edge
+    (every cell when the map has no such cell)."""
+    rows, cols = np.divmod(np.arange(H * W), W)
+    keep = ((rows >= border) & (rows < H - border) & (cols >= border) & (cols < W - border))
+    return keep if keep.any() else np.ones(H * W, bool)
+
+
+def strongest_cells(maps, max_features, stride, scales=None, border=0):
     """The ``max_features`` cells of largest L2 norm of one image's maps.
 
     Parameters
@@ -35,6 +43,10 @@ def strongest_cells(maps, max_features, stride, scales=None):
         Pixels of the image at scale 1 per map cell at scale 1.
     scales : sequence of float, default=None
         The scale of each map (default: 1 for all).
+    border : int, default=0
+        Cells within ``border`` cells of a map's edge are never kept (unless
+        the map has no other cell): their receptive field covers the zero
+        padding, so they describe the image's border rather than its content.
 
     Returns
     -------
@@ -51,9 +63,10 @@ def strongest_cells(maps, max_features, stride, scales=None):
         C, H, W = m.shape
         rows, cols = np.divmod(np.arange(H * W), W)
         cell = stride / s
+        inner = _inner_cells(H, W, border)
         kps.append(np.stack([(cols + 0.5) * cell, (rows + 0.5) * cell,
-                             np.full(H * W, cell), np.full(H * W, -1.0)], 1))
-        vecs.append(np.asarray(m, dtype=np.float32).reshape(C, H * W).T)
+                             np.full(H * W, cell), np.full(H * W, -1.0)], 1)[inner])
+        vecs.append(np.asarray(m, dtype=np.float32).reshape(C, H * W).T[inner])
     kps, vecs = np.concatenate(kps), np.concatenate(vecs)
     norms = np.linalg.norm(vecs, axis=1)
     order = np.argsort(-norms, kind="stable")[:max_features]
@@ -96,6 +109,14 @@ class DeepLocalFeatures(TransformerMixin, BaseEstimator):
         compete for ``max_features``).
     max_features : int, default=500
         Local features kept per image.
+    border : int, default=2
+        Cells within ``border`` cells of the map's edge are not candidates.
+        Their receptive field covers the zero padding, so their vectors
+        encode *where the image ends*, not what it shows: the corner and edge
+        cells of any two images of the same size match each other at the
+        same positions, which spatial verification then accepts as an
+        identity transform with many inliers.  0 keeps every cell (the
+        behaviour before this parameter).
     n_components : int or None, default=None
         PCA-whitening of the descriptors to this size, learned in ``fit``
         (needs ``X``); None keeps the ``C`` L2-normalised channels.
@@ -136,6 +157,7 @@ class DeepLocalFeatures(TransformerMixin, BaseEstimator):
         "max_size": [Interval(Integral, 1, None, closed="left")],
         "scales": ["array-like", Real],
         "max_features": [Interval(Integral, 1, None, closed="left")],
+        "border": [Interval(Integral, 0, None, closed="left")],
         "n_components": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str],
         "cache": [None, "boolean", str, os.PathLike],
@@ -155,22 +177,23 @@ class DeepLocalFeatures(TransformerMixin, BaseEstimator):
     )
 
     def __init__(self, backbone="mobilenet_v2", *, weights="IMAGENET1K_V1", layer=None,
-                 max_size=1024, scales=(1.0,), max_features=500, n_components=None,
-                 device="auto", cache="auto", strict=True):
+                 max_size=1024, scales=(1.0,), max_features=500, border=2,
+                 n_components=None, device="auto", cache="auto", strict=True):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
         self.max_size = max_size
         self.scales = scales
         self.max_features = max_features
+        self.border = border
         self.n_components = n_components
         self.device = device
         self.cache = cache
         self.strict = strict
 
     def _maps_features(self, maps):
-        return [strongest_cells(maps[i], self.max_features, self.stride_, maps.scales)
-                for i in range(len(maps))]
+        return [strongest_cells(maps[i], self.max_features, self.stride_, maps.scales,
+                                self.border) for i in range(len(maps))]
 
     def _fit(self, X):
         self.extractor_ = ConvFeatureExtractor(

@@ -9,7 +9,13 @@ step of a pipeline.
 from ._diffusion import DiffusionRetriever
 from ._expansion import QueryExpansionRetriever
 from ._kreciprocal import KReciprocalRetriever
-from ._local_verification import FALLBACKS, LocalVerificationReranker, verify_matches
+from ._local_verification import (
+    FALLBACKS,
+    LocalVerificationReranker,
+    distinct_matches,
+    false_alarms,
+    verify_matches,
+)
 from ._online_cam import OnlineCAMRetriever
 from ._rerank import RegionReranker, cam_boxes
 from ._spatial import (
@@ -30,6 +36,8 @@ __all__ = [
     "SpatialVerificationReranker",
     "cam_boxes",
     "count_inliers",
+    "distinct_matches",
+    "false_alarms",
     "match_features",
     "top_activations",
     "verify_matches",

@@ -8,6 +8,12 @@ any retriever over the same images (a global pipeline, or an
 :class:`~skretrieval.local.ASMKRetriever`), by the inliers of a geometric
 model fitted by OpenCV's robust estimators (USAC / MAGSAC, RANSAC) or by the
 package's own vectorised RANSAC.
+
+Which short-listed images count as verified follows the field's rule
+(Philbin et al., CVPR 2007): only those whose inliers are too many to be
+chance, by an *a contrario* test (Moisan & Stival, IJCV 2004; Moisan,
+Moulon & Monasse, IPOL 2012) on one-to-one matches, go first; the others
+keep the retriever's order.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.special import comb
+from scipy.stats import binom
 from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
@@ -27,7 +35,8 @@ from ..utils._progress import progress
 from ..utils._state import LABELS, Attr, StateSpec
 from ._spatial import count_inliers, match_features
 
-__all__ = ["FALLBACKS", "LocalVerificationReranker", "verify_matches"]
+__all__ = ["FALLBACKS", "LocalVerificationReranker", "distinct_matches", "false_alarms",
+           "verify_matches"]
 
 #: Matches a model needs at least.
 _MIN_MATCHES = {"similarity": 2, "affine": 3, "homography": 4}
@@ -81,8 +90,107 @@ def _own(name, src, dst, transform, threshold, max_trials, rng):
 _ESTIMATORS = {"magsac": _opencv, "ransac": _opencv, "own": _own}
 
 
+def false_alarms(n_matches, n_inliers, area, residual_threshold, transform="affine",
+                 max_trials=2000):
+    """Expected number of chance verifications as good as ``n_inliers`` (the NFA).
+
+    The *a contrario* test of a geometric verification (Moisan & Stival,
+    IJCV 2004; Moisan, Moulon & Monasse, IPOL 2012), with a binomial
+    background model: under the null hypothesis the ``n_matches`` tentative
+    matches are unrelated, each query position falling anywhere in the
+    query's keypoint region (``area`` square pixels), so a fixed model
+    predicts a match within ``residual_threshold`` pixels with probability
+    ``p = min(1, pi * residual_threshold**2 / area)``.  A hypothesis fitted
+    to a minimal sample of ``s`` matches (2 for a similarity, 3 for an
+    affinity, 4 for a homography) explains those ``s``; each of the other
+    ``n_matches - s`` is an inlier with probability ``p``.  Over the ``N =
+    min(max_trials, C(n_matches, s))`` hypotheses tried,
+
+    ``NFA = N * P(Binomial(n_matches - s, p) >= n_inliers - s)``,
+
+    the expected number of random configurations with as many inliers.  An
+    NFA below 1 (or a smaller significance level) means the inliers are
+    significantly more than a random configuration gives.
+
+    Parameters
+    ----------
+    n_matches, n_inliers : int or array-like of int
+        Tentative matches and inliers.
+    area : float or array-like
+        Square pixels in which the query positions lie (e.g. the bounding
+        box of the query's keypoints).
+    residual_threshold : float
+        Inlier distance in pixels.
+    transform : {"similarity", "affine", "homography"}, default="affine"
+    max_trials : int, default=2000
+        Most hypotheses.
+
+    Returns
+    -------
+    nfa : float or ndarray
+        ``inf`` where there are fewer matches than a minimal sample.
+
+    Examples
+    --------
+    >>> from skretrieval.reranking import false_alarms
+    >>> nfa = false_alarms([20, 20, 20], [4, 5, 6], 600 * 600, 8.0)
+    >>> [bool(v <= 1) for v in nfa]
+    [False, True, True]
+    """
+    s = _MIN_MATCHES[transform]
+    m = np.asarray(n_matches, dtype=np.float64)
+    k = np.asarray(n_inliers, dtype=np.float64)
+    p = np.minimum(1.0, np.pi * float(residual_threshold) ** 2
+                   / np.maximum(np.asarray(area, dtype=np.float64), 1e-12))
+    n_tests = np.minimum(float(max_trials), comb(m, s))
+    tail = binom.sf(k - s - 1, np.maximum(m - s, 0), p)
+    nfa = np.where(m >= s, n_tests * tail, np.inf)
+    return float(nfa) if nfa.ndim == 0 else nfa
+
+
+def distinct_matches(pairs, q_pos, d_pos, strength):
+    """One-to-one tentative matches in positions.
+
+    SIFT puts several keypoints (one per dominant orientation) at one
+    position, and many query descriptors may pick the same database
+    descriptor: such matches repeat one piece of geometric evidence, and a
+    model through that position counts it several times.  Keeps, strongest
+    first, the matches whose query position and database position (rounded
+    to a pixel) no stronger match already uses.
+
+    Parameters
+    ----------
+    pairs : ndarray of shape (m, 2)
+        Query and database keypoint indices of the matches.
+    q_pos, d_pos : ndarray of shape (n_q, 2) and (n_d, 2)
+        Keypoint positions.
+    strength : ndarray of shape (m,)
+        The matches' similarities.
+
+    Returns
+    -------
+    pairs : ndarray of shape (m', 2)
+        The kept matches, strongest first.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    pairs = pairs[np.argsort(-np.asarray(strength), kind="stable")]
+    for side, pos in ((0, q_pos), (1, d_pos)):
+        key = np.round(np.asarray(pos)[pairs[:, side], :2]).astype(np.int64)
+        _, first = np.unique(key, axis=0, return_index=True)
+        pairs = pairs[np.sort(first)]
+    return pairs
+
+
+def _region_area(points):
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(points) == 0:
+        return 0.0
+    return float(np.prod(points.max(0) - points.min(0)))
+
+
 def verify_matches(src, dst, transform="affine", method="auto", residual_threshold=8.0,
-                   max_trials=2000, min_inliers=5, rng=None):
+                   max_trials=2000, min_inliers=5, rng=None, *, significance=None,
+                   area=None):
     """Inliers of ``dst ~ T(src)`` for a model class, by the first estimator that runs.
 
     Parameters
@@ -105,6 +213,12 @@ def verify_matches(src, dst, transform="affine", method="auto", residual_thresho
         Fewer inliers count as 0.
     rng : numpy Generator, int or None
         Seed (OpenCV's RNG is seeded from it).
+    significance : float or None, default=None
+        With a value, inliers whose :func:`false_alarms` (NFA) exceeds it
+        also count as 0: too few to be told from chance.
+    area : float or None, default=None
+        The query region of the NFA (None: the bounding box of ``dst``,
+        at least ``residual_threshold`` squared).
 
     Returns
     -------
@@ -125,7 +239,15 @@ def verify_matches(src, dst, transform="affine", method="auto", residual_thresho
         except Exception:  # OpenCV missing, without this estimator, or failing: the next
             if name == names[-1]:
                 raise
-    return count if count >= min_inliers else 0
+    if count < min_inliers:
+        return 0
+    if significance is not None:
+        if area is None:
+            area = max(_region_area(dst), float(residual_threshold) ** 2)
+        if false_alarms(len(src), count, area, residual_threshold, transform,
+                        max_trials) > significance:
+            return 0
+    return count
 
 
 def _final_step(retriever):
@@ -142,12 +264,24 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
     a geometric model is fitted to the matched keypoint positions by a
     robust estimator (:func:`verify_matches`: USAC/MAGSAC, RANSAC, or the
     package's RANSAC, in that fall-back order), and the short list is
-    ordered by inlier count.
+    re-ordered by the field's rule (Philbin et al., CVPR 2007):
 
-    **Fall-back order of the ranking**: inliers (at least ``min_inliers``,
-    else 0) first, then the retriever's own order, so that when nothing
-    verifies the ranking is exactly the retriever's; results below the
-    short list keep the retriever's order.
+    * **only verified images move**: an image is verified when its inliers
+      are at least ``min_inliers`` *and* significantly more than chance
+      gives for its number of tentative matches: the *a contrario* test of
+      :func:`false_alarms` (the expected number of random configurations
+      with as many inliers, NFA) must be at most ``significance``;
+    * verified images go first, by inlier count (ties: the retriever's
+      order); every other image keeps the retriever's order after them, so
+      that when nothing verifies the ranking is exactly the retriever's;
+      results below the short list keep the retriever's order;
+    * inliers are counted on **one-to-one matches** (``distinct=True``,
+      :func:`distinct_matches`): SIFT's several orientations at one
+      position, or many query descriptors matching one database
+      descriptor, are one piece of evidence, not several.
+
+    ``distinct=False, significance=None`` gives the rule before these two
+    (any ``min_inliers`` inliers of all tentative matches verify).
 
     Two ways to give the local features:
 
@@ -184,6 +318,15 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
         Most hypotheses per pair.
     min_inliers : int, default=5
         Fewer inliers count as not verified.
+    significance : float or None, default=1.0
+        Largest NFA (:func:`false_alarms`) of a verified image: with 1,
+        fewer than one random configuration of the same tentative matches
+        is expected to give as many inliers (the *a contrario* rule); the
+        query region of the background model is the bounding box of the
+        query's keypoints.  None: ``min_inliers`` alone decides.
+    distinct : bool, default=True
+        Make the tentative matches one-to-one in positions before fitting
+        the model (:func:`distinct_matches`); False keeps every match.
     random_state : int, RandomState or None, default=0
         Seed; the draws of a (query, database image) pair depend on it and
         on the database row only.
@@ -233,6 +376,8 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
         "residual_threshold": [Interval(Real, 0, None, closed="neither"), None],
         "max_trials": [Interval(Integral, 1, None, closed="left")],
         "min_inliers": [Interval(Integral, 1, None, closed="left")],
+        "significance": [Interval(Real, 0, None, closed="neither"), None],
+        "distinct": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -249,7 +394,7 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
 
     def __init__(self, retriever, local=None, *, n_rerank=100, matching="ratio", ratio=0.8,
                  transform="affine", method="auto", residual_threshold=None, max_trials=2000,
-                 min_inliers=5, random_state=0, verbose=0):
+                 min_inliers=5, significance=1.0, distinct=True, random_state=0, verbose=0):
         self.retriever = retriever
         self.local = local
         self.n_rerank = n_rerank
@@ -260,6 +405,8 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
         self.residual_threshold = residual_threshold
         self.max_trials = max_trials
         self.min_inliers = min_inliers
+        self.significance = significance
+        self.distinct = distinct
         self.random_state = random_state
         self.verbose = verbose
 
@@ -323,9 +470,14 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
         q_kp, q_desc = query
         d_kp, d_desc = self.database_features(i)
         pairs = match_features(q_desc, d_desc, self.matching, self.ratio)
+        if self.distinct and len(pairs):
+            strength = np.einsum("ij,ij->i", q_desc[pairs[:, 0]], d_desc[pairs[:, 1]])
+            pairs = distinct_matches(pairs, q_kp, d_kp, strength)
         return verify_matches(d_kp[pairs[:, 1]], q_kp[pairs[:, 0], :2], self.transform,
                               self.method, self.threshold_, self.max_trials, self.min_inliers,
-                              np.random.default_rng([seed, int(i)]))
+                              np.random.default_rng([seed, int(i)]),
+                              significance=self.significance,
+                              area=max(_region_area(q_kp), self.threshold_ ** 2))
 
     def _queries(self, X):
         if X is None:

@@ -101,7 +101,7 @@ def test_sift_cache_reuses_features(astronaut):
 def test_deep_local_features_positions_and_whitening(astronaut, one_torch_thread):
     imgs = [astronaut, data.chelsea(), data.coffee()]
     deep = DeepLocalFeatures("resnet18", weights=None, layer="layer3", max_size=128,
-                             scales=(1.0, 0.5), max_features=40, n_components=16)
+                             scales=(1.0, 0.5), max_features=40, n_components=16, border=0)
     out = deep.fit_transform(imgs)
     assert deep.stride_ == 16.0 and out.n_dims == 16 and out.counts.tolist() == [40] * 3
     kp, desc = out[0]
@@ -112,7 +112,8 @@ def test_deep_local_features_positions_and_whitening(astronaut, one_torch_thread
     np.testing.assert_allclose((kp[:, 0] / cell) % 1, 0.5)
     # the same maps without whitening give the same positions
     plain = DeepLocalFeatures("resnet18", weights=None, layer="layer3", max_size=128,
-                              scales=(1.0, 0.5), max_features=40).fit(imgs).transform(imgs)
+                              scales=(1.0, 0.5), max_features=40,
+                              border=0).fit(imgs).transform(imgs)
     np.testing.assert_array_equal(plain[0][0], kp)
     # the strongest cells of the maps, strongest first
     maps = deep.extractor_.transform(imgs[:1])
