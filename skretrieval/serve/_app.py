@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from ..extraction._extractor import ConvFeatureExtractor
+from ..index import set_feature_params
 from ..utils._version import __version__
 from ._limits import (
     DEFAULT_MAX_K,
@@ -35,8 +35,13 @@ def create_app(model, *, images_root=None, token=None,
         A fitted retrieval pipeline: feature steps (e.g.
         :class:`~skretrieval.ConvFeatureExtractor`, a pooler, a
         :class:`~skretrieval.PCAWhitener`) then a fitted
-        :class:`~skretrieval.NearestNeighborRetriever`, as loaded by
-        :func:`load_model`.  It is shared by all requests (used by one at a
+        :class:`~skretrieval.NearestNeighborRetriever`, or local features
+        (:class:`~skretrieval.local.SIFTExtractor`,
+        :class:`~skretrieval.local.DeepLocalFeatures`) then a fitted
+        :class:`~skretrieval.local.ASMKRetriever`, as loaded by
+        :func:`load_model`: any retriever with ``kneighbors``, ``ids_`` and
+        ``n_samples_fit_`` (``partial_fit``, ``rows_of`` and ``remove`` for
+        ``POST /index``).  It is shared by all requests (used by one at a
         time) and changed in memory by ``POST /index``.
     images_root : str or path-like, default=None
         The folder of the indexed images: an image's file is
@@ -92,8 +97,9 @@ def create_app(model, *, images_root=None, token=None,
       (``"x1,y1,x2,y2"`` in pixels of the full-resolution image), or JSON
       ``{"path", "k", "box"}`` with ``allow_paths``; answers ``{"k",
       "box", "results": [{"rank", "id", "name", "score", "thumbnail"}]}``
-      with ``score`` the cosine similarity (``1 - distance``; ``-distance``
-      for the other metrics).
+      with ``score`` the similarity of the retriever's ``metric``: the cosine
+      similarity ``1 - distance`` (an ASMK index's kernel value, its
+      distances being ``1 - K``), ``-distance`` for the other metrics.
     * ``GET /images/{id}``: a JPEG thumbnail of an indexed image.
     * ``POST /index`` (token): multipart ``files`` saved under
       ``images_root/<folder>`` (form field ``folder``, default
@@ -113,11 +119,10 @@ def create_app(model, *, images_root=None, token=None,
                   request_timeout=request_timeout)
     root_real = _images_folder(images_root)
     check_token(token)
-    for _, step in pipe.steps[:-1]:
-        if isinstance(step, ConvFeatureExtractor):
-            # no progress output per request; no feature cache growing per query;
-            # a query the extractor cannot decode is an error (422), never skipped
-            step.set_params(verbose=0, cache=None, on_error="raise")
+    # no progress output per request; no feature cache growing per query; a
+    # query the extractor cannot decode is an error (422), never skipped: on
+    # each feature step that has these settings
+    set_feature_params(pipe, verbose=0, cache=None, on_error="raise")
 
     shared = SharedModel(pipe, max_queue)
     routes = Routes(shared, root_real=root_real, token=token, max_pixels=max_pixels,

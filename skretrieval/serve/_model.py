@@ -22,7 +22,8 @@ def check_pipeline(model):
             and getattr(model[-1], "n_samples_fit_", None) is not None):
         raise ValueError(
             "create_app needs a fitted retrieval pipeline (feature steps then a fitted "
-            "NearestNeighborRetriever), e.g. one written by 'skretrieval index' or "
+            "retriever: NearestNeighborRetriever, ASMKRetriever), e.g. one written by "
+            "'skretrieval index' or "
             f"save_pipeline; got {type(model).__name__}")
     return model
 
