@@ -7,7 +7,7 @@ import logging
 import os
 
 from ..extraction._extractor import ConvFeatureExtractor
-from ..index import load_index
+from ..index import load_index, set_feature_params
 from ..index._indexing import is_model_file
 from ..persistence import load_pipeline
 from ._app import create_app
@@ -60,7 +60,10 @@ def load_model(path, *, allow_pickle=False, device=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"model not found: {path!r}")
     if is_model_file(path):
-        return check_pipeline(load_pipeline(path, device=device))
+        pipe = load_pipeline(path, device=device)  # every network of the file on device
+        if device is not None:  # and the steps' parameters say so
+            set_feature_params(pipe, device=device)
+        return check_pipeline(pipe)
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a folder without manifest.json: not a model "
                          "written by save_pipeline")
@@ -72,11 +75,21 @@ def load_model(path, *, allow_pickle=False, device=None):
             "wrote it, or convert it once with skretrieval.persistence.save_pipeline")
     pipe = load_index(path)
     if device is not None:
-        for _, step in pipe.steps[:-1]:
-            if isinstance(step, ConvFeatureExtractor):
-                step.set_params(device=device)
-                step.fit()
+        _move_networks(pipe, device)
     return check_pipeline(pipe)
+
+
+def _move_networks(pipe, device):
+    """``device`` for the networks of a joblib model's feature steps: a
+    :class:`~skretrieval.ConvFeatureExtractor` step, or the fitted one a step
+    runs (``extractor_`` of :class:`~skretrieval.local.DeepLocalFeatures`),
+    rebuilt there; the steps' own ``device`` parameters follow."""
+    set_feature_params(pipe, device=device)
+    for _, step in pipe.steps[:-1]:
+        for extractor in (step, getattr(step, "extractor_", None)):
+            if isinstance(extractor, ConvFeatureExtractor):
+                extractor.set_params(device=device)
+                extractor.fit()
 
 
 def _is_loopback(host):

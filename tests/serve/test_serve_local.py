@@ -121,3 +121,20 @@ def test_bad_queries_are_clear_errors(client):
     r = upload(client, flat.getvalue(), name="flat.png", k=2)
     assert r.status_code == 200, r.text
     assert [h["score"] for h in r.json()["results"]] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["deep.joblib", "deep.zip"])
+def test_deep_local_index_served_on_a_device(asmk_index, photos, tmp_path, name):
+    _, root = asmk_index
+    model = tmp_path / name
+    assert main(["index", str(root), "-o", str(model), "-q", "--local", "deep", "--asmk", "8",
+                 "--backbone", "resnet18", "--weights", "none", "--layer", "layer2",
+                 "--max-size", "64", "--local-features", "20"]) == 0
+    pipe = load_model(model, allow_pickle=True, device="cpu")
+    assert pipe[0].device == "cpu" and pipe[0].extractor_.device_ == "cpu"
+    with TestClient(create_app(pipe, images_root=root)) as c:
+        png = io.BytesIO()
+        Image.fromarray(photos[2]).save(png, "PNG")
+        r = upload(c, png.getvalue(), name="q.png", k=2)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["name"] == NAMES[2]
