@@ -1,14 +1,32 @@
 """``algorithm="pgvector"``: the index is a table of a PostgreSQL server with pgvector.
 
 The descriptors are copied (``COPY ... FORMAT BINARY``) into a table
-``(id bigint primary key, embedding vector(d) | halfvec(d))`` of the
-database that ``algorithm_params["uri"]`` names, indexed by pgvector's HNSW
-graph or IVF lists (or not indexed: exact scans in the server), and searched
-by ``ORDER BY embedding <op> query LIMIT k`` over a few connections at once.
-The retriever keeps its own copy of the descriptors and re-ranks the
-candidates exactly, as with the in-process backends.  A fitted retriever
-saves the table's name, never a password (libpq reads ``PGPASSWORD`` or a
-``~/.pgpass`` file); a loaded one reconnects to the URI of its parameters.
+``(id bigint primary key, embedding vector(d))`` of the database that
+``algorithm_params["uri"]`` names, indexed by pgvector's HNSW graph or IVF
+lists (or not indexed: exact scans in the server), and searched over a few
+connections at once.
+
+``algorithm_params["store"]`` says where the descriptors are:
+
+* ``"engine"`` (the default): only in the server.  The table holds the
+  exact float32 vectors (``vector(d)``; ``halfvec(d)`` for a retriever of
+  ``dtype="float16"``), the index is built on their half-precision
+  expression (``(embedding::halfvec(d))``, with ``index_dtype="float16"``),
+  and each query is re-ranked exactly in the server: an inner query ordered
+  by the index expression takes the candidates, an outer one orders them by
+  the exact distance, whose values are the ranking keys
+  (:meth:`PgVectorBackend.scored_candidates`).  The retriever's ``X_fit_``
+  is an :class:`~skretrieval.neighbors._engine_store.EngineRows` view that
+  reads rows back by key (``kneighbors(X=None)``, the re-rankers); it
+  saves only the table's record, ids and labels.
+* ``"local"``: the retriever keeps its own copy (as the in-process backends
+  do) and re-ranks the candidates of a ``halfvec(d)`` (or ``vector(d)``)
+  table from it; retrievers saved before ``"store"`` existed are of this
+  kind, and load and search as they did.
+
+A fitted retriever saves the table's name, never a password (libpq reads
+``PGPASSWORD`` or a ``~/.pgpass`` file); a loaded one reconnects to the URI
+of its parameters (or of ``SKRETRIEVAL_PGVECTOR_URI``), at its first use.
 
 The same URI can point at one server, a read replica or a Citus coordinator
 (docs/scale.md): the SQL is plain PostgreSQL.
@@ -27,6 +45,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ._engine_store import EngineStore, read_copy_rows
 from ._search_backend import SearchBackend, keys_to_rows, n_threads
 from ._store import as_float32
 
@@ -37,9 +56,14 @@ __all__ = ["PGVECTOR_URI_ENV", "PgVectorBackend", "PgVectorConnectionError",
 #: ``algorithm_params["uri"]`` is absent.
 PGVECTOR_URI_ENV = "SKRETRIEVAL_PGVECTOR_URI"
 _PARAMS = {"uri", "table", "index", "index_dtype", "m", "ef_construction", "ef_search",
-           "lists", "probes", "k_factor", "n_connections"}
+           "lists", "probes", "k_factor", "n_connections", "store"}
 _INDEXES = ("hnsw", "ivfflat", "exact")
 _TYPES = {"float32": "vector", "float16": "halfvec"}
+# where the descriptors are (see the module's docstring): "engine" by default,
+# what a collection past one machine needs (the retriever's file and memory
+# then hold no descriptor)
+_STORES = ("engine", "local")
+_DEFAULT_STORE = "engine"
 # halfvec by default: at 100k x 512 its HNSW built 2.4x faster and searched
 # 1.7x faster than vector's at the same recall (docs/scale.md), in half the bytes
 _DEFAULT_DTYPE = "float16"
@@ -50,7 +74,9 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{
 # The comment that marks a table as this library's (fit replaces only those).
 _TABLE_COMMENT = "skretrieval pgvector index"
 _COPY_ROWS = 16384
-_FORMAT = 1
+# table records: 1 for "local" tables (the format of the first version), 2 for
+# tables that hold the descriptors (the column and the ordering type named)
+_FORMAT, _HELD_FORMAT = 1, 2
 _FLOAT16_MAX = 65504.0
 # advisory lock of the creation of the extension (any fixed bigint)
 _LOCK_KEY = 0x736B7276
@@ -127,6 +153,9 @@ def _check_params(params):
     if params.get("index", "hnsw") not in _INDEXES:
         raise ValueError(f"algorithm_params['index'] must be one of {list(_INDEXES)}, "
                          f"got {params['index']!r}.")
+    if params.get("store", _DEFAULT_STORE) not in _STORES:
+        raise ValueError(f"algorithm_params['store'] must be one of {list(_STORES)} (where "
+                         f"the descriptors are), got {params['store']!r}.")
     if params.get("index_dtype", _DEFAULT_DTYPE) not in _TYPES:
         raise ValueError("algorithm_params['index_dtype'] must be 'float32' (vector) or "
                          f"'float16' (halfvec), got {params['index_dtype']!r}.")
@@ -168,15 +197,28 @@ class PgVectorTable:
 
     Connections are opened on first use and kept (one per concurrent search);
     a connection broken by a server restart is replaced once, transparently.
+    ``uri`` None: the ``SKRETRIEVAL_PGVECTOR_URI`` variable, read at the first
+    connection.  ``column``: the type of the column (default the type of
+    ``index_dtype``), ``order``: the type the searches order by (the index's:
+    the column cast to it when they differ); ``holds``: the table holds the
+    retriever's descriptors (searches give the exact keys, it is the store).
     """
 
-    def __init__(self, uri, table, n_features, index_dtype, metric):
-        self.uri = uri
+    def __init__(self, uri, table, n_features, index_dtype, metric, *, column=None,
+                 order=None, holds=False):
+        self._uri = uri
         self.table = table
         self.n_features = n_features
         self.index_dtype = index_dtype
         self.metric = metric
+        self.column = column or _TYPES[index_dtype]
+        self.order = order or self.column
+        self.holds = holds
         self._idle = queue.SimpleQueue()
+
+    @property
+    def uri(self):
+        return resolve_uri(self._uri)
 
     # -- connections ----------------------------------------------------------
     def _connect(self):
@@ -197,7 +239,7 @@ class PgVectorTable:
         from psycopg.adapt import Dumper
         from psycopg.pq import Format
 
-        name = _TYPES[self.index_dtype]
+        name = self.column
         row = conn.execute("SELECT oid FROM pg_type WHERE typname = %s", (name,)).fetchone()
         if row is None:
             raise PgVectorTableError(
@@ -278,7 +320,7 @@ class PgVectorTable:
     def copy_rows(self, conn, keys, X):
         from psycopg import sql
 
-        half = self.index_dtype == "float16"
+        half = self.column == "halfvec"
         statement = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
             self._ident())
         with conn.cursor() as cur, cur.copy(statement) as copy:
@@ -307,6 +349,41 @@ class PgVectorTable:
         statement = sql.SQL("SELECT count(*) FROM {}").format(self._ident())
         return self.run(lambda conn: conn.execute(statement).fetchone()[0])
 
+    def _fetch(self, condition, params):
+        """``(ids, float32 rows)`` of the rows where ``condition`` holds (binary COPY)."""
+        from psycopg import sql
+
+        statement = sql.SQL("COPY (SELECT id, embedding FROM {} WHERE {}) TO STDOUT "
+                            "(FORMAT BINARY)").format(self._ident(), sql.SQL(condition))
+
+        def work(conn):
+            with conn.cursor() as cur, cur.copy(statement, params) as copy:
+                return b"".join(bytes(block) for block in copy)
+
+        return read_copy_rows(self.run(work), self.n_features, self.column == "halfvec")
+
+    def fetch_range(self, first, last):
+        """The rows of the keys ``first`` to ``last`` (included), by increasing key."""
+        ids, X = self._fetch("id BETWEEN %s AND %s", (int(first), int(last)))
+        order = np.argsort(ids, kind="stable")
+        return ids[order], X[order]
+
+    def fetch_keys(self, keys):
+        """The rows of the (int64) ``keys``, in any order."""
+        return self._fetch("id = ANY(%s)", (np.asarray(keys, dtype=np.int64).tolist(),))
+
+    def record(self):
+        """What :meth:`PgVectorBackend.from_state` reopens the table from."""
+        record = {"format": _FORMAT, "table": self.table, "n_features": self.n_features,
+                  "index_dtype": self.index_dtype}
+        if self.holds:
+            record.update(format=_HELD_FORMAT, column=self.column, order=self.order)
+        return record
+
+    def store_record(self):
+        """What :meth:`PgVectorBackend.open_store` reopens the store from."""
+        return {"algorithm": "pgvector", **self.record()}
+
     def drop(self):
         """Drop the table (the retriever can no longer search it)."""
         from psycopg import sql
@@ -316,16 +393,39 @@ class PgVectorTable:
 
     # -- search ---------------------------------------------------------------
     def pack(self, q):
-        vector = q.astype(">f2" if self.index_dtype == "float16" else ">f4")
+        vector = q.astype(">f2" if self.column == "halfvec" else ">f4")
         return _Packed(struct.pack(">hh", q.shape[0], 0) + vector.tobytes())
 
-    def search(self, queries, k, settings, n_connections):
-        """Keys of the ``k`` nearest rows of each query (-1 padded), int64."""
+    def _search_sql(self):
+        """The statement of one query (parameters: :meth:`_search_params`)."""
         from psycopg import sql
 
-        statement = sql.SQL("SELECT id FROM {} ORDER BY embedding {} %s LIMIT %s").format(
-            self._ident(), sql.SQL(_OPERATORS[self.metric][0]))
+        operator = sql.SQL(_OPERATORS[self.metric][0])
+        if not self.holds:
+            return sql.SQL("SELECT id FROM {} ORDER BY embedding {} %s LIMIT %s").format(
+                self._ident(), operator)
+        # pgvector's re-ranking: the candidates of the index (its expression), then
+        # their exact distances to the vectors of the column
+        cast = "" if self.order == self.column else f"::{self.order}({int(self.n_features)})"
+        expression = sql.SQL("embedding" if not cast else f"(embedding{cast})")
+        return sql.SQL(
+            "SELECT id, embedding {op} %s AS key FROM (SELECT id, embedding FROM {table} "
+            "ORDER BY {expression} {op} %s{cast} LIMIT %s) AS candidates "
+            "ORDER BY key, id LIMIT %s"
+        ).format(op=operator, table=self._ident(), expression=expression, cast=sql.SQL(cast))
+
+    def _search_params(self, q, k):
+        packed = self.pack(q)
+        return (packed, packed, k, k) if self.holds else (packed, k)
+
+    def search(self, queries, k, settings, n_connections):
+        """Keys of the ``k`` nearest rows of each query (-1 padded), int64, and
+        (a table that :attr:`holds` the descriptors) their ranking keys (float32:
+        squared Euclidean distances or minus the similarities, inf where none),
+        else None."""
+        statement = self._search_sql()
         found = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        distances = np.full(found.shape, np.inf, dtype=np.float64) if self.holds else None
 
         def work(conn, rows):
             for name, value in settings.items():
@@ -333,19 +433,22 @@ class PgVectorTable:
                     conn.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
                     conn.settings[name] = value
             if rows.shape[0] == 1:
-                result = [conn.execute(statement, (self.pack(queries[rows[0]]), k),
+                result = [conn.execute(statement, self._search_params(queries[rows[0]], k),
                                        prepare=True).fetchall()]
             else:
                 result = []
                 with conn.cursor() as cur:
-                    cur.executemany(statement, [(self.pack(queries[r]), k) for r in rows],
+                    cur.executemany(statement,
+                                    [self._search_params(queries[r], k) for r in rows],
                                     returning=True)
                     while True:
                         result.append(cur.fetchall())
                         if not cur.nextset():
                             break
-            for r, ids in zip(rows, result):
-                found[r, : len(ids)] = [i[0] for i in ids]
+            for r, hits in zip(rows, result):
+                found[r, : len(hits)] = [hit[0] for hit in hits]
+                if distances is not None:
+                    distances[r, : len(hits)] = [hit[1] for hit in hits]
 
         n_parts = max(1, min(n_connections, queries.shape[0] // 8))
         parts = np.array_split(np.arange(queries.shape[0]), n_parts)
@@ -354,7 +457,11 @@ class PgVectorTable:
         else:
             with ThreadPoolExecutor(n_parts) as pool:
                 list(pool.map(lambda p: self.run(lambda conn: work(conn, p)), parts))
-        return found
+        if distances is None:
+            return found, None
+        if self.metric == "euclidean":  # pgvector gives the distance, the key is its square
+            np.square(distances, out=distances)
+        return found, distances.astype(np.float32)
 
 
 class PgVectorBackend(SearchBackend):
@@ -367,7 +474,10 @@ class PgVectorBackend(SearchBackend):
     ``"float32"``: ``vector``), ``m`` and ``ef_construction`` (HNSW build, pgvector's 16
     and 64), ``ef_search`` (HNSW queries, default 40, at least the
     candidates), ``lists`` and ``probes`` (IVF), ``k_factor`` and
-    ``n_connections`` (searches at once; default ``n_jobs`` threads).
+    ``n_connections`` (searches at once; default ``n_jobs`` threads),
+    ``store`` (``"engine"``, the default: the table is the retriever's only
+    copy of the descriptors, see :meth:`held_store`; ``"local"``: the
+    retriever keeps its own, from which it re-ranks).
     """
 
     incremental = True
@@ -383,9 +493,19 @@ class PgVectorBackend(SearchBackend):
                     f"descriptor values above {_FLOAT16_MAX:g} in magnitude; use 'float32'."
                 )
 
-    def _table(self, name, n_features):
-        return PgVectorTable(resolve_uri(self.params.get("uri")), name, n_features,
-                             self.params.get("index_dtype", _DEFAULT_DTYPE), self.metric)
+    def _table(self, name, store):
+        """The table object of a new table for the rows of ``store``."""
+        index_dtype = self.params.get("index_dtype", _DEFAULT_DTYPE)
+        uri = resolve_uri(self.params.get("uri"))
+        if self.params.get("store", _DEFAULT_STORE) == "local":
+            return PgVectorTable(uri, name, store.n_features, index_dtype, self.metric)
+        # the exact vectors (of the retriever's dtype) in the column, the index on
+        # the half-precision expression with index_dtype="float16"
+        column = "halfvec" if np.dtype(store.X.dtype) == np.float16 else "vector"
+        exact = column == "halfvec" or self.params.get("index", "hnsw") == "exact"
+        order = column if exact else _TYPES[index_dtype]
+        return PgVectorTable(uri, name, store.n_features, index_dtype, self.metric,
+                             column=column, order=order, holds=True)
 
     def _index_sql(self, table, n_samples):
         from psycopg import sql
@@ -393,15 +513,19 @@ class PgVectorBackend(SearchBackend):
         kind = self.params.get("index", "hnsw")
         if kind == "exact":
             return None
-        opclass = sql.SQL(f"{_TYPES[table.index_dtype]}_{_OPERATORS[self.metric][1]}")
+        opclass = sql.SQL(f"{table.order}_{_OPERATORS[self.metric][1]}")
         if kind == "hnsw":
             options = sql.SQL("m = {}, ef_construction = {}").format(
                 sql.Literal(int(self.params.get("m", 16))),
                 sql.Literal(int(self.params.get("ef_construction", 64))))
         else:
             options = sql.SQL("lists = {}").format(sql.Literal(self._lists(n_samples)))
-        return sql.SQL("CREATE INDEX ON {} USING {} (embedding {}) WITH ({})").format(
-            table._ident(), sql.SQL(kind), opclass, options)
+        # the column, or its cast to the index's type (pgvector's half-precision
+        # indexing), the expression the searches order by
+        expression = sql.SQL("embedding" if table.order == table.column else
+                             f"(embedding::{table.order}({int(table.n_features)}))")
+        return sql.SQL("CREATE INDEX ON {} USING {} ({} {}) WITH ({})").format(
+            table._ident(), sql.SQL(kind), expression, opclass, options)
 
     def _lists(self, n_samples):
         lists = self.params.get("lists")
@@ -410,12 +534,19 @@ class PgVectorBackend(SearchBackend):
         return int(max(1, lists))
 
     def build(self, store, keys, seed):
-        """A new table holding the store's rows, then its index."""
+        """A new table holding the store's rows, then its index.
+
+        A store that a pgvector table holds already (the retriever's index
+        was dropped, e.g. by a change of ``algorithm`` and back) is not
+        copied: its table is the index.
+        """
         from psycopg import sql
 
+        if isinstance(store, EngineStore) and isinstance(store.table, PgVectorTable):
+            return store.table.check()
         name = self.params.get("table") or f"skretrieval_{secrets.token_hex(8)}"
-        table = self._table(name, store.n_features)
-        column = sql.SQL(f"{_TYPES[table.index_dtype]}({int(store.n_features)})")
+        table = self._table(name, store)
+        column = sql.SQL(f"{table.column}({int(store.n_features)})")
         create_index = self._index_sql(table, store.n_samples)
         buffer = store.block_buffer()
 
@@ -424,13 +555,13 @@ class PgVectorBackend(SearchBackend):
                 # concurrent fits would race to create the extension
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                kind = _TYPES[table.index_dtype]
-                if conn.execute("SELECT to_regtype(%s)", (kind,)).fetchone()[0] is None:
-                    raise ValueError(
-                        f"the pgvector extension of {_display_uri(table.uri)} has no type "
-                        f"{kind!r} (halfvec needs pgvector >= 0.7): use "
-                        "algorithm_params['index_dtype']='float32' or upgrade pgvector."
-                    )
+                for kind in {table.column, table.order}:
+                    if conn.execute("SELECT to_regtype(%s)", (kind,)).fetchone()[0] is None:
+                        raise ValueError(
+                            f"the pgvector extension of {_display_uri(table.uri)} has no "
+                            f"type {kind!r} (halfvec needs pgvector >= 0.7): use "
+                            "algorithm_params['index_dtype']='float32' or upgrade pgvector."
+                        )
                 comment = conn.execute(
                     "SELECT obj_description(to_regclass(%s), 'pg_class')", (name,)
                 ).fetchone()[0]
@@ -455,17 +586,38 @@ class PgVectorBackend(SearchBackend):
         return table
 
     def add(self, index, X, keys):
-        index.add(np.ascontiguousarray(keys, dtype=np.int64), X)
+        if not index.holds:  # else the store wrote them (EngineStore.append)
+            index.add(np.ascontiguousarray(keys, dtype=np.int64), X)
         return index
 
     def remove(self, index, keys):
-        index.remove(np.asarray(keys, dtype=np.int64))
+        if not index.holds:  # else the store deletes them (EngineStore.compact)
+            index.remove(np.asarray(keys, dtype=np.int64))
         return index
+
+    def held_store(self, index, keys):
+        """The store of a table that holds the descriptors (``store="engine"``):
+        the retriever then keeps none; None for a ``"local"`` table."""
+        if not index.holds:
+            return None
+        return EngineStore(index, keys, np.float16 if index.column == "halfvec" else np.float32)
+
+    def open_store(self, record, keys):
+        """The store of a saved :meth:`held_store` (connects at its first read)."""
+        if not isinstance(record, dict) or record.get("algorithm") != "pgvector":
+            raise ValueError(f"the saved store record is not a pgvector table's: {record!r}")
+        table = _table_of_record({k: v for k, v in record.items() if k != "algorithm"},
+                                 self.params.get("uri"), self.metric)
+        if not table.holds:
+            raise ValueError(f"the saved store record names no table of descriptors: "
+                             f"{record!r}")
+        return self.held_store(table, keys)
 
     def n_candidates(self, k):
         return math.ceil(k * self.params.get("k_factor", 1))
 
-    def candidates(self, index, queries, n_candidates, rows, keys):
+    def _search(self, index, queries, n_candidates, keys):
+        """``(rows, keys or None)`` of the table's ``n_candidates`` for ``queries``."""
         settings = {}
         kind = self.params.get("index", "hnsw")
         if kind == "hnsw":
@@ -476,29 +628,50 @@ class PgVectorBackend(SearchBackend):
             settings["ivfflat.probes"] = int(self.params.get("probes")
                                              or max(1, math.isqrt(lists)))
         n_connections = self.params.get("n_connections") or n_threads(self.n_jobs)
-        found = index.search(np.ascontiguousarray(queries, dtype=np.float32), n_candidates,
-                             settings, n_connections)
-        return keys_to_rows(found, keys)
+        found, distances = index.search(np.ascontiguousarray(queries, dtype=np.float32),
+                                        n_candidates, settings, n_connections)
+        return keys_to_rows(found, keys), distances
+
+    def candidates(self, index, queries, n_candidates, rows, keys):
+        return self.scored_candidates(index, queries, n_candidates, rows, keys)[0]
+
+    def scored_candidates(self, index, queries, n_candidates, rows, keys):
+        """The candidates, and their exact keys when the table holds the
+        descriptors (ranked by the server, see :meth:`PgVectorTable.search`);
+        a ``"local"`` table's are re-ranked from the retriever's store."""
+        return self._search(index, queries, n_candidates, keys)
 
     def state(self, index):
-        record = {"format": _FORMAT, "table": index.table, "n_features": index.n_features,
-                  "index_dtype": index.index_dtype}
-        return np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)
+        return np.frombuffer(json.dumps(index.record()).encode(), dtype=np.uint8)
 
     def from_state(self, blob):
         try:
             record = json.loads(np.asarray(blob, dtype=np.uint8).tobytes().decode())
-            table, n_features = record["table"], int(record["n_features"])
-            index_dtype = record["index_dtype"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise ValueError("the saved pgvector table record could not be read") from exc
-        if not (isinstance(table, str) and _TABLE_NAME.match(table)) or index_dtype not in _TYPES:
-            raise ValueError(f"the saved pgvector table record is invalid: {record!r}")
-        return PgVectorTable(resolve_uri(self.params.get("uri")), table, n_features,
-                             index_dtype, self.metric).check()
+        return _table_of_record(record, resolve_uri(self.params.get("uri")),
+                                self.metric).check()
 
     def library_version(self):
         return f"pgvector-table {_FORMAT}"
+
+
+def _table_of_record(record, uri, metric):
+    """The :class:`PgVectorTable` of a saved record (format 1 or 2), checked."""
+    try:
+        table, n_features = record["table"], int(record["n_features"])
+        index_dtype = record["index_dtype"]
+        holds = record.get("format", _FORMAT) == _HELD_FORMAT
+        column = record["column"] if holds else None
+        order = record["order"] if holds else None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"the saved pgvector table record is invalid: {record!r}") from exc
+    types = set(_TYPES.values())
+    if (not (isinstance(table, str) and _TABLE_NAME.match(table)) or index_dtype not in _TYPES
+            or n_features < 1 or (holds and not {column, order} <= types)):
+        raise ValueError(f"the saved pgvector table record is invalid: {record!r}")
+    return PgVectorTable(uri, table, n_features, index_dtype, metric, column=column,
+                         order=order, holds=holds)
 
 
 def _maintenance_memory(store, params):

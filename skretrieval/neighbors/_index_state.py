@@ -5,12 +5,13 @@ import hashlib
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._backends import BACKENDS, resolve_algorithm
+from ..utils._state import LABELS, Attr, PathParam, StateSpec
+from ._backends import BACKENDS, INDEX_KINDS, resolve_algorithm
 from ._exact import ExactSearch
 from ._store import DescriptorStore
 
 __all__ = ["INDEX_BLOB", "INDEX_CHECKSUM", "INDEX_LIBRARY", "OLD_INDEX_BLOB",
-           "IndexStateMixin"]
+           "RETRIEVER_STATE", "IndexStateMixin"]
 
 # The attribute holding the serialised index (FAISS or usearch bytes) of an
 # unpickled or loaded retriever.
@@ -21,6 +22,49 @@ OLD_INDEX_BLOB = "_faiss_index"
 # Its SHA-256 and the library (name and version) that wrote it.
 INDEX_CHECKSUM = "_index_checksum"
 INDEX_LIBRARY = "_index_library"
+
+
+# The state of NearestNeighborRetriever that skretrieval.persistence stores and
+# accepts (see skretrieval/utils/_state.py), beside its hooks below.
+RETRIEVER_STATE = StateSpec(
+    {
+        "n_features_in_": Attr("int", values=(1, None)),
+        "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),
+                                  optional=True),
+        # absent: held by a search server, reopened from _store_record
+        "X_fit_": Attr("array", dtype=("float32", "float16"),
+                       shape=("n_samples_fit_", "n_features_in_"), optional=True),
+        "n_samples_fit_": Attr("int", values=(1, None)),
+        "y_": Attr("array", dtype=LABELS, shape=("n_samples_fit_",), none=True),
+        "_classes": Attr("array", dtype=LABELS, shape=(None,), optional=True),
+        "_y_codes": Attr("array", dtype="iu", shape=("n_samples_fit_",),
+                         values=(0, "_classes-1"), optional=True),
+        "_class_counts": Attr("array", dtype="iu", shape=("_classes",), optional=True),
+        # absent from models saved before ids existed (_after_load adds them)
+        "ids_": Attr("array", dtype="iuUO", shape=("n_samples_fit_",), optional="ids"),
+        "_next_id": Attr("int", optional="ids"),
+        "_keys": Attr("array", dtype="iu", shape=("n_samples_fit_",),
+                      values=(0, "_n_keys-1"), optional="ids"),
+        "_n_keys": Attr("int", values=(0, None), optional="ids"),
+        "fingerprints_": Attr("array", dtype="UO", shape=("n_samples_fit_",),
+                              none=True, optional=True),
+        "_index_kind": Attr("str", choices=INDEX_KINDS, none=True, optional=True),
+        "_index_seed": Attr("int", optional=True),
+        # the serialised index (FAISS or usearch), under its old name in
+        # files of skretrieval 0.2 and before
+        "_index_blob": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
+        "_faiss_index": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
+        # SHA-256 of the serialised index and the library that wrote it
+        "_index_checksum": Attr("str", optional=True),
+        "_index_library": Attr("str", optional=True),
+        # what reopens the store of the descriptors that a search server holds
+        # (X_fit_ then None); absent for a retriever of its own descriptors
+        "_store_record": Attr("json", optional=True),
+    },
+    # the index is rebuilt; a store's descriptors are loaded in memory
+    transient={"_index": None, "_store_path": None, "_store_dtype": None},
+    paths={"store": PathParam(None)},
+)
 
 
 def blob_checksum(blob):
@@ -55,13 +99,19 @@ class IndexStateMixin:
 
     @property
     def _store(self):
-        """The :class:`DescriptorStore` of ``X_fit_``."""
-        return DescriptorStore(self.X_fit_, self._store_path)
+        """The :class:`DescriptorStore` of ``X_fit_``, or the store of the rows
+        that a search server holds (``X_fit_`` is then its array-like view)."""
+        held = getattr(self.X_fit_, "store", None)
+        return held if held is not None else DescriptorStore(self.X_fit_, self._store_path)
 
     def _set_store(self, store):
         self.X_fit_ = store.X
         self._store_path = store.path
         self._store_dtype = None if store.path is None else store.X.dtype.name
+        if store.record is None:
+            self.__dict__.pop("_store_record", None)
+        else:  # saved instead of the descriptors (_serialised_state)
+            self._store_record = store.record
 
     def _exact(self):
         """The exact search of the database."""
@@ -87,6 +137,9 @@ class IndexStateMixin:
             index = backend.from_state(blob)
         else:
             index = backend.build(self._store, self._keys, self._index_seed)
+            held = backend.held_store(index, self._keys)
+            if held is not None:  # the index is the only copy of the descriptors
+                self._set_store(held)
             if not backend.keyed:
                 # built over the current database, whose rows are then the
                 # positions in the index
@@ -120,7 +173,10 @@ class IndexStateMixin:
         return None
 
     def _serialised_state(self, state):
-        """``state`` with the index serialised (FAISS) or dropped (NN-descent)."""
+        """``state`` with the index serialised (FAISS) or dropped (NN-descent),
+        and without the descriptors that a server holds (``_store_record``)."""
+        if state.get("_store_record") is not None:
+            state["X_fit_"] = None  # reopened from the record on loading
         index = state.get("_index")
         if index is not None:
             backend = self._backend(state.get("_index_kind"))
@@ -150,9 +206,11 @@ class IndexStateMixin:
         """Fitted state for :func:`skretrieval.persistence.save_pipeline`.
 
         The FAISS index is serialised; descriptors of a store are copied
-        into the model (loaded back in memory).
+        into the model (loaded back in memory), those a server holds are not.
         """
         state = self._serialised_state(dict(vars(self)))
+        if state.get("_store_record") is not None:
+            del state["X_fit_"]
         if state.get("_store_path") is not None:
             state["_store_path"] = None
             state["_store_dtype"] = None
@@ -184,6 +242,9 @@ class IndexStateMixin:
             self.X_fit_ = DescriptorStore.open(
                 self._store_path, self._store_dtype, (n, self.n_features_in_)).X
         _check_items(self)
+        record = state.get("_store_record")
+        if record is not None and state.get("X_fit_") is None:  # held by a server
+            self._set_store(self._backend(record["algorithm"]).open_store(record, self._keys))
 
 
 def _all_str(values):
@@ -228,6 +289,13 @@ def _check_items(retriever):
         raise ValueError("_keys (the index keys of the rows) are not increasing")
     _check_labels(state)
     X = state.get("X_fit_")
+    record = state.get("_store_record")
+    if record is not None and not (isinstance(record, dict)
+                                   and record.get("algorithm") in BACKENDS):
+        raise ValueError(f"_store_record (where the descriptors are) is invalid: {record!r}")
+    if X is None and record is None and state.get("_store_path") is None:
+        raise ValueError("X_fit_ is missing: the descriptors are neither in the model nor "
+                         "in a store it names")
     if state.get("_store_path") is None and isinstance(X, np.ndarray):
         for start in range(0, X.shape[0], 1 << 14):
             if not np.isfinite(X[start:start + (1 << 14)]).all():

@@ -17,12 +17,12 @@ from sklearn.utils.validation import (
 
 from ..metrics._ranking import average_precision_from_relevance
 from ..utils._arrays import distances_from_similarities, l2_normalize
-from ..utils._state import LABELS, Attr, PathParam, StateSpec
 from ._approx import approx_kneighbors
-from ._backends import BACKENDS, INDEX_KINDS, params_algorithm
+from ._backends import BACKENDS, params_algorithm
 from ._base import RetrieverMixin, check_labels_fitted, resolve_n_neighbors
 from ._exact import block_query_rows
-from ._index_state import INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, IndexStateMixin
+from ._index_state import (INDEX_BLOB, INDEX_CHECKSUM, INDEX_LIBRARY, RETRIEVER_STATE,
+                           IndexStateMixin)
 from ._items import (ItemIds, LabelCodes, check_fingerprints, concatenate_fingerprints,
                      concatenate_labels)
 from ._store import DescriptorStore
@@ -303,41 +303,7 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
     }
 
     # The state skretrieval.persistence stores and accepts (see skretrieval/utils/_state.py).
-    _state_spec = StateSpec(
-        {
-            "n_features_in_": Attr("int", values=(1, None)),
-            "feature_names_in_": Attr("array", dtype="UO", shape=("n_features_in_",),
-                                      optional=True),
-            "X_fit_": Attr("array", dtype=("float32", "float16"),
-                           shape=("n_samples_fit_", "n_features_in_")),
-            "n_samples_fit_": Attr("int", values=(1, None)),
-            "y_": Attr("array", dtype=LABELS, shape=("n_samples_fit_",), none=True),
-            "_classes": Attr("array", dtype=LABELS, shape=(None,), optional=True),
-            "_y_codes": Attr("array", dtype="iu", shape=("n_samples_fit_",),
-                             values=(0, "_classes-1"), optional=True),
-            "_class_counts": Attr("array", dtype="iu", shape=("_classes",), optional=True),
-            # absent from models saved before ids existed (_after_load adds them)
-            "ids_": Attr("array", dtype="iuUO", shape=("n_samples_fit_",), optional="ids"),
-            "_next_id": Attr("int", optional="ids"),
-            "_keys": Attr("array", dtype="iu", shape=("n_samples_fit_",),
-                          values=(0, "_n_keys-1"), optional="ids"),
-            "_n_keys": Attr("int", values=(0, None), optional="ids"),
-            "fingerprints_": Attr("array", dtype="UO", shape=("n_samples_fit_",),
-                                  none=True, optional=True),
-            "_index_kind": Attr("str", choices=INDEX_KINDS, none=True, optional=True),
-            "_index_seed": Attr("int", optional=True),
-            # the serialised index (FAISS or usearch), under its old name in
-            # files of skretrieval 0.2 and before
-            "_index_blob": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
-            "_faiss_index": Attr("array", dtype=("uint8",), shape=(None,), optional=True),
-            # SHA-256 of the serialised index and the library that wrote it
-            "_index_checksum": Attr("str", optional=True),
-            "_index_library": Attr("str", optional=True),
-        },
-        # the index is rebuilt; a store's descriptors are loaded in memory
-        transient={"_index": None, "_store_path": None, "_store_dtype": None},
-        paths={"store": PathParam(None)},
-    )
+    _state_spec = RETRIEVER_STATE
 
     def __init__(
         self,
@@ -491,7 +457,7 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
 
         if y is not None:
             self._set_labels(y_all)
-        self._set_store(self._store.append(X))
+        self._set_store(self._store.append(X, keys))
         self.ids_ = np.concatenate([self.ids_, ids])
         self.fingerprints_ = fingerprints
         if ids.dtype.kind in "iu":

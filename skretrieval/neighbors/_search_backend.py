@@ -81,6 +81,22 @@ class SearchBackend:
         """
         return self.candidates(index, queries, n_candidates, rows, keys), None
 
+    def held_store(self, index, keys):
+        """The store of the rows once the index ``index`` holds them, or None.
+
+        None (the default): the retriever keeps its :class:`DescriptorStore`.
+        A backend whose index is the only copy of the descriptors (a server's
+        table) returns a store with the same interface that reads them from
+        the index by ``keys``; its ``record`` (a JSON-able dict) is saved
+        with the retriever and reopened by :meth:`open_store`.
+        """
+        return None
+
+    def open_store(self, record, keys):
+        """The store of a saved :meth:`held_store` ``record``."""
+        raise ValueError(f"{type(self).__name__} holds no descriptors: the saved store "
+                         f"record {record!r} is not one of its")
+
     def state(self, index):
         """The index serialised (a uint8 array), or None: not saved, rebuilt."""
         return None

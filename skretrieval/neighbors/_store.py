@@ -46,7 +46,12 @@ class DescriptorStore:
     file is rewritten under its lock), the retriever keeps ``X`` as
     ``X_fit_``.  The exact search reads a streamed store (a file, or
     float16) in blocks of about 8 MB converted to float32 into one buffer.
+    (A search server that holds the rows gives a store of the same interface,
+    ``neighbors/_engine_store.py``, whose ``record`` reopens it.)
     """
+
+    #: What reopens a store held elsewhere (None: the rows are ``X``).
+    record = None
 
     def __init__(self, X, path=None):
         self.X = X
@@ -94,8 +99,9 @@ class DescriptorStore:
         """Whether the exact search reads the rows in blocks (file or float16)."""
         return self.path is not None or self.X.dtype != np.float32
 
-    def append(self, X):
-        """The store with the rows ``X`` (of the store's dtype) appended."""
+    def append(self, X, keys=None):
+        """The store with the rows ``X`` (of the store's dtype) appended (their
+        index ``keys`` are the retriever's business)."""
         if self.path is None:
             return DescriptorStore(np.concatenate([self.X, X]))
         n, dtype = self.n_samples, self.X.dtype

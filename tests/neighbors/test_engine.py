@@ -14,17 +14,21 @@ import shutil
 import socket
 import tempfile
 import warnings
+import zipfile
 
 import joblib
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 
 from skretrieval import NearestNeighborRetriever
 from skretrieval.neighbors import PgVectorConnectionError, PgVectorTableError, _engine
+from skretrieval.neighbors._engine_store import EngineRows
 from skretrieval.persistence import load_pipeline, save_pipeline
+from skretrieval.reranking import QueryExpansionRetriever
 
-from _helpers import assert_approx_agrees, assert_removed_and_recall, recall
+from _helpers import (assert_approx_agrees, assert_rankings_equivalent,
+                      assert_removed_and_recall, recall)
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -92,42 +96,115 @@ def engine(server, **params):
             "algorithm_params": {"uri": server.uri, **params}}
 
 
-@pytest.mark.parametrize("metric, index_dtype", [("cosine", "float32"),
-                                                 ("euclidean", "float16"),
-                                                 ("inner_product", "float32")])
-def test_hnsw_agrees_with_brute(server, data, metric, index_dtype):
-    X, y, ids, Q, _ = data
-    brute = NearestNeighborRetriever(n_neighbors=10, metric=metric).fit(X, y, ids=ids)
-    r = NearestNeighborRetriever(n_neighbors=10, metric=metric,
-                                 **engine(server, index_dtype=index_dtype)).fit(X, y, ids=ids)
-    assert r._index.count() == 800
+def _column_and_index(server, table):
     column = server.execute(
         f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-        f"'{r._index.table}'::regclass AND attname = 'embedding'")[0][0]
-    assert column == ("halfvec(32)" if index_dtype == "float16" else "vector(32)")
+        f"'{table}'::regclass AND attname = 'embedding'")[0][0]
+    index = server.execute(f"SELECT indexdef FROM pg_indexes WHERE tablename = '{table}' "
+                           "AND indexdef NOT LIKE '%pkey%'")
+    return column, index[0][0] if index else None
+
+
+@pytest.mark.parametrize("metric, index_dtype, store", [
+    ("cosine", "float32", "engine"), ("euclidean", "float16", "engine"),
+    ("inner_product", "float16", "engine"), ("euclidean", "float16", "local"),
+    ("inner_product", "float32", "local")])
+def test_hnsw_agrees_with_brute(server, data, metric, index_dtype, store):
+    X, y, ids, Q, _ = data
+    brute = NearestNeighborRetriever(n_neighbors=10, metric=metric).fit(X, y, ids=ids)
+    r = NearestNeighborRetriever(n_neighbors=10, metric=metric, **engine(
+        server, index_dtype=index_dtype, store=store)).fit(X, y, ids=ids)
+    assert r._index.count() == 800
+    column, index = _column_and_index(server, r._index.table)
+    if store == "engine":  # the exact vectors in the server, none in the retriever
+        assert column == "vector(32)" and isinstance(r.X_fit_, EngineRows)
+        cast = "(embedding)::halfvec(32)" if index_dtype == "float16" else "(embedding "
+        assert "hnsw" in index and cast in index
+    else:  # the table of the first version: the index's type, a copy kept here
+        assert column == ("halfvec(32)" if index_dtype == "float16" else "vector(32)")
+        assert isinstance(r.X_fit_, np.ndarray)
     assert_approx_agrees(r, brute, Q, min_recall=0.95)
     assert_array_equal(r.kneighbors(Q[:1], return_ids=True)[1],  # one query alone
                        r.kneighbors(Q, return_ids=True)[1][:1])
 
 
-@pytest.mark.parametrize("params", [{"index": "exact"},
-                                    {"index": "ivfflat", "lists": 4, "probes": 4}])
-def test_exact_modes_give_the_exact_rankings(server, data, params):
+# all lists probed: the exact ranking of the half-precision vectors, whose top 20
+# (k_factor) hold the exact top 10, re-ranked by the server
+@pytest.mark.parametrize("params", [
+    {"index": "exact"}, {"index": "exact", "store": "local", "index_dtype": "float32"},
+    {"index": "ivfflat", "lists": 4, "probes": 4, "k_factor": 2}])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_modes_give_the_exact_rankings(server, data, params, metric):
     X, y, ids, Q, _ = data
-    brute = NearestNeighborRetriever(n_neighbors=10, metric="euclidean").fit(X, y)
-    r = NearestNeighborRetriever(n_neighbors=10, metric="euclidean",
+    brute = NearestNeighborRetriever(n_neighbors=10, metric=metric).fit(X, y)
+    r = NearestNeighborRetriever(n_neighbors=10, metric=metric,
                                  **engine(server, **params)).fit(X, y)
-    assert recall(r.kneighbors(Q)[1], brute.kneighbors(Q)[1]) == 1.0
+    # the keys of the server (store="engine") or of the local re-rank: the exact ones
+    for queries in (Q, None):
+        assert_rankings_equivalent(*r.kneighbors(queries), *brute.kneighbors(queries),
+                                   atol=1e-5)
     if params["index"] == "ivfflat":
-        assert server.execute(f"SELECT indexdef FROM pg_indexes WHERE tablename = "
-                              f"'{r._index.table}' AND indexdef LIKE '%ivfflat%'")
+        assert "ivfflat" in _column_and_index(server, r._index.table)[1]
 
 
-def test_partial_fit_and_remove_update_the_table(server, data, monkeypatch):
+def test_server_holds_the_descriptors(server, data, tmp_path):
+    """store="engine": what needs the database vectors reads them from the table."""
+    X, y, ids, Q, y_q = data
+    brute = NearestNeighborRetriever(n_neighbors=10).fit(X, y, ids=ids)
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(server, index="exact")).fit(
+        X, y, ids=ids)
+    assert r._store_record["table"] == r._index.table and r.X_fit_.shape == (800, 32)
+    assert_array_equal(np.asarray(r.X_fit_), brute.X_fit_)  # the exact float32 rows
+    assert_array_equal(r.X_fit_[[5, 3, 5]], brute.X_fit_[[5, 3, 5]])
+    assert_array_equal(r.X_fit_[np.array([[1, 2], [799, -1]])],
+                       brute.X_fit_[np.array([[1, 2], [799, -1]])])
+    assert_array_equal(r.X_fit_[7], brute.X_fit_[7])
+    assert_array_equal(r.X_fit_[10:20:3, :4], brute.X_fit_[10:20:3, :4])
+    assert r.score(Q, y_q) == pytest.approx(brute.score(Q, y_q, n_neighbors=10), abs=1e-6)
+    assert r.score() == pytest.approx(brute.score(n_neighbors=10), abs=1e-6)
+    assert_array_equal(r.rows_of(ids[[4, 2]]), [4, 2])
+    # a re-ranker that reads the retriever's descriptors (query expansion)
+    qe = {name: QueryExpansionRetriever(retriever=base, qe_k=3).fit(X, y)
+          for name, base in (("brute", NearestNeighborRetriever(n_neighbors=10)),
+                             ("engine", r))}
+    assert isinstance(qe["engine"].retriever_.X_fit_, EngineRows)
+    assert_rankings_equivalent(*qe["engine"].kneighbors(Q), *qe["brute"].kneighbors(Q),
+                               atol=1e-5)
+
+    # the saved retriever holds the table's record, ids and labels: no descriptor
+    local = NearestNeighborRetriever(n_neighbors=10, **engine(server, store="local")).fit(
+        X, y, ids=ids)
+    save_pipeline(r, tmp_path / "held.zip")
+    save_pipeline(local, tmp_path / "local.zip")
+    joblib.dump(r, tmp_path / "held.joblib")
+    joblib.dump(local, tmp_path / "local.joblib")
+    descriptors = X.nbytes
+    for kind in ("zip", "joblib"):
+        held, copied = (os.path.getsize(tmp_path / f"{name}.{kind}")
+                        for name in ("held", "local"))
+        assert held < copied - 0.9 * descriptors, (kind, held, copied)
+    with zipfile.ZipFile(tmp_path / "held.zip") as archive:
+        arrays = [np.load(archive.open(name)) for name in archive.namelist()
+                  if name.endswith(".npy")]
+        for name in archive.namelist():
+            if name.endswith(".npz"):
+                with np.load(archive.open(name)) as npz:
+                    arrays += [npz[key] for key in npz.files]
+    assert arrays and not any(a.ndim == 2 and a.shape[-1] == 32 for a in arrays)
+    for loaded in (load_pipeline(tmp_path / "held.zip"),
+                   joblib.load(tmp_path / "held.joblib")):
+        assert isinstance(loaded.X_fit_, EngineRows)
+        assert_array_equal(loaded.kneighbors(return_ids=True)[1],
+                           r.kneighbors(return_ids=True)[1])
+        assert_array_equal(loaded.X_fit_[[0, 799]], brute.X_fit_[[0, 799]])
+
+
+@pytest.mark.parametrize("store", ["engine", "local"])
+def test_partial_fit_and_remove_update_the_table(server, data, monkeypatch, store):
     X, y, ids, Q, _ = data
     monkeypatch.setattr(_engine, "_COPY_ROWS", 128)  # several blocks in one COPY
-    r = NearestNeighborRetriever(n_neighbors=10, **engine(server)).fit(X[:500], y[:500],
-                                                                      ids=ids[:500])
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(server, store=store)).fit(
+        X[:500], y[:500], ids=ids[:500])
     table = r._index
     r.partial_fit(X[500:], y[500:], ids=ids[500:])
     assert r._index is table and table.count() == 800  # the same table, grown
@@ -138,6 +215,9 @@ def test_partial_fit_and_remove_update_the_table(server, data, monkeypatch):
     r.remove(gone)
     assert table.count() == 400
     assert_removed_and_recall(r, X, y, ids, Q, gone)
+    kept = ~np.isin(ids, gone)
+    assert_allclose(np.asarray(r.X_fit_), X[kept] / np.linalg.norm(X[kept], axis=1)[:, None],
+                    rtol=1e-6, atol=1e-7)
     back = np.array([1, 3, 5])  # removed above: new items with new keys
     r.partial_fit(X[back], y[back], ids=["a", "b", "c"])
     assert_array_equal(r.kneighbors(X[back], n_neighbors=1, return_ids=True)[1].ravel(),
@@ -174,13 +254,37 @@ def test_save_load_reconnects_without_credentials(server, data, tmp_path, monkey
                                  algorithm_params={"uri": bad}).fit(X)
 
 
+def test_local_store_retrievers_load_as_before(server, data, tmp_path):
+    """A retriever of the first version (its own descriptors, a halfvec table,
+    no "store" parameter) loads and searches as before, and still grows."""
+    X, y, ids, Q, _ = data
+    r = NearestNeighborRetriever(n_neighbors=10, **engine(server, store="local")).fit(
+        X[:700], y[:700], ids=ids[:700])
+    expected = r.kneighbors(Q, return_ids=True)
+    old_params = {"uri": server.uri}  # what files of the first version hold
+    save_pipeline(r, tmp_path / "old.zip")
+    joblib.dump(r, tmp_path / "old.joblib")
+    for loaded in (load_pipeline(tmp_path / "old.zip"), joblib.load(tmp_path / "old.joblib")):
+        loaded.set_params(algorithm_params=old_params)  # "store" now defaults to "engine"
+        assert isinstance(loaded.X_fit_, np.ndarray) and loaded.X_fit_.shape == (700, 32)
+        got = loaded.kneighbors(Q, return_ids=True)
+        assert not loaded._index.holds and not hasattr(loaded, "_store_record")
+        assert_array_equal(got[1], expected[1])
+        assert_array_equal(got[0], expected[0])
+    loaded.partial_fit(X[700:], y[700:], ids=ids[700:])
+    assert loaded._index.count() == 800 and loaded.X_fit_.shape == (800, 32)
+    assert isinstance(loaded.X_fit_, np.ndarray)
+
+
 def test_reconnects_after_a_server_restart(private_server, data):
     X, y, ids, Q, _ = data
     r = NearestNeighborRetriever(n_neighbors=10, **engine(private_server)).fit(X, y)
-    expected = r.kneighbors(Q)[1]
+    expected, loo = r.kneighbors(Q)[1], r.kneighbors()[1]
     private_server.restart()
     assert_array_equal(r.kneighbors(Q)[1], expected)  # broken connections replaced
     assert_array_equal(r.kneighbors(Q[:1])[1], expected[:1])
+    private_server.restart()
+    assert_array_equal(r.kneighbors()[1], loo)  # the rows read back from the table
 
 
 def test_missing_table_and_server_down_are_clear(server, data, tmp_path):
