@@ -1,7 +1,8 @@
 """A small HTTP search service over a fitted retrieval pipeline.
 
 :func:`create_app` wraps a loaded pipeline (extractor -> pooler -> optional
-whitening -> :class:`~skretrieval.NearestNeighborRetriever`) in an ASGI
+whitening -> :class:`~skretrieval.NearestNeighborRetriever`, or local
+features -> :class:`~skretrieval.local.ASMKRetriever`) in an ASGI
 application with a search API (``POST /search``), thumbnails of the indexed
 images (``GET /images/{id}``), a health check (``GET /health``), an optional
 token-protected ``POST /index`` and a web page at ``/``; :func:`serve` loads
