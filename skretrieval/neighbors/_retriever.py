@@ -129,7 +129,9 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         password: libpq reads ``PGPASSWORD``), ``"table"``, ``"index"``
         (``"hnsw"``, ``"ivfflat"``, ``"exact"``), ``"index_dtype"``, ``"m"``,
         ``"ef_construction"``, ``"ef_search"``, ``"lists"``, ``"probes"``,
-        ``"k_factor"``, ``"n_connections"``.
+        ``"k_factor"``, ``"n_connections"``, ``"store"`` (``"engine"``, the
+        default: only the server holds the descriptors, ``X_fit_`` reads
+        them back; ``"local"``: the retriever keeps a copy too).
 
     n_jobs : int, default=None
         Number of threads used to build the NN-descent index, or used by

@@ -357,7 +357,10 @@ def test_cli_index_engine_then_search_and_serve(server, tmp_path, capsys):
     from skretrieval.serve import create_app, load_model
 
     model = load_model(index)
-    assert model.steps[-1][1].algorithm == "pgvector"
+    retriever = model.steps[-1][1]
+    assert retriever.algorithm == "pgvector"
+    assert isinstance(retriever.X_fit_, EngineRows)  # a server-held index by default
+    assert retriever.X_fit_.shape[0] == 6 and retriever._store_record["format"] == 2
     with TestClient(create_app(model, images_root=folder, max_k=5)) as client:
         response = upload(client, (folder / "img4.jpg").read_bytes(), name="img4.jpg", k=3)
     assert response.status_code == 200, response.text
