@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ..utils._state import LABELS, Attr, PathParam, StateSpec
-from ._backends import BACKENDS, INDEX_KINDS, resolve_algorithm
+from ._backends import BACKENDS, INDEX_KINDS, backend_class, resolve_algorithm
 from ._exact import ExactSearch
 from ._store import DescriptorStore
 
@@ -86,14 +86,16 @@ class IndexStateMixin:
     def _algorithm(self, n_samples=None, n_features=None):
         """The search method in use: ``algorithm``, with ``"auto"`` resolved
         for the database size (by default the fitted one)."""
+        built = None
         if n_samples is None:
             n_samples = getattr(self, "n_samples_fit_", 0)
             n_features = getattr(self, "n_features_in_", 0)
-        return resolve_algorithm(self.algorithm, n_samples, n_features)
+            built = getattr(self, "_index_kind", None)  # "auto" keeps its graph
+        return resolve_algorithm(self.algorithm, n_samples, n_features, built)
 
     def _backend(self, algorithm=None):
         """The backend of ``algorithm`` (default: :meth:`_algorithm`)."""
-        return BACKENDS[algorithm or self._algorithm()](
+        return backend_class(self.algorithm, algorithm or self._algorithm())(
             self.algorithm_params, self.metric, self.n_neighbors, self.n_jobs
         )
 

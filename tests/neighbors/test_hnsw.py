@@ -26,6 +26,14 @@ pytest.importorskip("usearch")
 HNSW = {"algorithm": "hnsw", "n_jobs": 1}
 
 
+def _has(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean", "inner_product"])
 @pytest.mark.parametrize("index_dtype", ["float16", "float32"])
 def test_hnsw_agrees_with_brute(clustered, metric, index_dtype):
@@ -111,8 +119,12 @@ def test_hnsw_missing_gives_install_hint(clustered, monkeypatch):
     monkeypatch.setitem(sys.modules, "usearch.index", None)
     with pytest.raises(ImportError, match=r"pip install skretrieval\[hnsw\]"):
         NearestNeighborRetriever(algorithm="hnsw").fit(X)
-    # "auto" falls back to the exact search
+    # "auto" takes FAISS's graph, or without FAISS either falls back to the
+    # exact search
     monkeypatch.setattr(_backends, "AUTO_MIN_VALUES", 10)
+    r = NearestNeighborRetriever(algorithm="auto").fit(X)
+    assert r._algorithm() == ("faiss" if _has("faiss") else "brute")
+    monkeypatch.setitem(sys.modules, "faiss", None)
     r = NearestNeighborRetriever(algorithm="auto").fit(X)
     assert r._algorithm() == "brute"
 
@@ -135,7 +147,9 @@ def test_auto_is_exact_when_small_and_a_graph_when_large(clustered, monkeypatch)
     assert small._algorithm() == "brute" and small._index is None
     assert small.score(None, None) == NearestNeighborRetriever().fit(
         X[:1000], y[:1000]).score(None, None)  # the exact, full-ranking mAP
-    # above the threshold (lowered here) it is the graph; it grows into it
+    # above the threshold (lowered here) it is the graph, usearch's without
+    # FAISS (FAISS's: tests/neighbors/test_auto.py); it grows into it
+    monkeypatch.setitem(sys.modules, "faiss", None)
     monkeypatch.setattr(_backends, "AUTO_MIN_VALUES", 1500 * X.shape[1])
     small.partial_fit(X[1000:], y[1000:])
     assert small._algorithm() == "hnsw"
