@@ -64,8 +64,11 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         approximate search of choice for 128 to 2048 dimensions, which grows
         and shrinks in place; ``"auto"`` is ``"brute"`` below ``2**25``
         stored values (``n_samples x n_features``, e.g. 65,536 x 512: the
-        exact search then answers a query in a few ms) and ``"hnsw"`` above
-        (when usearch is installed); ``"nndescent"`` builds a
+        exact search then answers a query in a few ms) and a HNSW graph
+        above: FAISS's (``HNSW32``, float32 vectors, whose distances are the
+        exact ones) when faiss is installed, else usearch's (``"hnsw"``),
+        else ``"brute"``; a fitted or loaded retriever keeps the graph it
+        built (docs/scale.md); ``"nndescent"`` builds a
         :class:`pynndescent.NNDescent` index in :meth:`fit` and gives
         approximate nearest neighbours, much faster on large databases;
         ``"faiss"`` builds a FAISS index (by default an inverted file,
@@ -116,13 +119,18 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         node, int >= 2), ``"ef_construction"`` (search depth of the
         insertions), ``"ef_search"`` (search depth of the queries: more is
         slower and recalls more; changed without rebuilding), ``"k_factor"``
-        (number >= 1, default 1: candidates ranked by their exact distances, as
-        for FAISS), ``"index_dtype"`` (``"float16"``, the default, or
-        ``"float32"``: the vectors kept in the graph) and ``"rerank"`` (as for
-        FAISS: by default, a float16 graph's candidates are re-ranked).  The defaults follow the database
-        size: ``M`` 16 up to 128 dimensions, 32 above; ``ef_construction``
-        128; ``ef_search`` 32 up to 100,000 items, 64 above (measured to give
-        recall@10 >= 0.95; see docs/scale.md).
+        (number >= 1, default 1: candidates ranked by their exact distances,
+        as for FAISS), ``"index_dtype"`` (``"float16"``, the default, or
+        ``"float32"``: the vectors kept in the graph) and ``"rerank"`` (as
+        for FAISS: by default, a float16 graph's candidates are re-ranked).
+        The defaults follow the database size: ``M`` 16 up to 128
+        dimensions, 32 above; ``ef_construction`` 128; ``ef_search`` 32 up to
+        100,000 items, 64 above (measured to give recall@10 >= 0.95; see
+        docs/scale.md).  With ``"auto"`` and FAISS, the same keys make the
+        FAISS graph (``index_dtype`` float32 by default, ``"float16"``: FAISS's
+        ``SQfp16``, re-ranked), with its own measured defaults: ``M`` 32,
+        ``ef_construction`` 80, ``ef_search`` 32 up to 300,000 items, 48
+        above.
 
         With ``algorithm="pgvector"`` (a PostgreSQL server with pgvector,
         ``pip install skretrieval[engine]``; docs/scale.md): ``"uri"`` (no
