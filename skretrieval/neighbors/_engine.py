@@ -269,11 +269,7 @@ class PgVectorTable:
                 result = work(conn)
             except psycopg.errors.UndefinedTable as exc:
                 self._idle.put(conn)
-                raise PgVectorTableError(
-                    f"the table {self.table!r} of this retriever is not in the database at "
-                    f"{_display_uri(self.uri)} (dropped, or another database): fit the "
-                    "retriever again to recreate it from its stored descriptors."
-                ) from exc
+                raise PgVectorTableError(self.missing_message()) from exc
             except psycopg.OperationalError as exc:
                 conn.close()
                 self.close()  # the others are broken too after a restart
@@ -298,6 +294,14 @@ class PgVectorTable:
             except queue.Empty:
                 return
 
+    def missing_message(self):
+        """The message of a table that is not in the database."""
+        how = ("from the descriptors (the table held the only copy)" if self.holds
+               else "to recreate it from its stored descriptors")
+        return (f"the table {self.table!r} of this retriever is not in the database at "
+                f"{_display_uri(self.uri)} (dropped, or another database): fit the "
+                f"retriever again {how}.")
+
     def _ident(self):
         from psycopg import sql
 
@@ -310,11 +314,7 @@ class PgVectorTable:
             return conn.execute("SELECT to_regclass(%s)", (self.table,)).fetchone()[0]
 
         if self.run(exists) is None:
-            raise PgVectorTableError(
-                f"the table {self.table!r} of this retriever is not in the database at "
-                f"{_display_uri(self.uri)} (dropped, or another database): fit the "
-                "retriever again to recreate it from its stored descriptors."
-            )
+            raise PgVectorTableError(self.missing_message())
         return self
 
     def copy_rows(self, conn, keys, X):

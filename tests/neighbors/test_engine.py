@@ -294,6 +294,8 @@ def test_missing_table_and_server_down_are_clear(server, data, tmp_path):
     server.execute(f"DROP TABLE {r._index.table}")
     with pytest.raises(PgVectorTableError, match="not in the database"):
         r.kneighbors(Q)
+    with pytest.raises(PgVectorTableError, match="held the only copy"):
+        r.X_fit_[0]  # the rows were in the table
     with pytest.raises(PgVectorTableError, match="fit the retriever again"):
         joblib.load(tmp_path / "r.joblib").kneighbors(Q)
 
