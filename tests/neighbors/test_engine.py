@@ -333,6 +333,7 @@ def test_cli_index_engine_then_search_and_serve(server, tmp_path, capsys):
 
     from _helpers import upload, write_image
     from skretrieval.cli import main
+    from skretrieval.serve import load_model
 
     folder = tmp_path / "db"
     folder.mkdir()
@@ -347,6 +348,17 @@ def test_cli_index_engine_then_search_and_serve(server, tmp_path, capsys):
     assert main(["search", str(index), str(folder / "img2.jpg"), "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]["results"]
     assert hits[0]["name"] == "img2.jpg" and len(hits) == 3
+    # grown and pruned in place: the rows written to and deleted from the table
+    write_image(folder / "img6.jpg", seed=6)
+    (folder / "img0.jpg").unlink()
+    assert main(["index", str(folder), "-o", str(index), "--append", "--prune", *fast]) == 0
+    capsys.readouterr()
+    grown = load_model(index).steps[-1][1]
+    assert isinstance(grown.X_fit_, EngineRows) and sorted(grown.ids_) == sorted(
+        ["img6.jpg", *names[1:]])
+    assert grown._get_index().count() == 6
+    assert main(["search", str(index), str(folder / "img6.jpg"), "-k", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["results"][0]["name"] == "img6.jpg"
     bad = server.uri.replace("postgres@", "postgres:pw@")
     assert main(["index", str(folder), "-o", str(tmp_path / "x.zip"), "--engine", bad,
                  *fast]) == 2
@@ -356,7 +368,7 @@ def test_cli_index_engine_then_search_and_serve(server, tmp_path, capsys):
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from skretrieval.serve import create_app, load_model
+    from skretrieval.serve import create_app
 
     model = load_model(index)
     retriever = model.steps[-1][1]
