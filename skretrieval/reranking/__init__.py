@@ -11,9 +11,11 @@ from ._expansion import QueryExpansionRetriever
 from ._kreciprocal import KReciprocalRetriever
 from ._local_verification import (
     FALLBACKS,
+    ORDERS,
     LocalVerificationReranker,
     distinct_matches,
     false_alarms,
+    verified_order,
     verify_matches,
 )
 from ._online_cam import OnlineCAMRetriever
@@ -30,6 +32,7 @@ __all__ = [
     "FALLBACKS",
     "KReciprocalRetriever",
     "LocalVerificationReranker",
+    "ORDERS",
     "OnlineCAMRetriever",
     "QueryExpansionRetriever",
     "RegionReranker",
@@ -40,5 +43,6 @@ __all__ = [
     "false_alarms",
     "match_features",
     "top_activations",
+    "verified_order",
     "verify_matches",
 ]

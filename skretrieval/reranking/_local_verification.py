@@ -35,14 +35,55 @@ from ..utils._progress import progress
 from ..utils._state import LABELS, Attr, StateSpec
 from ._spatial import count_inliers, match_features
 
-__all__ = ["FALLBACKS", "LocalVerificationReranker", "distinct_matches", "false_alarms",
-           "verify_matches"]
+__all__ = ["FALLBACKS", "LocalVerificationReranker", "ORDERS", "distinct_matches",
+           "false_alarms", "verified_order", "verify_matches"]
 
 #: Matches a model needs at least.
 _MIN_MATCHES = {"similarity": 2, "affine": 3, "homography": 4}
 #: The estimators each ``method`` tries, in order, until one runs.
 FALLBACKS = {"auto": ("magsac", "ransac", "own"), "magsac": ("magsac", "own"),
              "ransac": ("ransac", "own"), "own": ("own",)}
+
+
+#: The sort key of the verified images of a short list, per ``order``: their inlier
+#: count, or 1 for all of them (the retriever's order among them).
+ORDERS = {"inliers": lambda counts: counts,
+          "retriever": lambda counts: (counts > 0).astype(counts.dtype)}
+
+
+def verified_order(counts, order="retriever"):
+    """The re-ranked order of a short list from its verified inlier counts.
+
+    Parameters
+    ----------
+    counts : array-like of int of shape (R,)
+        Inliers of the short list's images in the retriever's order, 0 for
+        those that did not verify.
+    order : {"retriever", "inliers"}, default="retriever"
+        How the verified images are ordered among themselves: in the
+        retriever's order, or by inliers (ties: the retriever's order).
+
+    Returns
+    -------
+    order : ndarray of shape (R,)
+        Positions in the retriever's list: verified images first, then the
+        others in the retriever's order.
+    key : ndarray of shape (R,)
+        Their sort key, decreasing along ``order``.
+
+    Examples
+    --------
+    >>> from skretrieval.reranking import verified_order
+    >>> verified_order([0, 7, 0, 12])[0].tolist()
+    [1, 3, 0, 2]
+    >>> verified_order([0, 7, 0, 12], "inliers")[0].tolist()
+    [3, 1, 0, 2]
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    R = len(counts)
+    k = ORDERS[order](counts)
+    perm = np.lexsort((np.arange(R), -k))
+    return perm, k[perm] + (R - perm) / (R + 1.0)
 
 
 def _cv2_flag(cv2, name):
@@ -271,17 +312,25 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
       gives for its number of tentative matches: the *a contrario* test of
       :func:`false_alarms` (the expected number of random configurations
       with as many inliers, NFA) must be at most ``significance``;
-    * verified images go first, by inlier count (ties: the retriever's
-      order); every other image keeps the retriever's order after them, so
-      that when nothing verifies the ranking is exactly the retriever's;
-      results below the short list keep the retriever's order;
+    * verified images go first, in the retriever's order
+      (``order="retriever"``) or by inlier count (``order="inliers"``,
+      ties: the retriever's order); every other image keeps the
+      retriever's order after them, so that when nothing verifies the
+      ranking is exactly the retriever's; results below the short list
+      keep the retriever's order (:func:`verified_order`);
     * inliers are counted on **one-to-one matches** (``distinct=True``,
       :func:`distinct_matches`): SIFT's several orientations at one
       position, or many query descriptors matching one database
       descriptor, are one piece of evidence, not several.
 
-    ``distinct=False, significance=None`` gives the rule before these two
-    (any ``min_inliers`` inliers of all tentative matches verify).
+    ``distinct=False, significance=None, order="inliers"`` gives the rule
+    before these (any ``min_inliers`` inliers of all tentative matches
+    verify, and verified images are ordered by inliers).  By default the
+    verified images keep the retriever's order: on the benchmarks an
+    image that verifies can still be the wrong one (a look-alike object,
+    a scene sharing a patch with the query), and its inlier count says
+    little about which of two verified images is right, while the
+    retriever's order does.
 
     Two ways to give the local features:
 
@@ -327,6 +376,9 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
     distinct : bool, default=True
         Make the tentative matches one-to-one in positions before fitting
         the model (:func:`distinct_matches`); False keeps every match.
+    order : {"retriever", "inliers"}, default="retriever"
+        The order of the verified images among themselves
+        (:func:`verified_order`).
     random_state : int, RandomState or None, default=0
         Seed; the draws of a (query, database image) pair depend on it and
         on the database row only.
@@ -378,6 +430,7 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
         "min_inliers": [Interval(Integral, 1, None, closed="left")],
         "significance": [Interval(Real, 0, None, closed="neither"), None],
         "distinct": ["boolean"],
+        "order": [StrOptions(set(ORDERS))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -394,7 +447,8 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
 
     def __init__(self, retriever, local=None, *, n_rerank=100, matching="ratio", ratio=0.8,
                  transform="affine", method="auto", residual_threshold=None, max_trials=2000,
-                 min_inliers=5, significance=1.0, distinct=True, random_state=0, verbose=0):
+                 min_inliers=5, significance=1.0, distinct=True, order="retriever", random_state=0,
+                 verbose=0):
         self.retriever = retriever
         self.local = local
         self.n_rerank = n_rerank
@@ -407,6 +461,7 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
         self.min_inliers = min_inliers
         self.significance = significance
         self.distinct = distinct
+        self.order = order
         self.random_state = random_state
         self.verbose = verbose
 
@@ -503,10 +558,11 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Search, then verify the short list.
 
-        The distances of the short list become ``d_R - 1 - (inliers + (R -
-        r) / (R + 1))`` (``d_R`` the retriever's distance of the last
-        short-listed result, ``r`` a result's rank in the retriever's list
-        of ``R``): they sort as the re-ranking does and stay below those of
+        The distances of the short list become ``d_R - 1 - (v + (R - r) /
+        (R + 1))`` (``v`` the inliers with ``order="inliers"``, else 1 for
+        a verified image, 0 for the others; ``d_R`` the retriever's
+        distance of the last short-listed result, ``r`` a result's rank in
+        the retriever's list of ``R``): they sort as the re-ranking does and stay below those of
         the rest, which keep the retriever's distances.
 
         Parameters
@@ -537,8 +593,7 @@ class LocalVerificationReranker(RetrieverMixin, BaseEstimator):
                 break
             short = ind[j, :R].copy()
             counts = np.array([self._verify(queries[j], i, seed) for i in short])
-            order = np.lexsort((np.arange(R), -counts))
-            key = counts[order] + (R - order) / (R + 1.0)
+            order, key = verified_order(counts, self.order)
             dist[j, :R] = dist[j, R - 1] - 1.0 - key
             ind[j, :R] = short[order]
         dist, ind = dist[:, :k], ind[:, :k]

@@ -15,6 +15,7 @@ from skretrieval.reranking import (
     LocalVerificationReranker,
     distinct_matches,
     false_alarms,
+    verified_order,
     verify_matches,
 )
 
@@ -114,7 +115,8 @@ def test_an_unverified_true_match_keeps_its_place():
         q, "all", return_distance=False)
     assert before[0].tolist() == [0, 1, 2]
     # the old rule: the false image's 12 repeated inliers put it above the true match
-    old = LocalVerificationReranker(glob, distinct=False, significance=None, **params).fit(db)
+    old = LocalVerificationReranker(glob, distinct=False, significance=None, order="inliers",
+                                    **params).fit(db)
     assert old.inliers(q, [[0, 1, 2]])[0].tolist() == [0, 12, 0]
     assert old.kneighbors(q, "all", return_distance=False)[0].tolist() == [1, 0, 2]
     # the new rule: 3 distinct positions verify nothing; the retriever's order stays
@@ -140,6 +142,15 @@ def test_a_significant_match_still_goes_first():
     sv = LocalVerificationReranker(glob, n_rerank=2, residual_threshold=3.0).fit(db)
     assert sv.inliers(q, [[0, 1]])[0].tolist() == [0, 12]
     assert sv.kneighbors(q, "all", return_distance=False)[0].tolist() == [1, 0]
+
+
+def test_verified_images_first_in_the_retrievers_order_or_by_inliers():
+    counts = np.array([0, 7, 0, 12, 7])
+    order, key = verified_order(counts)
+    assert order.tolist() == [1, 3, 4, 0, 2] and np.all(np.diff(key) < 0)
+    order, key = verified_order(counts, "inliers")
+    assert order.tolist() == [3, 1, 4, 0, 2] and np.all(np.diff(key) < 0)
+    assert verified_order(np.zeros(4, int))[0].tolist() == [0, 1, 2, 3]
 
 
 def test_deep_border_cells_are_not_candidates():
