@@ -170,7 +170,8 @@ def _new_pipeline(args):
     if args.algorithm != "brute":
         retriever_kwargs["random_state"] = 0
     if getattr(args, "engine", None) is not None:  # the table of a pgvector server
-        retriever_kwargs = {"algorithm": "pgvector", "algorithm_params": {"uri": args.engine}}
+        retriever_kwargs = {"algorithm": "pgvector", "algorithm_params": {
+            "uri": args.engine, "store": getattr(args, "engine_store", "engine")}}
     steps.append(NearestNeighborRetriever(**retriever_kwargs))
     return make_pipeline(*steps)
 

@@ -91,6 +91,10 @@ def _add_index_command(sub):
                         "(postgresql://user@host:5432/db, no password: libpq reads "
                         "PGPASSWORD) instead of --algorithm; needs pip install "
                         "skretrieval[engine]")
+    p.add_argument("--engine-store", choices=("engine", "local"), default="engine",
+                   help="with --engine: the descriptors only in the server ('engine', the "
+                        "default: the index file holds none) or in the index file too "
+                        "('local')")
     p.add_argument("--local", choices=("sift", "deep"), default=None,
                    help="index local features instead of a global descriptor: OpenCV's "
                         "RootSIFT ('sift', needs pip install skretrieval[local]) or the "

@@ -359,6 +359,10 @@ def test_cli_index_engine_then_search_and_serve(server, tmp_path, capsys):
     assert grown._get_index().count() == 6
     assert main(["search", str(index), str(folder / "img6.jpg"), "-k", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["results"][0]["name"] == "img6.jpg"
+    local = tmp_path / "local.zip"
+    assert main(["index", str(folder), "-o", str(local), "--engine", server.uri,
+                 "--engine-store", "local", *fast]) == 0
+    assert isinstance(load_model(local).steps[-1][1].X_fit_, np.ndarray)
     bad = server.uri.replace("postgres@", "postgres:pw@")
     assert main(["index", str(folder), "-o", str(tmp_path / "x.zip"), "--engine", bad,
                  *fast]) == 2
