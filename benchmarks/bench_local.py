@@ -5,14 +5,24 @@ Methods, on every collection:
 * **GeM**: MobileNetV2 (ImageNet), last conv layer, GeM (p=3), exact search;
 * **GeM + SV**: its short list re-ranked by ``LocalVerificationReranker`` with
   RootSIFT (the "global + local" combination);
+* every "+ SV" row is the reranker at its defaults (one-to-one matches, the
+  a contrario test NFA <= 1 on top of 5 inliers, verified images first in
+  the retriever's order); "+ SV by inliers" orders the same verified images
+  by inliers (``order="inliers"``), "+ SV old rule" is the rule before
+  (``distinct=False, significance=None, order="inliers"``, 6 inliers): all
+  three from the same short list (``inliers`` and ``verified_order``, what
+  ``kneighbors`` runs);
 * **SIFT + ASMK\\*** / **SIFT + ASMK**: ``SIFTExtractor`` (RootSIFT, 2000
   features) -> ``ASMKRetriever`` (binary residuals, or full), each also with
   spatial verification of its short list (RootSIFT, ratio test 0.8, affine
   model by OpenCV's USAC/MAGSAC);
 * **deep + ASMK\\***: ``DeepLocalFeatures`` (MobileNetV2 ``block13``, stride
-  16, the 800 strongest cells, PCA-whitened to 128 dimensions on the
-  database) -> ``ASMKRetriever``, with and without verification (of the
-  deep features' own positions, threshold one cell).
+  16, the 800 strongest cells but those of the two outer rings (``border=2``),
+  PCA-whitened to 128 dimensions on the database) -> ``ASMKRetriever``, with
+  and without verification (of the deep features' own positions, threshold
+  one cell), and deep + ASMK (full residuals, 4096 words);
+* **fused**: the per-query z-scored similarities of GeM, SIFT + ASMK and
+  deep + ASMK summed with the weights chosen on the validation instance.
 
 Collections (``../shared/data`` or ``$SKRETRIEVAL_SHARED_DATA``):
 
@@ -58,18 +68,28 @@ from skretrieval import ConvFeatureExtractor, GeMPooler, NearestNeighborRetrieve
 from skretrieval.datasets import CLUTTERED_BENCHMARK, load_demo_dataset, make_cluttered_objects
 from skretrieval.local import ASMKRetriever, DeepLocalFeatures, LocalFeatures, SIFTExtractor
 from skretrieval.metrics import mean_average_precision
-from skretrieval.reranking import LocalVerificationReranker
+from skretrieval.reranking import ORDERS, LocalVerificationReranker, verified_order
 
 DATA = Path(os.environ.get("SKRETRIEVAL_SHARED_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()
 
 #: Chosen on the validation instance of the cluttered benchmark (``--tune``).
 ASMK_PARAMS = dict(n_clusters=4096, multiple_assignment=1)
-SV_PARAMS = dict(n_rerank=50, matching="ratio", ratio=0.8, transform="affine",
-                 min_inliers=6)
-#: GeM's weight in the global + local fusion (0.25 / 0.5 / 1 / 2 on the
-#: validation instance: 0.246 / 0.250 / 0.257 / 0.246, ASMK alone 0.230).
-FUSION_WEIGHT = 1.0
+#: The reranker at its defaults (ratio test 0.8, affine, one-to-one matches, NFA <= 1,
+#: at least 5 inliers, verified images in the retriever's order).
+SV_PARAMS = dict(n_rerank=50)
+#: The verification rule before the a contrario test (and the settings measured with it).
+OLD_RULE = dict(distinct=False, significance=None, order="inliers", min_inliers=6)
+#: The deep local features' full-residual ASMK of the fusion (validation: 0.185 / 0.188 at
+#: 1024 / 4096 words, ASMK* 1024 words 0.173).
+DEEP_ASMK_PARAMS = dict(n_clusters=4096, multiple_assignment=1)
+#: The global + local fusions: weights of the per-query z-scored similarities (GeM
+#: cosine, the SIFT ASMK kernel, the deep ASMK kernel), chosen on the validation
+#: instance (``--tune``): the earlier pair (GeM weight 1 of 0.25 / 0.5 / 1 / 2:
+#: 0.246 / 0.250 / 0.257 / 0.246) and the best of GeM 0 / 0.5 / 1 / 2 x deep
+#: 0 / 0.5 / 1 / 2 beside SIFT 1 (0.303).
+FUSION_PAIR = {"GeM": 1.0, "SIFT-ASMK": 1.0}
+FUSION = {"GeM": 0.5, "SIFT-ASMK": 1.0, "deep-ASMK": 1.0}
 TUNE_GRID = [(k, binary, ma) for k in (1024, 4096) for binary in (True, False)
              for ma in (1, 3)]
 
@@ -142,6 +162,33 @@ def _run(c, name, est, X, Q, rows, ref=None):
     return m
 
 
+def _sv_rows(c, name, sv, X, Q, rows, ref):
+    """Fit the reranker ``sv``; rows of its default rule, of the same verified images
+    ordered by inliers, and of the old rule, on the same short list."""
+    (_, t_fit) = _timed(lambda: sv.fit(X, c.labels))
+    n_rerank = sv.n_rerank
+    base, t_s = _timed(lambda: sv.set_params(n_rerank=0).kneighbors(Q, "all",
+                                                                     return_distance=False))
+    R = min(n_rerank, base.shape[1])
+    out = {}
+    for rule, params in (("", {"n_rerank": n_rerank}), (" old rule", OLD_RULE)):
+        counts, t_v = _timed(lambda: sv.set_params(**params).inliers(Q, base[:, :R]))
+        for order in (sorted(ORDERS, reverse=True) if not params.get("order")
+                      else (params["order"],)):
+            ind = base.copy()
+            for j in range(len(ind)):
+                ind[j, :R] = base[j, :R][verified_order(counts[j], order)[0]]
+            label = rule or ("" if order == "retriever" else f" by {order}")
+            m = c.evaluate(ind)
+            ms = (t_s + t_v) / len(base) * 1e3
+            rows.append((f"{name}{label}", m, t_fit, ms, None))
+            out[label] = m
+            print(f"[{c.name}] {name}{label}: mAP {m:.3f} ({(m - ref) * 100:+.1f} vs the "
+                  f"re-ranked), {ms:.1f} ms/query, verified {np.mean(counts > 0):.3f} of "
+                  f"the short lists", flush=True)
+    return out
+
+
 def _gem_pipeline(c, cache):
     return make_pipeline(ConvFeatureExtractor("mobilenet_v2", max_size=c.max_size,
                                               device="cpu", cache=cache),
@@ -152,15 +199,18 @@ def _zscores(S):
     return (S - S.mean(1, keepdims=True)) / (S.std(1, keepdims=True) + 1e-12)
 
 
-def fused_ranking(gem_db, gem_q, asmk, q, weight=FUSION_WEIGHT):
-    """Rankings by ``weight * z(GeM cosine) + z(ASMK kernel)``, z-scored per query
-    (leave-one-out when ``q`` is None)."""
-    Sg = (gem_db if gem_q is None else gem_q) @ gem_db.T
-    S = weight * _zscores(Sg) + _zscores(asmk.similarities(q))
-    if q is None:
+def fused_ranking(sims, weights, loo):
+    """Rankings by ``sum_m weights[m] * z(sims[m])``, each similarity matrix
+    z-scored per query (leave-one-out when ``loo``: the query itself last, dropped)."""
+    S = sum(w * _zscores(sims[name]) for name, w in weights.items() if w)
+    if loo:
         np.fill_diagonal(S, -np.inf)
     order = np.argsort(-S, axis=1, kind="stable")
-    return order if q is not None else order[:, :-1]
+    return order[:, :-1] if loo else order
+
+
+def _fusion_name(weights):
+    return "fused " + " + ".join(f"{w:g} {n}" for n, w in weights.items() if w)
 
 
 def evaluate_collection(c, cache, asmk_params=ASMK_PARAMS, sv_params=SV_PARAMS):
@@ -175,24 +225,30 @@ def evaluate_collection(c, cache, asmk_params=ASMK_PARAMS, sv_params=SV_PARAMS):
     m_gem = c.evaluate(ind)
     rows.append(("GeM", m_gem, t_fit, t_q / n_q * 1e3, gem[-1].X_fit_.nbytes / len(c.images)))
     print(f"[{c.name}] GeM: mAP {m_gem:.3f}", flush=True)
+    G = np.asarray(gem[-1].X_fit_)
+    sims = {"GeM": (G if Qg is None else Qg) @ G.T}
     sv = LocalVerificationReranker(_gem_pipeline(c, cache), _sift(c, cache), **sv_params)
-    _run(c, "GeM + SV (RootSIFT)", sv, c.images, c.queries, rows, m_gem)
+    _sv_rows(c, "GeM + SV (RootSIFT)", sv, c.images, c.queries, rows, m_gem)
     kmeans = _kmeans()
     for label, binary in (("ASMK*", True), ("ASMK", False)):
         asmk = ASMKRetriever(binary=binary, kmeans=kmeans, **asmk_params)
         m = _run(c, f"SIFT + {label}", asmk, db, q, rows)
         if not binary:
-            ind, t_q = _timed(lambda: fused_ranking(np.asarray(gem[-1].X_fit_), Qg, asmk, q))
-            rows.append((f"GeM + SIFT-ASMK fused (z-scores, GeM weight {FUSION_WEIGHT})",
-                         c.evaluate(ind), 0.0, t_q / n_q * 1e3, None))
-            print(f"[{c.name}] {rows[-1][0]}: mAP {rows[-1][1]:.3f}", flush=True)
+            sims["SIFT-ASMK"] = asmk.similarities(q)
         # the fitted ASMK re-ranked as it is (FrozenEstimator: not fitted again)
-        _run(c, f"SIFT + {label} + SV",
-             LocalVerificationReranker(FrozenEstimator(asmk), **sv_params), db, q, rows, m)
+        _sv_rows(c, f"SIFT + {label} + SV",
+                 LocalVerificationReranker(FrozenEstimator(asmk), **sv_params), db, q, rows, m)
     asmk = ASMKRetriever(binary=True, kmeans=kmeans, **{**asmk_params, "n_clusters": 1024})
     m = _run(c, "deep + ASMK* (1024 words)", asmk, ddb, dq, rows)
-    _run(c, "deep + ASMK* + SV", LocalVerificationReranker(FrozenEstimator(asmk), **sv_params),
-         ddb, dq, rows, m)
+    _sv_rows(c, "deep + ASMK* + SV",
+             LocalVerificationReranker(FrozenEstimator(asmk), **sv_params), ddb, dq, rows, m)
+    asmk = ASMKRetriever(binary=False, kmeans=kmeans, **DEEP_ASMK_PARAMS)
+    _run(c, f"deep + ASMK ({DEEP_ASMK_PARAMS['n_clusters']} words)", asmk, ddb, dq, rows)
+    sims["deep-ASMK"] = asmk.similarities(dq)
+    for weights in (FUSION_PAIR, FUSION):
+        ind, t_q = _timed(lambda: fused_ranking(sims, weights, q is None))
+        rows.append((_fusion_name(weights), c.evaluate(ind), 0.0, t_q / n_q * 1e3, None))
+        print(f"[{c.name}] {rows[-1][0]}: mAP {rows[-1][1]:.3f}", flush=True)
     return rows
 
 
@@ -225,15 +281,26 @@ def tune(args):
         ind = asmk.kneighbors(q, "all", return_distance=False)
         print(f"[validation] SIFT + {'ASMK*' if binary else 'ASMK'} {k} words, MA {ma}: "
               f"mAP {c.evaluate(ind):.3f}", flush=True)
-    asmk = FrozenEstimator(ASMKRetriever(binary=False, kmeans=_kmeans(), **ASMK_PARAMS).fit(db))
-    for n_rerank, min_inliers, transform in [(50, 6, "affine"), (50, 10, "affine"),
-                                             (50, 6, "similarity"), (100, 6, "affine")]:
-        sv = LocalVerificationReranker(asmk, **{**SV_PARAMS, "n_rerank": n_rerank,
-                                                "min_inliers": min_inliers,
-                                                "transform": transform}).fit(db)
-        ind = sv.kneighbors(q, "all", return_distance=False)
-        print(f"[validation] SIFT + ASMK + SV ({n_rerank}, {min_inliers} inliers, "
-              f"{transform}): mAP {c.evaluate(ind):.3f}", flush=True)
+    asmk = ASMKRetriever(binary=False, kmeans=_kmeans(), **ASMK_PARAMS).fit(db)
+    _sv_rows(c, "SIFT + ASMK + SV", LocalVerificationReranker(FrozenEstimator(asmk), **SV_PARAMS),
+             db, q, [], c.evaluate(asmk.kneighbors(q, "all", return_distance=False)))
+    # the fusion's weights (deep local features: ASMK of full residuals)
+    deep = DeepLocalFeatures("mobilenet_v2", layer="block13", max_size=c.max_size,
+                             max_features=800, n_components=128, device="cpu", cache=args.cache)
+    ddb, dq = deep.fit_transform(c.images), deep.transform(c.queries)
+    G = np.asarray(gem[-1].X_fit_)
+    sims = {"GeM": gem[:-1].transform(c.queries) @ G.T, "SIFT-ASMK": asmk.similarities(q)}
+    for k in (1024, 4096):
+        deep_asmk = ASMKRetriever(binary=False, kmeans=_kmeans(),
+                                  **{**DEEP_ASMK_PARAMS, "n_clusters": k}).fit(ddb)
+        sims["deep-ASMK"] = deep_asmk.similarities(dq)
+        print(f"[validation] deep + ASMK {k} words: "
+              f"{c.evaluate(fused_ranking(sims, {'deep-ASMK': 1.0}, False)):.3f}", flush=True)
+    for wg in (0, 0.5, 1, 2):
+        for wd in (0, 0.5, 1, 2):
+            w = {"GeM": wg, "SIFT-ASMK": 1.0, "deep-ASMK": wd}
+            print(f"[validation] {_fusion_name(w)}: "
+                  f"{c.evaluate(fused_ranking(sims, w, False)):.3f}", flush=True)
 
 
 def demo(args):
