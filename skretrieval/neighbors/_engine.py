@@ -239,7 +239,7 @@ class PgVectorTable:
         from psycopg.adapt import Dumper
         from psycopg.pq import Format
 
-        name = self.column
+        name = self.query_type
         row = conn.execute("SELECT oid FROM pg_type WHERE typname = %s", (name,)).fetchone()
         if row is None:
             raise PgVectorTableError(
@@ -392,8 +392,14 @@ class PgVectorTable:
             sql.SQL("DROP TABLE IF EXISTS {}").format(self._ident())))
 
     # -- search ---------------------------------------------------------------
+    @property
+    def query_type(self):
+        """The type the queries are sent as: the column's, or (a table that holds
+        the descriptors) ``vector``, whose float32 values give the exact keys."""
+        return "vector" if self.holds else self.column
+
     def pack(self, q):
-        vector = q.astype(">f2" if self.column == "halfvec" else ">f4")
+        vector = q.astype(">f2" if self.query_type == "halfvec" else ">f4")
         return _Packed(struct.pack(">hh", q.shape[0], 0) + vector.tobytes())
 
     def _search_sql(self):
@@ -405,14 +411,19 @@ class PgVectorTable:
             return sql.SQL("SELECT id FROM {} ORDER BY embedding {} %s LIMIT %s").format(
                 self._ident(), operator)
         # pgvector's re-ranking: the candidates of the index (its expression), then
-        # their exact distances to the vectors of the column
-        cast = "" if self.order == self.column else f"::{self.order}({int(self.n_features)})"
+        # their exact distances to the vectors of the column (as float32: a
+        # halfvec column is cast, the query is a float32 vector)
+        d = int(self.n_features)
+        cast = "" if self.order == self.column else f"::{self.order}({d})"
         expression = sql.SQL("embedding" if not cast else f"(embedding{cast})")
+        exact = sql.SQL("embedding" if self.column == "vector" else f"(embedding::vector({d}))")
+        operand = "" if self.order == "vector" else f"::{self.order}({d})"
         return sql.SQL(
-            "SELECT id, embedding {op} %s AS key FROM (SELECT id, embedding FROM {table} "
-            "ORDER BY {expression} {op} %s{cast} LIMIT %s) AS candidates "
+            "SELECT id, {exact} {op} %s AS key FROM (SELECT id, embedding FROM {table} "
+            "ORDER BY {expression} {op} %s{operand} LIMIT %s) AS candidates "
             "ORDER BY key, id LIMIT %s"
-        ).format(op=operator, table=self._ident(), expression=expression, cast=sql.SQL(cast))
+        ).format(exact=exact, op=operator, table=self._ident(), expression=expression,
+                 operand=sql.SQL(operand))
 
     def _search_params(self, q, k):
         packed = self.pack(q)

@@ -161,6 +161,14 @@ def test_server_holds_the_descriptors(server, data, tmp_path):
     assert_array_equal(r.X_fit_[7], brute.X_fit_[7])
     assert_array_equal(r.X_fit_[10:20:3, :4], brute.X_fit_[10:20:3, :4])
     assert r.score(Q, y_q) == pytest.approx(brute.score(Q, y_q, n_neighbors=10), abs=1e-6)
+    # a float16 retriever: a halfvec column, exact keys of its values against the
+    # float32 query, as the brute force of a float16 store
+    half = {"dtype": "float16", "n_neighbors": 10}
+    h = NearestNeighborRetriever(**half, **engine(server, index="exact")).fit(X[:300])
+    assert _column_and_index(server, h._index.table)[0] == "halfvec(32)"
+    assert h.X_fit_.dtype == np.float16
+    assert_rankings_equivalent(*h.kneighbors(Q), *NearestNeighborRetriever(**half).fit(
+        X[:300]).kneighbors(Q), atol=1e-6)
     assert r.score() == pytest.approx(brute.score(n_neighbors=10), abs=1e-6)
     assert_array_equal(r.rows_of(ids[[4, 2]]), [4, 2])
     # a re-ranker that reads the retriever's descriptors (query expansion)
