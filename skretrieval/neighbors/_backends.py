@@ -367,15 +367,16 @@ def faiss_graph_defaults(n_samples, n_features):
     """Default ``(M, ef_construction, ef_search)`` of ``algorithm="auto"``'s
     FAISS graph (float32 vectors, no re-rank) for a database's size.
 
-    Measured (``benchmarks/bench_search.py``, docs/scale.md) at 300,000 and
-    1,000,000 x 512 and 100,000 x 2048 to reach recall@10 >= 0.95 at more
-    than 20 times the exact search's queries per second: 32 links per node,
-    construction depth 80 (twice FAISS's 40: a better graph, which a
-    smaller search depth then searches as well), search depth 32 up to
-    300,000 items, 48 above (for the top-10; the search depth is at least
-    the number of candidates asked for).
+    Measured (``benchmarks/bench_search.py``, docs/scale.md) on clustered,
+    PCA-like descriptors to reach recall@10 >= 0.95 at 20 times or more the
+    exact search's queries per second, one query in under a millisecond: 32
+    links per node; construction depth 80 (twice FAISS's 40: a better graph
+    for about 1.1 to 1.4 times the build time); search depth 32 up to
+    300,000 items (0.963 at 300,000 x 512, 0.984 at 100,000 x 2048), 96
+    above (0.960 at 1,000,000 x 512; 64 gave 0.939).  The search depth is
+    at least the number of candidates asked for.
     """
-    return 32, 80, 32 if n_samples <= 300_000 else 48
+    return 32, 80, 32 if n_samples <= 300_000 else 96
 
 
 def params_algorithm(algorithm):
