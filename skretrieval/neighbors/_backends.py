@@ -371,12 +371,12 @@ def faiss_graph_defaults(n_samples, n_features):
     PCA-like descriptors to reach recall@10 >= 0.95 at 20 times or more the
     exact search's queries per second, one query in under a millisecond: 32
     links per node; construction depth 80 (twice FAISS's 40: a better graph
-    for about 1.1 to 1.4 times the build time); search depth 32 up to
-    300,000 items (0.963 at 300,000 x 512, 0.984 at 100,000 x 2048), 96
-    above (0.960 at 1,000,000 x 512; 64 gave 0.939).  The search depth is
-    at least the number of candidates asked for.
+    for 1.1 to 1.2 times the build time); search depth 28 up to
+    300,000 items (0.956 at 300,000 x 512: 22.8x; 32 gave 0.963 at 19 to
+    22x), 96 above (0.960 at 1,000,000 x 512; 64 gave 0.939).  The search
+    depth is at least the number of candidates asked for.
     """
-    return 32, 80, 32 if n_samples <= 300_000 else 96
+    return 32, 80, 28 if n_samples <= 300_000 else 96
 
 
 def params_algorithm(algorithm):

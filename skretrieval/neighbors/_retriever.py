@@ -129,7 +129,7 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
         docs/scale.md).  With ``"auto"`` and FAISS, the same keys make the
         FAISS graph (``index_dtype`` float32 by default, ``"float16"``: FAISS's
         ``SQfp16``, re-ranked), with its own measured defaults: ``M`` 32,
-        ``ef_construction`` 80, ``ef_search`` 32 up to 300,000 items, 96
+        ``ef_construction`` 80, ``ef_search`` 28 up to 300,000 items, 96
         above.
 
         With ``algorithm="pgvector"`` (a PostgreSQL server with pgvector,
