@@ -87,7 +87,7 @@ DEEP_ASMK_PARAMS = dict(n_clusters=4096, multiple_assignment=1)
 #: cosine, the SIFT ASMK kernel, the deep ASMK kernel), chosen on the validation
 #: instance (``--tune``): the earlier pair (GeM weight 1 of 0.25 / 0.5 / 1 / 2:
 #: 0.246 / 0.250 / 0.257 / 0.246) and the best of GeM 0 / 0.5 / 1 / 2 x deep
-#: 0 / 0.5 / 1 / 2 beside SIFT 1 (0.303).
+#: 0 / 0.5 / 1 / 2 beside SIFT 1 (0.302).
 FUSION_PAIR = {"GeM": 1.0, "SIFT-ASMK": 1.0}
 FUSION = {"GeM": 0.5, "SIFT-ASMK": 1.0, "deep-ASMK": 1.0}
 TUNE_GRID = [(k, binary, ma) for k in (1024, 4096) for binary in (True, False)
