@@ -244,8 +244,8 @@ class NearestNeighborRetriever(RetrieverMixin, IndexStateMixin, BaseEstimator):
     **FAISS.**  The index is trained on (a sample of) the descriptors given to
     :meth:`fit`; :meth:`partial_fit` adds vectors to it with their ids and
     :meth:`remove` removes them, neither retraining the quantizers nor
-    touching the other vectors (a graph, ``"HNSW..."``, cannot remove:
-    :meth:`remove` drops it, rebuilt on the next query).  An index that keeps
+    touching the other vectors (a graph, ``"HNSW..."``, keeps removed
+    vectors in place, never returned, until a refit).  An index that keeps
     the vectors uncompressed (``Flat``, ``IVF...,Flat``, ``HNSW32``) gives
     the exact distances itself (within float32 rounding); the candidates of
     a compressed one (PQ, SQ) are re-ranked with the exact distances of the
